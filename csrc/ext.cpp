@@ -1,0 +1,36 @@
+// Op schemas of kernelswap._C. These are low-level kernels; the public ops live in
+// python/kernelswap/ops and call these when the dispatcher picks the "cuda" backend.
+#include "common.h"
+
+#include <cstring>
+#include <string>
+
+#ifndef KERNELSWAP_WITH_CUTLASS
+#define KERNELSWAP_WITH_CUTLASS 0
+#endif
+
+namespace kernelswap {
+
+// What this binary was built with, as UTF-8 bytes in a CPU uint8 tensor (the stable
+// ABI has no string return type): lines "archs=...", "cuda=...", "cutlass=0|1".
+Tensor build_info() {
+  std::string s = std::string("archs=") + KERNELSWAP_ARCHS + "\ncuda=" +
+                  std::to_string(CUDART_VERSION / 1000) + "." +
+                  std::to_string((CUDART_VERSION % 1000) / 10) +
+                  "\ncutlass=" + std::to_string(KERNELSWAP_WITH_CUTLASS);
+  int64_t n = static_cast<int64_t>(s.size());
+  Tensor out = torch::stable::empty({n}, ScalarType::Byte);
+  std::memcpy(out.mutable_data_ptr(), s.data(), s.size());
+  return out;
+}
+
+}  // namespace kernelswap
+
+STABLE_TORCH_LIBRARY_FRAGMENT(kernelswap, m) {
+  m.def("_C_build_info() -> Tensor");
+  m.def("_C_quantize_per_token_int8(Tensor x) -> (Tensor, Tensor)");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(kernelswap, CompositeExplicitAutograd, m) {
+  m.impl("_C_build_info", TORCH_BOX(&kernelswap::build_info));
+}

@@ -1,0 +1,59 @@
+"""Loads the optional CUDA extension kernelswap._C without ever breaking import.
+
+The extension is a plain shared library (stable ABI, no Python module init) that
+registers its ops into torch.ops.kernelswap when loaded. If it is missing or fails to
+load, the reason is kept and shown by `python -m kernelswap info`, and the ops fall
+back to the next backend.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+
+_loaded: bool | None = None
+_reason = ""
+
+
+def _find_library() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = sorted(glob.glob(os.path.join(here, "_C*.so")) + glob.glob(os.path.join(here, "_C*.pyd")))
+    return found[0] if found else None
+
+
+def load() -> bool:
+    """Load _C once; True when its ops are registered."""
+    global _loaded, _reason
+    if _loaded is not None:
+        return _loaded
+    if os.environ.get("KERNELSWAP_DISABLE_EXT", "0") == "1":
+        _loaded, _reason = False, "disabled by KERNELSWAP_DISABLE_EXT=1"
+        return False
+    path = _find_library()
+    if path is None:
+        _loaded, _reason = False, "not built (pure-Python install; see README 'Install from source')"
+        return False
+    try:
+        torch.ops.load_library(path)
+        _loaded, _reason = True, f"loaded from {os.path.basename(path)}"
+    except Exception as e:  # noqa: BLE001 - keep import working whatever went wrong
+        _loaded, _reason = False, f"failed to load {os.path.basename(path)}: {e}"
+    return _loaded
+
+
+def build_info() -> dict[str, str]:
+    """What _C was built with: archs, CUDA version, whether CUTLASS kernels are in."""
+    if not load():
+        return {}
+    raw = bytes(torch.ops.kernelswap._C_build_info().tolist()).decode()
+    return dict(item.split("=", 1) for item in raw.splitlines() if "=" in item)
+
+
+def status() -> tuple[bool, str]:
+    """(usable for CUDA tensors now, why / why not)."""
+    if not load():
+        return False, _reason
+    if not torch.cuda.is_available():
+        return False, f"{_reason}, but no CUDA device"
+    return True, _reason

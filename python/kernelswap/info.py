@@ -1,0 +1,57 @@
+"""`python -m kernelswap info`: what this install is and which backend serves each op."""
+from __future__ import annotations
+
+import platform
+import sys
+
+import torch
+
+from . import __version__, _ext
+from .ops import PUBLIC_OPS, backend
+
+
+def collect() -> dict:
+    info = {
+        "kernelswap": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+    }
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except Exception as e:  # noqa: BLE001
+        info["triton"] = f"not importable ({type(e).__name__}: {e})"
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info["gpu"] = f"{p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB"
+    else:
+        info["gpu"] = "none visible"
+    ok, why = _ext.status()
+    info["_C"] = ("usable: " if ok else "not usable: ") + why
+    info["_C build"] = ", ".join(f"{k}={v}" for k, v in _ext.build_info().items()) or "-"
+    for name in backend.BACKENDS:
+        ok, why = backend.backend_status(name)
+        info[f"backend {name}"] = ("yes: " if ok else "no: ") + why
+    forced = backend.forced_backend()
+    info["forced backend"] = forced or "none (automatic)"
+    return info
+
+
+def op_table() -> list[tuple[str, str, str]]:
+    """(op, device, backends in preference order) for CPU and, if present, CUDA."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [(op, d.type, " > ".join(backend.serving_backends(op, d)) or "-") for op in PUBLIC_OPS for d in devices]
+
+
+def main() -> int:
+    for key, value in collect().items():
+        print(f"{key:>17}: {value}")
+    print("\nops (backends that can serve them here, first choice first; shape rules may skip one):")
+    for op, dev, backends in op_table():
+        print(f"  {op:<24} {dev:<5} {backends}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

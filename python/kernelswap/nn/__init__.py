@@ -1,0 +1,1 @@
+"""Drop-in nn.Module replacements that call torch.ops.kernelswap.* only."""

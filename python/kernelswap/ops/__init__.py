@@ -1,0 +1,28 @@
+"""kernelswap's ops: each defined once with torch.library (schema + fake + reference).
+
+Call them as torch.ops.kernelswap.<name> or through the functions below. The backend
+that serves a call is chosen per call (see kernelswap.ops.backend).
+"""
+from . import backend
+from .backend import BACKENDS, forced_backend, use_backend
+from .conv import ACTIVATIONS, conv_bn_act
+from .int4 import GROUP_SIZES, int4_linear
+from .int8 import int8_linear, int8_scaled_mm, int8_weight_linear, quantize_per_token_int8
+from .sparse24 import sparse24_int8_linear, sparse24_linear
+
+PUBLIC_OPS = (
+    "quantize_per_token_int8",
+    "int8_scaled_mm",
+    "int8_linear",
+    "int8_weight_linear",
+    "int4_linear",
+    "sparse24_linear",
+    "sparse24_int8_linear",
+    "conv_bn_act",
+)
+
+__all__ = [
+    "ACTIVATIONS", "BACKENDS", "GROUP_SIZES", "PUBLIC_OPS", "backend", "conv_bn_act", "forced_backend",
+    "int4_linear", "int8_linear", "int8_scaled_mm", "int8_weight_linear", "quantize_per_token_int8",
+    "sparse24_int8_linear", "sparse24_linear", "use_backend",
+]

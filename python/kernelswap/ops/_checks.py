@@ -1,0 +1,74 @@
+"""Argument checks shared by each op's fake (meta) and real implementations.
+
+Every message names the op, the argument and what to do about it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _names(dtypes: Sequence[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_dtype(op: str, name: str, t: Tensor, dtypes: Sequence[torch.dtype]) -> None:
+    if t.dtype not in dtypes:
+        raise TypeError(f"kernelswap.{op}: {name} must be {_names(dtypes)}, got "
+                        f"{str(t.dtype).replace('torch.', '')}")
+
+
+def check_dim(op: str, name: str, t: Tensor, ndim: int, layout: str) -> None:
+    if t.dim() != ndim:
+        raise ValueError(f"kernelswap.{op}: {name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
+
+
+def check_shape(op: str, name: str, t: Tensor, shape: Sequence[int], layout: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"kernelswap.{op}: {name} must have shape {tuple(shape)} {layout}, "
+                         f"got {tuple(t.shape)}")
+
+
+def check_same_device(op: str, x: Tensor, **others: Tensor | None) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(f"kernelswap.{op}: {name} is on {t.device} but x is on {x.device}; "
+                             f"move the layer with .to({x.device}) first")
+
+
+def check_activation(op: str, x: Tensor) -> None:
+    """x: (..., K) floating activation with at least one dimension."""
+    check_dtype(op, "x", x, FLOAT_DTYPES)
+    if x.dim() < 1:
+        raise ValueError(f"kernelswap.{op}: x must have at least 1 dimension (..., K), got a scalar")
+
+
+def check_bias(op: str, bias: Tensor | None, n: int) -> None:
+    if bias is None:
+        return
+    check_dtype(op, "bias", bias, FLOAT_DTYPES)
+    check_shape(op, "bias", bias, (n,), "(N,)")
+
+
+def check_k(op: str, x: Tensor, k_weight: int, what: str) -> None:
+    if x.shape[-1] != k_weight:
+        raise ValueError(f"kernelswap.{op}: x has K={x.shape[-1]} features but {what} has K={k_weight}; "
+                         f"the layer expects inputs of shape (..., {k_weight})")
+
+
+def check_k_padded(op: str, x: Tensor, k_padded: int, multiple: int, what: str) -> None:
+    """Packed weights pad K up to `multiple`; x carries the true K."""
+    k = x.shape[-1]
+    if not (k_padded - multiple < k <= k_padded):
+        raise ValueError(f"kernelswap.{op}: x has K={k} features but {what} holds K={k_padded} "
+                         f"(padded to a multiple of {multiple}); the layer expects inputs of shape "
+                         f"(..., K) with {k_padded - multiple} < K <= {k_padded}")
+
+
+def flatten_tokens(x: Tensor) -> Tensor:
+    """(..., K) -> contiguous (M, K)."""
+    return x.reshape(-1, x.shape[-1]).contiguous()
