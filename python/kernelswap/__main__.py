@@ -1,22 +1,39 @@
-"""Command line: `python -m kernelswap {info,demo,bench}`."""
+"""Command line: `python -m kernelswap {info,demo,bench}`.
+
+  info   versions, GPU, extension status and which backend serves each op
+  demo   swap a bundled real model with each recipe; accuracy, memory, latency
+  bench  kernel and model microbenchmarks against the baselines
+"""
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
+
+COMMANDS = {
+    "info": ("kernelswap.info", "versions, GPU, extension status and which backend serves each op"),
+    "demo": ("kernelswap.demo", "swap a bundled real model with each recipe and show what changed"),
+    "bench": ("kernelswap.bench", "kernel and model benchmarks against the baselines"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: python -m kernelswap {info,demo,bench} [options]", ""]
+    lines += [f"  {name:<6} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`python -m kernelswap COMMAND --help` for a command's options."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernelswap", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions, GPU, extension status and which backend serves each op")
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "info":
-        if rest:
-            parser.error(f"info takes no arguments, got {rest}")
-        from .info import main as info_main
-        return info_main()
-    parser.error(f"unknown command {args.command}")
-    return 2
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"python -m kernelswap: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,10 @@ def op_table() -> list[tuple[str, str, str]]:
     return [(op, d.type, " > ".join(backend.serving_backends(op, d)) or "-") for op in PUBLIC_OPS for d in devices]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    if argv:
+        print(f"python -m kernelswap info: takes no options, got {argv}", file=sys.stderr)
+        return 2
     for key, value in collect().items():
         print(f"{key:>17}: {value}")
     print("\nops (backends that can serve them here, first choice first; shape rules may skip one):")

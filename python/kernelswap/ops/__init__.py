@@ -10,6 +10,9 @@ from .int4 import GROUP_SIZES, int4_linear
 from .int8 import int8_linear, int8_scaled_mm, int8_weight_linear, quantize_per_token_int8
 from .sparse24 import sparse24_int8_linear, sparse24_linear
 
+# Fast paths, registered after the references; each imports its kernels lazily.
+from . import conv_triton, cuda_ext, int4_triton, int8_triton, sparse24_triton  # noqa: F401,E402
+
 PUBLIC_OPS = (
     "quantize_per_token_int8",
     "int8_scaled_mm",

@@ -52,11 +52,6 @@ def quantize_per_token_ref(x: Tensor) -> tuple[Tensor, Tensor]:
     return q.to(torch.int8), scale
 
 
-@register("quantize_per_token_int8", "cuda")
-def _quantize_cuda(x: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.ops.kernelswap._C_quantize_per_token_int8(x)
-
-
 # ---------------------------------------------------------------- int8_scaled_mm
 def _check_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype) -> None:
     op = "int8_scaled_mm"

@@ -1,0 +1,38 @@
+"""Kernel-specific layouts of weight buffers, made once and kept while the buffer lives.
+
+The public ops take weights in one documented format (kernelswap.ops.int4,
+kernelswap.ops.sparse24). A kernel that wants another layout (for example a CUTLASS
+sparse GEMM's reordered metadata) converts on first use and keeps the result here,
+keyed by the source buffers' identity and version, so a model's first forward (the
+warm-up) pays for it once and later calls, CUDA-graph replays included, do not.
+The cost is the memory of the converted copy; it is freed with the source buffer.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+from torch import Tensor
+
+
+class PreparedWeights:
+    def __init__(self, name: str):
+        self.name = name
+        self._cache: dict[tuple, Any] = {}
+
+    @staticmethod
+    def _key(tensors: tuple[Tensor, ...]) -> tuple:
+        return tuple((t.data_ptr(), t._version, str(t.device), tuple(t.shape), t.dtype) for t in tensors)
+
+    def get(self, tensors: tuple[Tensor, ...], make: Callable[[], Any]) -> Any:
+        """The prepared form of `tensors`, made by `make()` the first time."""
+        key = self._key(tensors)
+        if key in self._cache:
+            return self._cache[key]
+        value = make()
+        self._cache[key] = value
+        weakref.finalize(tensors[0], self._cache.pop, key, None)  # drop it with the source buffer
+        return value
+
+    def __len__(self) -> int:
+        return len(self._cache)
