@@ -120,8 +120,10 @@ def _serves_device(backend: str, device: torch.device) -> bool:
         return True
     if device.type == "cuda":
         return backend_status(backend)[0]
-    # Triton's interpreter runs kernels on CPU tensors; used by the CPU tests.
-    return backend == "triton" and device.type == "cpu" and triton_interpreting() and backend_status("triton")[0]
+    # Triton's interpreter runs kernels on CPU tensors, for the CPU tests; only when the
+    # triton backend is forced, so interpreted kernels never serve ordinary CPU calls.
+    return (backend == "triton" and device.type == "cpu" and triton_interpreting()
+            and forced_backend() == "triton" and backend_status("triton")[0])
 
 
 def choose(op: str, device: torch.device, *args) -> Impl:
