@@ -80,7 +80,9 @@ def forced_backend() -> str | None:
 
 @contextlib.contextmanager
 def use_backend(name: str | None) -> Iterator[None]:
-    """Force every kernelswap op in this block onto one backend (None: automatic)."""
+    """Force every kernelswap op in this block onto one backend.
+
+    None or "auto" sets no override here (KERNELSWAP_BACKEND, if set, still applies)."""
     token = _forced.set(None if name in (None, "auto") else _check_name(name))
     try:
         yield
