@@ -1,0 +1,140 @@
+"""ConvBNAct2d: Conv2d with its BatchNorm folded in, plus an optional fused residual
+add and activation, in one op (ops.conv_bn_act):
+
+  out = act(conv2d(x, weight) + bias + residual)
+
+Buffers: weight (C_out, C_in // groups, kH, kW) and bias (C_out,), BN already folded
+(kernelswap.packing.fold_bn, in float64); both follow .half() etc.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.conv import ACTIVATIONS, apply_activation, output_shape
+from ..packing import fold_bn
+from ._base import KernelswapModule, check_features
+
+_ACT_MODULES = ((nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.SiLU, "silu"), (nn.Hardswish, "hardswish"),
+                (nn.Identity, "identity"))
+_ACT_FUNCTIONS: dict[Callable, str] = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu",
+                                       F.relu_: "relu", F.relu6: "relu6", F.silu: "silu",
+                                       F.hardswish: "hardswish"}
+
+
+def activation_name(act) -> str | None:
+    """'relu' etc. for an activation module or function the op can fuse; None otherwise."""
+    if act is None:
+        return "identity"
+    if isinstance(act, str):
+        return act if act in ACTIVATIONS else None
+    if isinstance(act, nn.Module):
+        if type(act) is nn.Hardtanh and act.min_val == 0.0 and act.max_val == 6.0:
+            return "relu6"
+        return next((n for cls, n in _ACT_MODULES if type(act) is cls), None)
+    return _ACT_FUNCTIONS.get(act)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """Explicit (pH, pW) of a Conv2d, resolving padding='valid'/'same'; ValueError when impossible."""
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported (only 'zeros')")
+    if conv.padding == "valid":
+        return 0, 0
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(t % 2 for t in total):
+            raise ValueError("padding='same' with an even effective kernel pads asymmetrically; "
+                             "give explicit padding")
+        return total[0] // 2, total[1] // 2
+    return _pair(conv.padding)
+
+
+class ConvBNAct2d(KernelswapModule):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, activation: str = "identity", *, device=None,
+                 dtype: torch.dtype = torch.float32, name: str | None = None):
+        super().__init__(name)
+        check_features(self.where, in_channels=in_channels, out_channels=out_channels, groups=groups)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"{self.where}: activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{self.where}: groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0 or min(self.kernel_size) < 1:
+            raise ValueError(f"{self.where}: need kernel_size, stride, dilation >= 1 and padding >= 0, got "
+                             f"{self.kernel_size}, {self.stride}, {self.dilation}, {self.padding}")
+        self.activation = activation
+        self.register_buffer("weight", torch.zeros(out_channels, in_channels // groups, *self.kernel_size,
+                                                   dtype=dtype, device=device))
+        self.register_buffer("bias", torch.zeros(out_channels, dtype=dtype, device=device) if bias else None)
+
+    @classmethod
+    def from_modules(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, act=None,
+                     name: str | None = None) -> "ConvBNAct2d":
+        """conv -> bn (optional) -> act (a module, function or name; None: identity)."""
+        where = f"{cls.__name__}.from_modules" + (f" ({name!r})" if name else "")
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"{where}: expects an nn.Conv2d, got {type(conv).__name__}")
+        if not conv.weight.is_floating_point():
+            raise TypeError(f"{where}: the conv weight is {conv.weight.dtype}; only float layers can be fused")
+        try:
+            padding = conv_padding(conv)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        activation = activation_name(act)
+        if activation is None:
+            raise ValueError(f"{where}: cannot fuse activation {act!r}; fusable: {ACTIVATIONS}")
+        w = conv.weight.detach()
+        b = None if conv.bias is None else conv.bias.detach()
+        if bn is not None:
+            if not isinstance(bn, nn.BatchNorm2d):
+                raise TypeError(f"{where}: expects an nn.BatchNorm2d, got {type(bn).__name__}")
+            if bn.training:
+                raise ValueError(f"{where}: the BatchNorm is in training mode; call model.eval() before fusing")
+            try:
+                w, b = fold_bn(w, b, bn)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        if not bool(torch.isfinite(w).all()) or (b is not None and not bool(torch.isfinite(b).all())):
+            raise ValueError(f"{where}: the folded weight holds NaN or Inf (check the BatchNorm's running_var)")
+        m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
+                conv.groups, b is not None, activation, device=w.device, dtype=w.dtype, name=name)
+        m.weight.copy_(w)
+        if b is not None:
+            m.bias.copy_(b)
+        return m
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """x (N, C_in, H, W) [, residual (N, C_out, H_out, W_out)] -> (N, C_out, H_out, W_out) x.dtype."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self.where}: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        op = torch.ops.kernelswap.conv_bn_act
+        args = (self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if residual is not None and residual.shape != output_shape(x, self.weight, self.stride, self.padding,
+                                                                     self.dilation):
+            # A broadcasting add (found by tracing, shapes unknown then): keep the add outside the op.
+            return apply_activation(op(x, *args, "identity", None) + residual, self.activation)
+        return op(x, *args, self.activation, residual)
+
+    def recipe_config(self) -> dict:
+        return {"recipe": "fuse"}
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}")
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + f", bias={self.bias is not None}, activation={self.activation!r} (BN folded)"

@@ -1,0 +1,69 @@
+"""Int4Linear: nn.Linear with group-wise int4 weights and float activations (W4A16).
+
+Buffers (format of kernelswap.ops.int4, made by kernelswap.packing.quantize_int4):
+  w_packed  (N, Kp // 2)          uint8, two codes a byte; Kp = K padded to group_size
+  scales    (N, Kp // group_size) float16, fixed: .bfloat16()/.float() do not convert it
+  zeros     (N, Kp // group_size) uint8 (asymmetric), or None (symmetric)
+  bias      (N,)                  the float layer's dtype, or None
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.int4 import GROUP_SIZES
+from ..packing import quantize_int4
+from ._base import KernelswapModule, check_features, check_input, check_linear
+
+
+class Int4Linear(KernelswapModule):
+    FIXED_DTYPE_BUFFERS = ("scales",)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128,
+                 symmetric: bool = False, *, device=None, dtype: torch.dtype = torch.float32,
+                 name: str | None = None):
+        super().__init__(name)
+        check_features(self.where, in_features=in_features, out_features=out_features)
+        if group_size not in GROUP_SIZES:
+            raise ValueError(f"{self.where}: group_size must be one of {GROUP_SIZES}, got {group_size!r}; "
+                             f"use ks.Int4(group_size=128) for the default")
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size, self.symmetric = group_size, bool(symmetric)
+        kp = math.ceil(in_features / group_size) * group_size
+        groups = kp // group_size
+        self.register_buffer("w_packed", torch.zeros(out_features, kp // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=torch.float16, device=device))
+        self.register_buffer("zeros", None if symmetric else
+                             torch.zeros(out_features, groups, dtype=torch.uint8, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int = 128, symmetric: bool = False,
+                   name: str | None = None) -> "Int4Linear":
+        check_linear(cls.__name__, linear, name)
+        w = linear.weight.detach()
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, symmetric,
+                device=w.device, dtype=w.dtype, name=name)
+        q = quantize_int4(w, group_size, symmetric)
+        m.w_packed.copy_(q.packed)
+        m.scales.copy_(q.scales)
+        if q.zeros is not None:
+            m.zeros.copy_(q.zeros)
+        if linear.bias is not None:
+            m.bias.copy_(linear.bias.detach())
+        return m
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., K) float -> (..., N) x.dtype
+        check_input(self, x, self.in_features)
+        return torch.ops.kernelswap.int4_linear(x, self.w_packed, self.scales, self.zeros, self.group_size,
+                                                self.bias)
+
+    def recipe_config(self) -> dict:
+        return {"recipe": "int4", "group_size": self.group_size, "symmetric": self.symmetric}
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, group_size={self.group_size}, "
+                f"{'symmetric' if self.symmetric else 'asymmetric'}: W4A16")
