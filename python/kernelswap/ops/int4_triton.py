@@ -2,4 +2,48 @@
 
 Each implementation imports its launcher from kernelswap.kernels inside the call, so
 importing kernelswap never needs Triton.
+
+int4_linear picks a kernel by the number of tokens M (x flattened to (M, K)):
+  M <= GEMV_M_MAX      w4a16_gemv: CUDA-core FMAs, scale/zero factored out per group
+  M <= SMALL_M_MAX     w4a16_gemm, small-M tuning: one 16-row tl.dot tile, split-K
+  larger M             w4a16_gemm, large-M tuning, unless TORCH_FROM_M says dequantize +
+                       cuBLAS (the "torch" backend) is faster
+The kernels read the public packed format as is (the GEMV views the bytes as int32
+words), so no prepared copy of the weight is needed.
 """
+from __future__ import annotations
+
+import torch
+
+from .backend import register
+
+GEMV_M_MAX = 4  # mirrors kernelswap.kernels.w4a16_gemv.GEMV_M_MAX (not imported: no Triton at import)
+SMALL_M_MAX = 16  # mirrors kernelswap.kernels.w4a16_gemm.SMALL_M_MAX
+# From this many tokens on, "dequantize once + cuBLAS" beats the fused kernel on CUDA;
+# None: the fused kernel serves every M.
+TORCH_FROM_M: int | None = None
+
+
+def _supports(x, w_packed, scales, zeros, group_size, bias) -> str | None:
+    m = x.shape[0]
+    if x.device.type == "cuda" and TORCH_FROM_M is not None and m >= TORCH_FROM_M:
+        return f"M={m} >= {TORCH_FROM_M}: dequantize + cuBLAS (torch backend) is faster here"
+    return None
+
+
+def pick_kernel(m: int) -> str:
+    """Which kernel serves M tokens: 'gemv', 'gemm_small' or 'gemm_large'."""
+    if m <= GEMV_M_MAX:
+        return "gemv"
+    return "gemm_small" if m <= SMALL_M_MAX else "gemm_large"
+
+
+@register("int4_linear", "triton", supports=_supports)
+def _int4_linear_triton(x, w_packed, scales, zeros, group_size, bias):
+    from kernelswap.kernels.w4a16_gemm import w4a16_gemm
+    from kernelswap.kernels.w4a16_gemv import w4a16_gemv
+
+    kind = pick_kernel(x.shape[0])
+    if kind == "gemv":
+        return w4a16_gemv(x, w_packed, scales, zeros, group_size, bias)
+    return w4a16_gemm(x, w_packed, scales, zeros, group_size, bias, small_m=kind == "gemm_small")
