@@ -1,0 +1,287 @@
+"""2:4 sparse linear for small M: compressed values + metadata read once, expanded in registers.
+
+Weight format (kernelswap.ops.sparse24): values (N, Kp // 2) with two kept weights per
+group of four along K, meta (N, Kp // 8) uint8 with one nibble i0 | i1 << 2 (i0 < i1)
+per group, the even group in the low nibble. x carries the true K <= Kp.
+
+Small M is memory-bound: the weight stream (values + meta, 9/16 of the dense bf16
+bytes) is the whole cost, so each program streams its rows of values and meta once and
+rebuilds the dense (BLOCK_N, BLOCK_K) tile in registers:
+  w[n, 4g + p] = values[n, 2g] if p == i0 else values[n, 2g + 1] if p == i1 else 0
+then multiplies it with the x tile, in one of two modes (tl.constexpr USE_DOT):
+  dot   tl.dot on tensor cores, BLOCK_M >= 16 (M is padded to the tile; the padded rows
+        cost math, not bytes, which is free while memory-bound).
+  fma   on CUDA cores, for M = 1: no dense tile at all; each kept value picks its x
+        element (acc[m, n, g] += v0 * x[m, 4g + i0] + v1 * x[m, 4g + i1]) and one
+        reduction over g ends the loop; no shared-memory round trip for w.
+Split-K (SPLIT_K > 1) spreads the weight stream over more CTAs when N alone gives too
+few; each split writes fp32 / int32 partials and a second small kernel sums them in
+split order (deterministic; int32 exact) and applies the epilogue.
+
+Two ops share the kernel (tl.constexpr INT8):
+  float  out = x @ w.T + bias, fp32 accumulation, x.dtype out.
+  int8   x is the per-token quantized activation; int32 accumulation (exact) and the
+         int8_scaled_mm epilogue (acc * a_scale[m]) * w_scale[n] + bias[n] in fp32,
+         compiled without FMA contraction on the GPU so it matches the reference bit for bit.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._tuning import TileBytes, autotune, interpreting
+
+
+@triton.jit
+def _unpack_24(vals, mb, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """vals (BLOCK_N, BLOCK_K // 2) kept values, mb (BLOCK_N, BLOCK_K // 8) int32 meta bytes
+    -> v0, v1, i0, i1: (BLOCK_N, BLOCK_K // 4) each, the two kept values of every group and
+    their positions 0..3 inside it."""
+    G: tl.constexpr = BLOCK_K // 4
+    nib = tl.reshape(tl.join(mb & 0xF, mb >> 4), (BLOCK_N, G))  # group 2j in byte j's low nibble
+    v0, v1 = tl.split(tl.reshape(vals, (BLOCK_N, G, 2)))
+    return v0, v1, nib & 3, nib >> 2
+
+
+@triton.jit
+def _expand_24(v0, v1, i0, i1, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """-> (BLOCK_N, BLOCK_K) dense weights in k order, zeros at pruned positions."""
+    pos = tl.arange(0, 4)[None, None, :]  # (1, 1, 4) position inside the group
+    w = tl.where(pos == tl.expand_dims(i0, 2), tl.expand_dims(v0, 2),
+                 tl.where(pos == tl.expand_dims(i1, 2), tl.expand_dims(v1, 2), 0))
+    return tl.reshape(w, (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def _gather_dot(xt, v0, v1, i0, i1, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """xt (BLOCK_M, BLOCK_K) -> (BLOCK_M, BLOCK_N, BLOCK_K // 4) products v0 * x[4g + i0] + v1 * x[4g + i1].
+
+    Picks the x element of each kept value instead of expanding w: 2 selects a kept value
+    (i0 is 0..2 and i1 is 1..3 because i0 < i1) where the dense tile costs 4 a position."""
+    G: tl.constexpr = BLOCK_K // 4
+    even, odd = tl.split(tl.reshape(xt.to(ACC), (BLOCK_M, G, 2, 2)))  # positions (0, 2) and (1, 3)
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    x0, x1, x2, x3 = x0[:, None, :], x1[:, None, :], x2[:, None, :], x3[:, None, :]
+    i0, i1 = i0[None, :, :], i1[None, :, :]
+    xi0 = tl.where(i0 == 0, x0, tl.where(i0 == 1, x1, x2))
+    xi1 = tl.where(i1 == 3, x3, tl.where(i1 == 2, x2, x1))
+    return v0.to(ACC)[None, :, :] * xi0 + v1.to(ACC)[None, :, :] * xi1
+
+
+@triton.jit
+def _epilogue(acc, offs_m, offs_n, M, N, out_ptr, bias_ptr, a_scale_ptr, w_scale_ptr,
+              HAS_BIAS: tl.constexpr, INT8: tl.constexpr):
+    """acc (BLOCK_M, BLOCK_N) fp32 / int32 -> out (M, N), row-major, out dtype."""
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    out = acc.to(tl.float32)
+    if INT8:  # the reference's order: (acc * a_scale[m]) * w_scale[n]
+        out = out * tl.load(a_scale_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
+        out = out * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    if HAS_BIAS:
+        out = out + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    tl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _sparse24_kernel(
+    x_ptr,        # (M, K) fp16/bf16/fp32, or int8 when INT8; unit stride along K, row stride stride_xm
+    v_ptr,        # (N, KP // 2) kept values, same dtype as x (int8 when INT8), row-major
+    meta_ptr,     # (N, KP // 8) uint8, row-major
+    out_ptr,      # (M, N) output dtype, row-major (written when SPLIT_K == 1)
+    part_ptr,     # (SPLIT_K, M, N) fp32 / int32 partial sums (written when SPLIT_K > 1)
+    bias_ptr,     # (N,) any float dtype (read when HAS_BIAS)
+    a_scale_ptr,  # (M,) fp32 per-token scale (read when INT8)
+    w_scale_ptr,  # (N,) fp32 per-channel scale (read when INT8)
+    M, N, K, KP,
+    M_KEY,        # autotune bucket of M; unused in the body
+    stride_xm,
+    HAS_BIAS: tl.constexpr, INT8: tl.constexpr, USE_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Rows past N re-read row n % N instead of masking every weight load; the store masks them.
+    rn = (offs_n % N).to(tl.int64)
+    v_rows = v_ptr + rn[:, None] * (KP // 2)
+    m_rows = meta_ptr + rn[:, None] * (KP // 8)
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    m_ok = offs_m[:, None] < M
+
+    k_per_split = tl.cdiv(tl.cdiv(KP, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_lo = pid_k * k_per_split
+    k_hi = min(k_lo + k_per_split, KP)
+    offs_v = tl.arange(0, BLOCK_K // 2)
+    offs_b = tl.arange(0, BLOCK_K // 8)
+    offs_k = tl.arange(0, BLOCK_K)
+
+    ACC: tl.constexpr = tl.int32 if INT8 else tl.float32
+    if USE_DOT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    else:
+        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 4), dtype=ACC)
+        # 0 * x summed over the row: NaN when x has a NaN/Inf anywhere, as in the dense
+        # product, where pruned (zero) weights meet it; the gather alone would skip those.
+        poison = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        cv = k0 // 2 + offs_v
+        cb = k0 // 8 + offs_b
+        ck = k0 + offs_k
+        # The weight stream is read exactly once: keep it from evicting x, which every CTA re-reads.
+        vals = tl.load(v_rows + cv[None, :], mask=cv[None, :] < KP // 2, other=0, eviction_policy="evict_first")
+        mb = tl.load(m_rows + cb[None, :], mask=cb[None, :] < KP // 8, other=0, eviction_policy="evict_first")
+        v0, v1, i0, i1 = _unpack_24(vals, mb.to(tl.int32), BLOCK_N, BLOCK_K)
+        xt = tl.load(x_rows + ck[None, :], mask=m_ok & (ck[None, :] < K), other=0, eviction_policy="evict_last")
+        if USE_DOT:
+            acc = tl.dot(xt, tl.trans(_expand_24(v0, v1, i0, i1, BLOCK_N, BLOCK_K)), acc)
+        else:
+            acc3 += _gather_dot(xt, v0, v1, i0, i1, BLOCK_M, BLOCK_K, ACC)
+            if not INT8:
+                poison += xt.to(ACC) * 0
+    if not USE_DOT:
+        acc = tl.sum(acc3, axis=2)
+        if not INT8:
+            acc += tl.sum(poison, axis=1)[:, None]
+
+    if SPLIT_K == 1:
+        _epilogue(acc, offs_m, offs_n, M, N, out_ptr, bias_ptr, a_scale_ptr, w_scale_ptr, HAS_BIAS, INT8)
+    else:
+        ptrs = part_ptr + (pid_k * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]
+        tl.store(ptrs, acc, mask=m_ok & (offs_n[None, :] < N))
+
+
+@triton.jit
+def _splitk_reduce_kernel(
+    part_ptr,     # (SPLIT_K, M, N) fp32 / int32 partial sums, contiguous
+    out_ptr, bias_ptr, a_scale_ptr, w_scale_ptr,  # as in _sparse24_kernel
+    M, N, SPLIT_K,
+    HAS_BIAS: tl.constexpr, INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    ptrs = part_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    acc = tl.load(ptrs, mask=mask, other=0)
+    for s in range(1, SPLIT_K):  # fixed split order: deterministic fp32, exact int32
+        acc += tl.load(ptrs + s * M * N, mask=mask, other=0)
+    _epilogue(acc, offs_m, offs_n, M, N, out_ptr, bias_ptr, a_scale_ptr, w_scale_ptr, HAS_BIAS, INT8)
+
+
+# ---------------------------------------------------------------- configs and launchers
+def _cfg(bn, bk, split_k=1, warps=4, stages=3) -> triton.Config:
+    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=warps, num_stages=stages)
+
+
+def fma_configs() -> list[triton.Config]:
+    """M = 1 on CUDA cores (gather mode). The (1, BLOCK_N, BLOCK_K // 4) accumulator costs
+    BLOCK_N * BLOCK_K / (128 * warps) registers a thread, kept at 16-32. N = 14336-28672
+    gives 112-1792 CTAs at BLOCK_N 16-128; split-K for narrow layers. First entry: the
+    interpreter's (small, so CPU tests stay fast)."""
+    return [
+        _cfg(16, 64, warps=1, stages=2),
+        _cfg(32, 256, warps=4, stages=3),
+        _cfg(64, 256, warps=4, stages=3),
+        _cfg(64, 512, warps=8, stages=3),
+        _cfg(128, 256, warps=8, stages=3),
+        _cfg(32, 512, split_k=2, warps=4, stages=3),
+    ]
+
+
+def dot_configs() -> list[triton.Config]:
+    """1 < M <= 64 on tensor cores (BLOCK_M from the launcher). BLOCK_N 64-128 keeps the
+    re-read of x (M x K per CTA, from L2) small next to the weight stream; split-K 2-4 for
+    N = 4096-14336 layers that give fewer than ~2 waves of CTAs. First entry: the interpreter's."""
+    return [
+        _cfg(32, 64, warps=4, stages=2),
+        _cfg(64, 256, warps=4, stages=3),
+        _cfg(128, 128, warps=4, stages=4),
+        _cfg(128, 256, warps=8, stages=3),
+        _cfg(64, 128, split_k=2, warps=4, stages=4),
+        _cfg(64, 256, split_k=4, warps=4, stages=3),
+    ]
+
+
+# Shared memory per pipeline stage: the values and meta tiles (x is a few KB more).
+_SMEM = TileBytes((("BLOCK_N", "BLOCK_K", "v_ptr", 2), ("BLOCK_N", "BLOCK_K", "meta_ptr", 8)))
+_KEY = ["M_KEY", "N", "K", "USE_DOT", "BLOCK_M", "INT8", "HAS_BIAS"]
+# Quick tuning: the candidates differ by tens of percent, not by noise.
+_BENCH = dict(do_bench=lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles))
+_FMA = autotune(fma_configs(), key=_KEY, smem=_SMEM, **_BENCH)(_sparse24_kernel)
+_DOT = autotune(dot_configs(), key=_KEY, smem=_SMEM, **_BENCH)(_sparse24_kernel)
+
+FMA_MAX_M = 1      # CUDA-core mode for M <= this; tensor cores above
+MAX_SPLIT_K = 4    # the largest SPLIT_K in the configs: sizes the partial-sum buffer
+
+
+def block_m_for(m: int, use_dot: bool) -> int:
+    """Rows of x per CTA: all of them up to 16 (the tl.dot minimum), then 32 / 64."""
+    if not use_dot:
+        return triton.next_power_of_2(max(m, 1))
+    return max(16, min(64, triton.next_power_of_2(max(m, 1))))
+
+
+def _launch(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config):
+    m, k = x.shape
+    n, kp = values.shape[0], values.shape[1] * 2
+    assert x.stride(1) == 1 and values.is_contiguous() and meta.is_contiguous()
+    out = torch.empty((m, n), dtype=out_dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out
+    int8 = a_scale is not None
+    if use_dot is None:
+        use_dot = m > FMA_MAX_M
+    block_m = block_m_for(m, use_dot)
+    split_max = config.get("SPLIT_K", 1) if config is not None else MAX_SPLIT_K
+    part = torch.empty((split_max, m, n), dtype=torch.int32 if int8 else torch.float32, device=x.device)
+    dummy = out
+    args = (x, values, meta, out, part, dummy if bias is None else bias, a_scale if int8 else dummy,
+            w_scale if int8 else dummy, m, n, k, kp, triton.next_power_of_2(m), x.stride(0))
+    meta_args = dict(HAS_BIAS=bias is not None, INT8=int8, USE_DOT=use_dot, BLOCK_M=block_m)
+    # Keep (acc * a_scale) * w_scale + bias two roundings apart, like the reference.
+    opts = {"enable_fp_fusion": False} if int8 and x.is_cuda else {}
+
+    def grid(c):
+        return (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"], triton.cdiv(m, block_m))
+
+    if config is not None:
+        _sparse24_kernel[grid](*args, **meta_args, **config, **opts)
+        split_k = config.get("SPLIT_K", 1)
+    else:
+        tuned = _DOT if use_dot else _FMA
+        tuned[grid](*args, **meta_args, **opts)
+        split_k = tuned.best_config.kwargs["SPLIT_K"]
+    if split_k > 1:
+        bm, bn = min(16, triton.next_power_of_2(m)), 256
+        _splitk_reduce_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+            part, out, dummy if bias is None else bias, a_scale if int8 else dummy, w_scale if int8 else dummy,
+            m, n, split_k, HAS_BIAS=bias is not None, INT8=int8, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, **opts)
+    return out
+
+
+def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None,
+                    *, use_dot: bool | None = None, config: dict | None = None) -> torch.Tensor:
+    """x (M, K) fp16/bf16/fp32 with unit stride along K, values (N, Kp // 2) x.dtype, meta (N, Kp // 8)
+    uint8 -> (M, N) x.dtype. use_dot: tensor-core mode (default: M > FMA_MAX_M); config: fixed
+    BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages instead of autotuning (tests, benchmarks)."""
+    assert values.dtype == x.dtype, "values and x must share a dtype"
+    return _launch(x, values, meta, bias, None, None, x.dtype, use_dot, config)
+
+
+def sparse24_int8_linear(q: torch.Tensor, a_scale: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                         w_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype, *,
+                         use_dot: bool | None = None, config: dict | None = None) -> torch.Tensor:
+    """q (M, K) int8 per-token quantized x with a_scale (M,) fp32, values (N, Kp // 2) int8,
+    meta (N, Kp // 8) uint8, w_scale (N,) fp32 -> (M, N) out_dtype (int8_scaled_mm epilogue)."""
+    assert q.dtype == torch.int8 and values.dtype == torch.int8
+    return _launch(q, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config)
+
+
+def interpreter_safe(dtype: torch.dtype, use_dot: bool) -> bool:
+    """The CPU interpreter cannot run a bf16 tl.dot."""
+    return not (interpreting() and use_dot and dtype == torch.bfloat16)
