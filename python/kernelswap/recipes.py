@@ -1,0 +1,147 @@
+"""Recipes: what kernelswap.swap does to which layers, by name or as config objects.
+
+  "int8"          Int8(): W8A8, dynamic per-token int8 activations, per-channel int8 weights
+  "int8-weight"   Int8Weight(): W8A16
+  "int4"          Int4(group_size=128, symmetric=False): W4A16, group-wise
+  "sparse24"      Sparse24(): 2:4 magnitude pruning, float values
+  "sparse24-int8" Sparse24Int8(): 2:4 pruning + W8A8
+  "fuse"          Fuse(): Conv2d + BatchNorm2d (+ residual add) (+ activation) -> ConvBNAct2d
+
+Linear recipes turn one nn.Linear into one module; at most one of them per swap call
+(each takes every Linear the filter admits). "fuse" works on conv chains and combines
+with any of them. A recipe's config() is plain JSON; kernelswap.save stores it and
+recipe_from_config rebuilds it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Iterable
+
+from torch import nn
+
+from .nn import Int4Linear, Int8Linear, Sparse24Linear
+from .ops.int4 import GROUP_SIZES
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "linear"  # "linear": one nn.Linear -> one module; "conv": fuse.py
+
+    def config(self) -> dict:
+        return {"recipe": self.name, **asdict(self)}
+
+    def convert(self, linear: nn.Linear, name: str) -> nn.Module:
+        """The swapped module; ValueError/TypeError (with the reason) when the layer cannot be taken."""
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        fields = asdict(self)
+        return self.name if not fields else f"{self.name}({', '.join(f'{k}={v}' for k, v in fields.items())})"
+
+
+@dataclass(frozen=True)
+class Int8(Recipe):
+    name: ClassVar[str] = "int8"
+
+    def convert(self, linear, name):
+        return Int8Linear.from_float(linear, "int8", name=name)
+
+
+@dataclass(frozen=True)
+class Int8Weight(Recipe):
+    name: ClassVar[str] = "int8-weight"
+
+    def convert(self, linear, name):
+        return Int8Linear.from_float(linear, "int8-weight", name=name)
+
+
+@dataclass(frozen=True)
+class Int4(Recipe):
+    group_size: int = 128
+    symmetric: bool = False
+    name: ClassVar[str] = "int4"
+
+    def __post_init__(self):
+        if self.group_size not in GROUP_SIZES:
+            raise ValueError(f"ks.Int4: group_size must be one of {GROUP_SIZES}, got {self.group_size!r}")
+        if not isinstance(self.symmetric, bool):
+            raise TypeError(f"ks.Int4: symmetric must be True or False, got {self.symmetric!r}")
+
+    def convert(self, linear, name):
+        return Int4Linear.from_float(linear, self.group_size, self.symmetric, name=name)
+
+
+@dataclass(frozen=True)
+class Sparse24(Recipe):
+    name: ClassVar[str] = "sparse24"
+
+    def convert(self, linear, name):
+        return Sparse24Linear.from_float(linear, int8=False, name=name)
+
+
+@dataclass(frozen=True)
+class Sparse24Int8(Recipe):
+    name: ClassVar[str] = "sparse24-int8"
+
+    def convert(self, linear, name):
+        return Sparse24Linear.from_float(linear, int8=True, name=name)
+
+
+@dataclass(frozen=True)
+class Fuse(Recipe):
+    name: ClassVar[str] = "fuse"
+    kind: ClassVar[str] = "conv"
+
+
+RECIPES: dict[str, type[Recipe]] = {}
+
+
+def register_recipe(cls: type[Recipe]) -> type[Recipe]:
+    if not cls.name or cls.name in RECIPES:
+        raise ValueError(f"register_recipe: {cls.__name__} needs a unique name, got {cls.name!r}")
+    RECIPES[cls.name] = cls
+    return cls
+
+
+for _cls in (Int8, Int8Weight, Int4, Sparse24, Sparse24Int8, Fuse):
+    register_recipe(_cls)
+
+
+def get_recipe(spec: str | Recipe) -> Recipe:
+    if isinstance(spec, Recipe):
+        return spec
+    if isinstance(spec, str) and spec in RECIPES:
+        return RECIPES[spec]()
+    raise ValueError(f"unknown recipe {spec!r}; choose one of {', '.join(map(repr, RECIPES))} "
+                     f"or a config object such as ks.Int4(group_size=64)")
+
+
+def resolve(spec: str | Recipe | Iterable[str | Recipe]) -> list[Recipe]:
+    """A recipe, a name or a list of them -> recipes in the order swap applies them (conv first)."""
+    specs = [spec] if isinstance(spec, (str, Recipe)) else list(spec)
+    if not specs:
+        raise ValueError("kernelswap.swap: no recipe given")
+    recipes = [get_recipe(s) for s in specs]
+    linear = [r for r in recipes if r.kind == "linear"]
+    if len(linear) > 1:
+        raise ValueError(f"kernelswap.swap: at most one linear recipe per call, got {', '.join(map(str, linear))}; "
+                         f"swap twice with filter= to give different layers different recipes")
+    if sum(r.kind == "conv" for r in recipes) > 1:
+        raise ValueError("kernelswap.swap: 'fuse' given twice")
+    return sorted(recipes, key=lambda r: r.kind != "conv")
+
+
+def recipe_from_config(config: dict) -> Recipe:
+    """Inverse of Recipe.config(); ValueError on anything unknown."""
+    if not isinstance(config, dict) or config.get("recipe") not in RECIPES:
+        raise ValueError(f"not a kernelswap recipe config: {config!r}")
+    fields = {k: v for k, v in config.items() if k != "recipe"}
+    try:
+        return RECIPES[config["recipe"]](**fields)
+    except TypeError as e:
+        raise ValueError(f"bad fields in recipe config {config!r}: {e}") from None
+
+
+__all__ = ["Fuse", "Int4", "Int8", "Int8Weight", "RECIPES", "Recipe", "Sparse24", "Sparse24Int8", "get_recipe",
+           "recipe_from_config", "register_recipe", "resolve"]
