@@ -2,4 +2,39 @@
 
 Each implementation imports its launcher from kernelswap.kernels inside the call, so
 importing kernelswap never needs Triton.
+
+  quantize_per_token_int8  kernels.int8_quant (one read of x, bit-exact with the reference)
+  int8_scaled_mm           kernels.int8_gemm (int32 accumulate, scale/bias epilogue)
+  int8_linear              quant kernel + int8 GEMM (two launches; q and its scale go
+                           through memory: M x K bytes, small next to the weights)
+  int8_weight_linear       kernels.w8a16_gemm (int8 -> x.dtype in registers)
 """
+from __future__ import annotations
+
+from .backend import register
+
+
+@register("quantize_per_token_int8", "triton")
+def _quantize_per_token_triton(x):
+    from kernelswap.kernels.int8_quant import quantize_per_token
+    return quantize_per_token(x)
+
+
+@register("int8_scaled_mm", "triton")
+def _int8_scaled_mm_triton(a, a_scale, b, b_scale, bias, out_dtype):
+    from kernelswap.kernels.int8_gemm import int8_scaled_mm
+    return int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype)
+
+
+@register("int8_linear", "triton")
+def _int8_linear_triton(x, w_q, w_scale, bias):
+    from kernelswap.kernels.int8_gemm import int8_scaled_mm
+    from kernelswap.kernels.int8_quant import quantize_per_token
+    q, s = quantize_per_token(x)
+    return int8_scaled_mm(q, s, w_q, w_scale, bias, x.dtype)
+
+
+@register("int8_weight_linear", "triton")
+def _int8_weight_linear_triton(x, w_q, w_scale, bias):
+    from kernelswap.kernels.w8a16_gemm import int8_weight_linear
+    return int8_weight_linear(x, w_q, w_scale, bias)

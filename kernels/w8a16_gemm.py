@@ -1,0 +1,63 @@
+"""W8A16: x (M, K) fp16/bf16 (fp32 accepted) @ int8 weights (N, K).T with a per-channel scale.
+
+The kernel is int8_gemm's, in its A_INT8=False mode: b tiles are converted to x's dtype
+in registers (int8 -> fp16/bf16 is exact), products accumulate in fp32, and the epilogue
+applies acc * w_scale[n] + bias[n] before the cast to x.dtype
+(kernelswap.ops.int8.int8_weight_linear_ref). Small M streams the weights with thin tiles
+and, when N alone gives too few programs, split-K; large M uses Hopper-sized tiles.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from ._tuning import autotune
+from .int8_gemm import TUNE_KEY, cfg, default_split_k, gemm_kernel, launch_gemm, tile_bytes
+
+
+def w8a16_large_m_configs() -> list[triton.Config]:
+    """M > 32. 16-bit wgmma tiles as in Triton's Hopper matmul tutorial, BLOCK_K = 64 (128
+    bytes of a row of x per stage); the int8 b tile costs half the shared memory of a
+    bf16 one, so 4 stages of 128x256x64 fit (TileBytes guard drops what does not)."""
+    return [
+        cfg(128, 256, 64, 3, 8),
+        cfg(128, 128, 64, 4, 4),
+        cfg(128, 128, 64, 4, 8),
+        cfg(256, 128, 64, 3, 8),
+        cfg(128, 256, 64, 4, 8),
+        cfg(64, 128, 64, 4, 4),
+        cfg(64, 256, 64, 4, 8),
+    ]
+
+
+def w8a16_small_m_configs() -> list[triton.Config]:
+    """M <= 32: a weight stream; each b byte is read once, so pipeline deep and keep
+    enough programs in flight per SM."""
+    return [
+        cfg(16, 64, 256, 4, 4),
+        cfg(16, 128, 128, 4, 4),
+        cfg(16, 64, 128, 6, 4),
+        cfg(16, 32, 256, 4, 2),
+        cfg(32, 64, 128, 5, 4),
+        cfg(16, 128, 256, 3, 8),
+    ]
+
+
+_tuned = {
+    "small": autotune(w8a16_small_m_configs(), TUNE_KEY, smem=tile_bytes())(gemm_kernel),
+    "large": autotune(w8a16_large_m_configs(), TUNE_KEY, smem=tile_bytes())(gemm_kernel),
+}
+
+
+def int8_weight_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                       split_k: int | None = None, use_tma: bool = False,
+                       config: dict | None = None) -> torch.Tensor:
+    """x (M, K) float, w_q (N, K) int8, w_scale (N,) fp32, bias (N,) or None -> (M, N) x.dtype.
+    split_k None picks one from the shape (default_split_k)."""
+    assert w_q.dtype == torch.int8 and x.stride(-1) == 1 and w_q.stride(1) == 1
+    m, k = x.shape
+    n = w_q.shape[0]
+    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    if split_k is None:
+        split_k = default_split_k(m, n, k, x.device)
+    return launch_gemm(x, w_q, None, w_scale, bias, out, _tuned, split_k, use_tma, config)
