@@ -1,0 +1,194 @@
+"""Triton conv_bn_act (implicit GEMM and depthwise) against the reference op.
+
+CPU: kernels under TRITON_INTERPRET=1 on tiny shapes (fp16 and fp32: the interpreter's
+fp32 dot is exact). CUDA: bf16/fp16 ResNet-50 and MobileNetV2 layer shapes.
+Float paths: error vs a float64 computation within 2x PyTorch's own error at the same
+precision (tests/utils.assert_close_to_ref).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernelswap as ks
+from kernelswap.ops import conv_triton
+from kernelswap.ops.backend import choose, use_backend
+from kernelswap.ops.conv import apply_activation
+
+from utils import assert_close_to_ref, interpreting, needs_cuda
+
+# The interpreter serves CPU tensors only when TRITON_INTERPRET=1.
+KERNEL_DEVICES = (["cpu"] if interpreting() else []) + (["cuda"] if torch.cuda.is_available() else [])
+TINY = {
+    # name: (C_in, C_out, kernel, stride, padding, dilation, groups, H, W); all go to a Triton kernel
+    "1x1": (8, 12, 1, 1, 0, 1, 1, 5, 7),
+    "3x3_pad": (6, 10, 3, 1, 1, 1, 1, 9, 8),
+    "3x3_s2_odd": (6, 10, 3, 2, 1, 1, 1, 9, 11),
+    "3x3_cin64": (64, 20, 3, 1, 1, 1, 1, 6, 5),  # C_in a multiple of BLOCK_K: the one-tap-per-block path
+    "dilated2": (4, 6, 3, 1, 2, 2, 1, 11, 10),
+    "stem7x7_s2": (3, 8, 7, 2, 3, 1, 1, 17, 15),
+    "grouped2x16": (32, 32, 3, 1, 1, 1, 2, 6, 7),
+    "dw3x3": (16, 16, 3, 1, 1, 1, 16, 7, 9),
+    "dw3x3_s2_odd": (24, 24, 3, 2, 1, 1, 24, 11, 9),
+    "dw5x5_dil2": (8, 8, 5, 1, 4, 2, 8, 10, 11),
+}
+
+
+def _inputs(case, dtype, device, n=2, residual=False):
+    c_in, c_out, kk, s, p, d, g, h, w_ = case
+    x = torch.randn(n, c_in, h, w_, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(c_out, c_in // g, kk, kk, device=device) / (c_in // g * kk * kk) ** 0.5).to(dtype)
+    bias = torch.randn(c_out, device=device).to(dtype)
+    ho = (h + 2 * p - d * (kk - 1) - 1) // s + 1
+    wo = (w_ + 2 * p - d * (kk - 1) - 1) // s + 1
+    res = None
+    if residual:
+        res = torch.randn(n, c_out, ho, wo, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    return x, weight, bias, [s, s], [p, p], [d, d], g, res
+
+
+def _check(out, x, weight, bias, stride, padding, dilation, groups, activation, res, what):
+    """out vs float64, with F.conv2d at x.dtype on the same device as the baseline."""
+    y64 = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), stride, padding,
+                   dilation, groups)
+    ref = apply_activation(y64 + (0 if res is None else res.double()), activation)
+    base = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    base = apply_activation(base if res is None else base + res, activation)
+    assert out.dtype == x.dtype and out.is_contiguous(memory_format=torch.channels_last), what
+    assert_close_to_ref(out, ref, base, factor=2.0, floor=1e-6, what=what)
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("case", list(TINY))
+@pytest.mark.parametrize("activation", ks.ops.ACTIVATIONS)
+@pytest.mark.parametrize("residual", [False, True], ids=["", "res"])
+def test_tiny_shapes(device, dtype, case, activation, residual):
+    if device == "cuda" and dtype == torch.float32:
+        pytest.skip("fp32 on CUDA is served by cuDNN (test_fallback_reasons checks the reason)")
+    args = _inputs(TINY[case], dtype, device, residual=residual)
+    with use_backend("triton"):  # raises instead of falling back: the kernel must serve it
+        out = ks.ops.conv_bn_act(*args[:7], activation, args[7])
+    _check(out, *args[:7], activation, args[7], what=f"{case} {activation} {dtype}")
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_launchers_any_strides(device):
+    """The launchers honour strides: NCHW input, a non-contiguous residual, NCHW output, no bias."""
+    from kernelswap.kernels import conv_depthwise as dw
+    from kernelswap.kernels import conv_implicit_gemm as ig
+    dtype = torch.float16
+    x, weight, _, s, p, d, g, _ = _inputs(TINY["3x3_s2_odd"], dtype, device)
+    x = x.contiguous()
+    res = torch.randn(2, 10, 6, 10, device=device).to(dtype)[..., :5].transpose(2, 3)  # (2, 10, 5, 6) strided
+    assert res.shape == (2, 10, 5, 6) and not res.is_contiguous()
+    out = ig.conv_implicit_gemm(x, ig.prepare_weight(weight, g, dtype), (3, 3), None, res, s, p, d, "silu",
+                                torch.contiguous_format)
+    assert out.is_contiguous()
+    y64 = F.silu(F.conv2d(x.double(), weight.double(), None, s, p, d, g) + res.double())
+    base = F.silu(F.conv2d(x, weight, None, s, p, d, g) + res)
+    assert_close_to_ref(out, y64, base, what="implicit GEMM, NCHW")
+
+    x, weight, bias, s, p, d, g, _ = _inputs(TINY["dw3x3_s2_odd"], dtype, device)
+    x = x.contiguous()
+    out = dw.conv_depthwise(x, dw.prepare_weight(weight), (3, 3), bias, None, s, p, d, "relu6",
+                            torch.contiguous_format)
+    y64 = F.relu6(F.conv2d(x.double(), weight.double(), bias.double(), s, p, d, g))
+    base = F.relu6(F.conv2d(x, weight, bias, s, p, d, g))
+    assert_close_to_ref(out, y64, base, what="depthwise, NCHW")
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize("case", ["3x3_pad", "dw3x3"])
+def test_empty_batch_and_nan(device, case):
+    x, weight, bias, s, p, d, g, _ = _inputs(TINY[case], torch.float16, device)
+    with use_backend("triton"):
+        empty = ks.ops.conv_bn_act(x[:0], weight, bias, s, p, d, g, "relu", None)
+        assert empty.shape[0] == 0 and empty.shape[1] == weight.shape[0]
+        x[0, :, 2, 3] = float("nan")  # relu must not turn NaN into 0 (PTX max would)
+        out = ks.ops.conv_bn_act(x, weight, bias, s, p, d, g, "relu", None)
+    ref = conv_triton._conv_bn_act_torch(x.float(), weight.float(), bias.float(), s, p, d, g, "relu", None)
+    assert torch.equal(out.isnan(), ref.isnan()), f"NaN pattern differs: {int(out.isnan().sum())} vs " \
+                                                   f"{int(ref.isnan().sum())} NaNs"
+    assert out.isnan().any()
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_prepared_weight_follows_in_place_updates(device):
+    x, weight, bias, s, p, d, g, _ = _inputs(TINY["1x1"], torch.float16, device)
+    cache = conv_triton._PREP_GEMM[torch.float16]
+    with use_backend("triton"):
+        first = ks.ops.conv_bn_act(x, weight, bias, s, p, d, g, "identity", None)
+        n = len(cache)
+        again = ks.ops.conv_bn_act(x, weight, bias, s, p, d, g, "identity", None)
+        assert len(cache) == n, "second call with the same weight prepared it again"
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+        weight.mul_(-1)  # bumps weight._version: the prepared copy must be remade
+        flipped = ks.ops.conv_bn_act(x, weight, bias, s, p, d, g, "identity", None)
+    _check(flipped, x, weight, bias, s, p, d, g, "identity", None, what="after weight.mul_(-1)")
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_opcheck(device):
+    x, weight, bias, s, p, d, g, res = _inputs(TINY["3x3_s2_odd"], torch.float16, device, residual=True)
+    with use_backend("triton"):
+        torch.library.opcheck(torch.ops.kernelswap.conv_bn_act.default, (x, weight, bias, s, p, d, g, "relu", res),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_fallback_reasons(device):
+    """Calls the kernels should not take get a reason, so the dispatcher falls back."""
+    reason = conv_triton._static_reason
+    x, weight, bias, s, p, d, g, _ = _inputs(TINY["3x3_pad"], torch.float16, device)
+    assert reason(x, weight, bias, s, p, d, g, "relu", None) is None
+    assert "channels_last" in reason(x.contiguous(), weight, bias, s, p, d, g, "relu", None)
+    xg, wg, bg, *geo = _inputs((8, 12, 3, 1, 1, 1, 4, 7, 7), torch.float16, device)[:7]
+    assert "grouped" in reason(xg, wg, bg, *geo, "relu", None)
+    if device == "cuda":
+        assert "fp32" in reason(x.float(), weight.float(), bias, s, p, d, g, "relu", None)
+    # Not forced: an unsupported call is served by the next backend, never refused.
+    impl = choose("conv_bn_act", x.device, x.contiguous(), weight, bias, s, p, d, g, "relu", None)
+    assert impl.backend != "triton"
+
+
+# ---- CUDA: real layer shapes ------------------------------------------------------------
+LAYERS = {
+    # name: ((C_in, C_out, kernel, stride, padding, dilation, groups, H, W), activation, residual)
+    # The same layers as benchmarks/conv_triton_quick.py, so a run after the benchmark reuses
+    # its compiled and tuned kernels.
+    "r50_stem7x7_s2": ((3, 64, 7, 2, 3, 1, 1, 224, 224), "relu", False),
+    "r50_1x1_64to256_res": ((64, 256, 1, 1, 0, 1, 1, 56, 56), "relu", True),
+    "r50_3x3_64": ((64, 64, 3, 1, 1, 1, 1, 56, 56), "relu", False),
+    "r50_3x3_128_s2": ((128, 128, 3, 2, 1, 1, 1, 56, 56), "relu", False),
+    "mbv2_1x1_expand_24to144": ((24, 144, 1, 1, 0, 1, 1, 56, 56), "relu6", False),
+    "mbv2_1x1_project_144to24_res": ((144, 24, 1, 1, 0, 1, 1, 56, 56), "identity", True),
+    "mbv2_dw3x3_144": ((144, 144, 3, 1, 1, 1, 144, 56, 56), "relu6", False),
+    "mbv2_dw3x3_144_s2": ((144, 144, 3, 2, 1, 1, 144, 56, 56), "relu6", False),
+}
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_cuda_layers(dtype, layer):
+    if dtype == torch.float16 and layer not in ("r50_3x3_128_s2", "mbv2_dw3x3_144_s2", "r50_stem7x7_s2"):
+        pytest.skip("fp16 on three layers only: each dtype compiles and tunes every kernel again")
+    case, activation, residual = LAYERS[layer]
+    args = _inputs(case, dtype, "cuda", n=1, residual=residual)
+    with use_backend("triton"):
+        out = ks.ops.conv_bn_act(*args[:7], activation, args[7])
+    _check(out, *args[:7], activation, args[7], what=f"{layer} {dtype}")
+    # Automatic dispatch: whichever backend wins the timing, the numbers stay within tolerance.
+    auto = ks.ops.conv_bn_act(*args[:7], activation, args[7])
+    _check(auto, *args[:7], activation, args[7], what=f"{layer} {dtype} dispatched")
+
+
+@needs_cuda
+@pytest.mark.parametrize("activation", ["silu", "hardswish"])
+def test_cuda_other_activations(activation):
+    args = _inputs((32, 48, 3, 1, 1, 1, 1, 20, 20), torch.bfloat16, "cuda", n=2, residual=True)
+    with use_backend("triton"):
+        out = ks.ops.conv_bn_act(*args[:7], activation, args[7])
+    _check(out, *args[:7], activation, args[7], what=f"bf16 3x3 {activation}")
