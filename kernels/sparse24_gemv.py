@@ -215,7 +215,8 @@ _BENCH = dict(do_bench=lambda fn, quantiles: triton.testing.do_bench(fn, warmup=
 _FMA = autotune(fma_configs(), key=_KEY, smem=_SMEM, **_BENCH)(_sparse24_kernel)
 _DOT = autotune(dot_configs(), key=_KEY, smem=_SMEM, **_BENCH)(_sparse24_kernel)
 
-FMA_MAX_M = 1      # CUDA-core mode for M <= this; tensor cores above
+FMA_MAX_M = 1      # CUDA-core mode for M <= this by default; tensor cores above
+FMA_LIMIT_M = 4    # the gather accumulator grows with M: never CUDA-core mode past this
 MAX_SPLIT_K = 4    # the largest SPLIT_K in the configs: sizes the partial-sum buffer
 
 
@@ -236,6 +237,7 @@ def _launch(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config)
     int8 = a_scale is not None
     if use_dot is None:
         use_dot = m > FMA_MAX_M
+    assert use_dot or m <= FMA_LIMIT_M, f"CUDA-core mode serves M <= {FMA_LIMIT_M}, got M={m}"
     block_m = block_m_for(m, use_dot)
     split_max = config.get("SPLIT_K", 1) if config is not None else MAX_SPLIT_K
     part = torch.empty((split_max, m, n), dtype=torch.int32 if int8 else torch.float32, device=x.device)
