@@ -1,5 +1,9 @@
 """kernelswap: swap PyTorch layers for faster INT8/INT4/2:4-sparse/fused-conv kernels.
 
+    import kernelswap as ks
+    report = ks.swap(model, "int8")          # in place; returns a ks.SwapReport
+    ks.save(model, "model.safetensors")      # ks.load(float_model, "model.safetensors")
+
 Importing never fails because the CUDA extension or Triton is missing; see
 `python -m kernelswap info` for what serves each op on this machine.
 """
@@ -8,8 +12,13 @@ from . import _ext
 _ext.load()  # registers torch.ops.kernelswap._C_* when the extension is there
 
 from . import ops, packing  # noqa: E402
+from . import nn  # noqa: E402
 from .ops import use_backend  # noqa: E402
+from .recipes import Fuse, Int4, Int8, Int8Weight, Recipe, Sparse24, Sparse24Int8, register_recipe  # noqa: E402
+from .serialization import load, save  # noqa: E402
+from .swap import LayerSwap, SwapReport, swap  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ops", "packing", "use_backend"]
+__all__ = ["Fuse", "Int4", "Int8", "Int8Weight", "LayerSwap", "Recipe", "Sparse24", "Sparse24Int8", "SwapReport",
+           "__version__", "load", "nn", "ops", "packing", "register_recipe", "save", "swap", "use_backend"]

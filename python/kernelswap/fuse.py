@@ -174,8 +174,9 @@ class Journal:
     def replace(self, root: nn.Module, path: str, new: nn.Module) -> None:
         parent_path, _, attr = path.rpartition(".")
         parent = root.get_submodule(parent_path) if parent_path else root
-        self.entries.append((parent, attr, getattr(parent, attr)))
-        setattr(parent, attr, new)
+        old = getattr(parent, attr)
+        self.entries.append((parent, attr, old))
+        setattr(parent, attr, new.train(old.training))  # new modules (GraphModules too) start in training mode
 
     def undo(self) -> None:
         for parent, attr, old in reversed(self.entries):

@@ -1,0 +1,138 @@
+"""ks.save(model, path) / ks.load(model, path): a swapped model as one safetensors file.
+
+The file holds the swapped model's state_dict and, in its metadata, the format
+version, the kernelswap version and, per recipe, the layers it took. Each swapped
+module knows its recipe (recipe_config()), so save needs nothing but the model.
+
+load(model, path) takes a freshly built float model of the same architecture (eval
+mode), swaps the same layers with the same recipes, and loads the tensors. It reads
+and checks the whole file first, then swaps, then checks every name, shape and dtype
+kind against the file before copying anything: on any mismatch the swap is undone,
+so an error leaves the model untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+
+from .fuse import Journal
+from .nn import KernelswapModule
+from .recipes import recipe_from_config
+from .swap import _check_eval, swap_
+
+FORMAT = "kernelswap.swapped-model"
+FORMAT_VERSION = 1
+
+
+def _layers_by_recipe(model: nn.Module) -> dict[str, list[str]]:
+    """{recipe config as JSON: [qualified names of the modules it made]}."""
+    out: dict[str, list[str]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, KernelswapModule):
+            out.setdefault(json.dumps(m.recipe_config(), sort_keys=True), []).append(name)
+    return out
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write a swapped model (tensors + recipes) to a safetensors file."""
+    from safetensors.torch import save_file
+
+    layers = _layers_by_recipe(model)
+    if not layers:
+        raise ValueError("kernelswap.save: the model holds no kernelswap layers; swap it first "
+                         "(ks.swap(model, recipe)) or save the float model with torch/safetensors directly")
+    # Clone: safetensors refuses tensors that share memory (tied weights), and wants them contiguous on CPU.
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                "kernelswap_version": _version(), "recipes": json.dumps(layers)}
+    save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _read(path: str | os.PathLike) -> tuple[list[tuple[dict, list[str]]], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    where = f"kernelswap.load: {os.fspath(path)!r}"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{where} does not exist")
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(os.fspath(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{where} is not a readable safetensors file ({e}); it may be truncated or corrupt") \
+            from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{where} was not written by kernelswap.save (no '{FORMAT}' metadata)")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise ValueError(f"{where} has format version {meta.get('format_version')!r}; this kernelswap "
+                         f"({_version()}) reads version {FORMAT_VERSION}. Swap the float model again and re-save")
+    try:
+        groups = [(json.loads(cfg), names) for cfg, names in json.loads(meta["recipes"]).items()]
+        for cfg, names in groups:
+            recipe_from_config(cfg)
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"bad layer list {names!r}")
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{where}: its recipe metadata is damaged ({e})") from None
+    return groups, tensors
+
+
+def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Swap a float model the way the saved one was swapped and load its tensors; returns model.
+
+    On any error the model is left as it was."""
+    groups, tensors = _read(path)
+    where = f"kernelswap.load: {os.fspath(path)!r}"
+    if any(isinstance(m, KernelswapModule) for m in model.modules()):
+        raise ValueError(f"{where}: the model already holds kernelswap layers; load expects the original float "
+                         f"model (to fill an already swapped copy use model.load_state_dict instead)")
+    _check_eval(model)
+    modules = dict(model.named_modules())
+    for cfg, names in groups:
+        want = nn.Conv2d if cfg["recipe"] == "fuse" else nn.Linear
+        for n in names:
+            if not isinstance(modules.get(n), want):
+                got = "nothing" if n not in modules else type(modules[n]).__name__
+                raise ValueError(f"{where}: the file swapped layer {n!r} with recipe {cfg['recipe']!r}, but this "
+                                 f"model has {got} there (expected {want.__name__}); is it the same architecture?")
+    journal = Journal()
+    try:
+        for cfg, names in sorted(groups, key=lambda g: g[0]["recipe"] != "fuse"):
+            keep = set(names)
+            report = swap_(model, [recipe_from_config(cfg)], lambda name, _m, keep=keep: name in keep, journal,
+                           probe=False)
+            missing = keep - {x.name for x in report.swapped}
+            if missing:
+                raise ValueError(f"{where}: recipe {cfg['recipe']!r} could not take {sorted(missing)[:5]} in this "
+                                 f"model; is it the same architecture?")
+        _check_state(where, model.state_dict(), tensors)
+        model.load_state_dict(tensors, strict=True)
+    except BaseException:
+        journal.undo()
+        raise
+    return model
+
+
+def _check_state(where: str, have: dict[str, torch.Tensor], file: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = sorted(set(have) - set(file)), sorted(set(file) - set(have))
+    if missing or unexpected:
+        raise ValueError(f"{where} does not match this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+                         f", unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for k, t in file.items():
+        h = have[k]
+        if tuple(h.shape) != tuple(t.shape) or h.is_floating_point() != t.is_floating_point() or \
+                (not h.is_floating_point() and h.dtype != t.dtype):
+            raise ValueError(f"{where}: tensor {k!r} is {tuple(t.shape)} {t.dtype} in the file but "
+                             f"{tuple(h.shape)} {h.dtype} in the model; is it the same architecture and recipe?")
+
+
+__all__ = ["FORMAT_VERSION", "load", "save"]
