@@ -23,8 +23,8 @@ from ._tuning import TileBytes, autotune, interpreting
 # Bits of the float 2**23: OR-ing a 4-bit code into its mantissa and subtracting 2**23
 # gives the code as fp32 with one integer and one float op, avoiding the quarter-rate
 # int->float convert.
-MAGIC_F32_BITS = 0x4B000000
-MAGIC_F32 = 8388608.0
+MAGIC_F32_BITS = tl.constexpr(0x4B000000)
+MAGIC_F32 = tl.constexpr(8388608.0)
 
 
 @triton.jit
@@ -65,7 +65,7 @@ def _w4a16_gemm_kernel(
     # Group-M swizzle: GROUP_M row tiles walk the same weight columns together (L2 reuse).
     width = GROUP_M * grid_n
     first_m = (pid // width) * GROUP_M
-    rows = min(grid_m - first_m, GROUP_M)
+    rows = tl.minimum(grid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % width) % rows
     pid_n = (pid % width) // rows
 
@@ -77,7 +77,7 @@ def _w4a16_gemm_kernel(
 
     k_per_split = tl.cdiv(tl.cdiv(KP, BLOCK_K), SPLIT_K) * BLOCK_K
     k_lo = pid_k * k_per_split
-    k_hi = min(k_lo + k_per_split, KP)
+    k_hi = tl.minimum(k_lo + k_per_split, KP)
 
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -141,10 +141,8 @@ def small_m_configs() -> list[triton.Config]:
         _cfg(16, 64, 128, split_k=4, group_m=1, stages=4),
         _cfg(16, 128, 128, split_k=2, group_m=1, stages=4),
         _cfg(16, 32, 128, split_k=1, group_m=1, stages=4),
-        _cfg(16, 32, 256, split_k=2, group_m=1, stages=3),
         _cfg(16, 64, 256, split_k=4, group_m=1, stages=3),
         _cfg(16, 128, 128, split_k=8, group_m=1, stages=3, warps=8),
-        _cfg(16, 64, 64, split_k=8, group_m=1, stages=4),
     ]
 
 
@@ -154,7 +152,6 @@ def large_m_configs() -> list[triton.Config]:
     base = [
         dict(bm=128, bn=128, bk=64, warps=4, stages=4),
         dict(bm=128, bn=256, bk=64, warps=8, stages=3),
-        dict(bm=64, bn=128, bk=64, warps=4, stages=4),
         dict(bm=128, bn=128, bk=128, warps=8, stages=3),
     ]
     out = [_cfg(32, 32, 32, warps=4, stages=2)]  # interpreter's single config
