@@ -27,9 +27,17 @@ from .int8_epilogue import gpu_compile_options, splitk_reduce, store_scaled
 TUNE_KEY = ["M_BUCKET", "N", "K", "SPLIT_K", "HAS_BIAS", "USE_TMA"]
 
 
+class _TileBytesOrDesc(TileBytes):
+    """TileBytes that also reads the element size through a TensorDescriptor (TMA mode)."""
+
+    def __call__(self, config: triton.Config, named_args: dict) -> int:
+        unwrapped = {k: getattr(v, "base", v) for k, v in named_args.items()}
+        return super().__call__(config, unwrapped)
+
+
 def tile_bytes() -> TileBytes:
     # Per pipeline stage: an a tile and a b tile, element sizes read off the tensors.
-    return TileBytes((("BLOCK_M", "BLOCK_K", "a_ptr", 1), ("BLOCK_N", "BLOCK_K", "b_ptr", 1)))
+    return _TileBytesOrDesc((("BLOCK_M", "BLOCK_K", "a_ptr", 1), ("BLOCK_N", "BLOCK_K", "b_ptr", 1)))
 
 
 @triton.jit
@@ -99,7 +107,7 @@ def _gemm_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if SPLIT_K > 1:
-        c_ptrs = c_ptr + pid_k * M * N + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        c_ptrs = c_ptr + pid_k.to(tl.int64) * M * N + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
         tl.store(c_ptrs, acc, mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
     else:
         store_scaled(acc, offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr,
@@ -118,7 +126,20 @@ def _tma_block_hook(nargs: dict) -> None:
 
 def cfg(bm: int, bn: int, bk: int, stages: int, warps: int, group_m: int = 8) -> triton.Config:
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
-                         num_stages=stages, num_warps=warps, pre_hook=_tma_block_hook)
+                         num_stages=stages, num_warps=warps)
+
+
+def with_tma_hook(configs: list[triton.Config]) -> list[triton.Config]:
+    """The same configs for the TMA mode. Only these carry the pre_hook: Triton will not
+    cache tuning results on disk for configs with hooks, so the pointer mode stays cached."""
+    return [triton.Config(c.kwargs, num_stages=c.num_stages, num_warps=c.num_warps, pre_hook=_tma_block_hook)
+            for c in configs]
+
+
+def make_tuned(small: list[triton.Config], large: list[triton.Config]) -> dict:
+    """(size class, use_tma) -> autotuned launcher; all wrap the same kernel."""
+    return {(size, tma): autotune(with_tma_hook(cs) if tma else cs, TUNE_KEY, smem=tile_bytes())(gemm_kernel)
+            for size, cs in (("small", small), ("large", large)) for tma in (False, True)}
 
 
 def w8a8_large_m_configs() -> list[triton.Config]:
@@ -148,11 +169,7 @@ def w8a8_small_m_configs() -> list[triton.Config]:
 
 
 SMALL_M = 32
-# One autotuned launcher per config list; both wrap the same kernel.
-_tuned = {
-    "small": autotune(w8a8_small_m_configs(), TUNE_KEY, smem=tile_bytes())(gemm_kernel),
-    "large": autotune(w8a8_large_m_configs(), TUNE_KEY, smem=tile_bytes())(gemm_kernel),
-}
+_tuned = make_tuned(w8a8_small_m_configs(), w8a8_large_m_configs())
 
 
 def m_bucket(m: int) -> int:
@@ -182,7 +199,7 @@ def tma_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
 def launch_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, b_scale: torch.Tensor,
                 bias: torch.Tensor | None, out: torch.Tensor, tuned: dict, split_k: int = 1,
                 use_tma: bool = False, config: dict | None = None) -> torch.Tensor:
-    """Shared launcher of both modes. `tuned` maps "small"/"large" to autotuned kernels;
+    """Shared launcher of both modes. `tuned` is make_tuned's dict of autotuned kernels;
     `config` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) bypasses tuning."""
     m, k = a.shape
     n = b.shape[0]
@@ -210,7 +227,7 @@ def launch_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
                  DOT_PRECISION="ieee" if a.dtype == torch.float32 else "tf32",
                  **gpu_compile_options(a.device))
     if config is None:
-        kernel = tuned["small" if m <= SMALL_M else "large"]
+        kernel = tuned[("small" if m <= SMALL_M else "large", use_tma)]
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split_k)  # noqa: E731
         kernel[grid](*args, **flags)
     else:

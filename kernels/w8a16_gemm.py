@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from ._tuning import autotune
-from .int8_gemm import TUNE_KEY, cfg, default_split_k, gemm_kernel, launch_gemm, tile_bytes
+from .int8_gemm import cfg, default_split_k, launch_gemm, make_tuned
 
 
 def w8a16_large_m_configs() -> list[triton.Config]:
@@ -43,10 +42,7 @@ def w8a16_small_m_configs() -> list[triton.Config]:
     ]
 
 
-_tuned = {
-    "small": autotune(w8a16_small_m_configs(), TUNE_KEY, smem=tile_bytes())(gemm_kernel),
-    "large": autotune(w8a16_large_m_configs(), TUNE_KEY, smem=tile_bytes())(gemm_kernel),
-}
+_tuned = make_tuned(w8a16_small_m_configs(), w8a16_large_m_configs())
 
 
 def int8_weight_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,

@@ -11,6 +11,8 @@ importing kernelswap never needs Triton.
 """
 from __future__ import annotations
 
+import torch
+
 from .backend import register
 
 
@@ -34,7 +36,15 @@ def _int8_linear_triton(x, w_q, w_scale, bias):
     return int8_scaled_mm(q, s, w_q, w_scale, bias, x.dtype)
 
 
-@register("int8_weight_linear", "triton")
+def _w8a16_supports(x, w_q, w_scale, bias):
+    if x.is_cuda and x.dtype == torch.float32:
+        # fp32 x needs an IEEE fp32 tl.dot (CUDA cores, no TF32): cuBLAS's fp32 GEMM in the
+        # "torch" backend is the better-tuned kernel for that (not measured here).
+        return "fp32 activations on the GPU go to cuBLAS (Triton W8A16 targets fp16/bf16)"
+    return None
+
+
+@register("int8_weight_linear", "triton", supports=_w8a16_supports)
 def _int8_weight_linear_triton(x, w_q, w_scale, bias):
     from kernelswap.kernels.w8a16_gemm import int8_weight_linear
     return int8_weight_linear(x, w_q, w_scale, bias)
