@@ -13,6 +13,18 @@ M = 1 and 128 at 8192x28672. Providers, all timed in the same process:
   W8A16  ours (variants as above), bf16 F.linear, the "torch" backend (dequantize + F.linear)
 Each of our variants is checked against the reference op before it is timed.
 Prints one CSV row per case (median / p20 / p80 us, TOP/s, ratio to bf16) and a table.
+
+One GPU session (tests + warm-up in parallel, then timing alone); on the GPU image use
+`python3` for everything (a bare `pip` / `python` there is not the interpreter with torch):
+
+  set -o pipefail; export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache
+  KERNELSWAP_BUILD_CUDA=off python3 -m pip install --no-build-isolation --no-deps -e . -q \
+      && python3 -c "import kernelswap.kernels.int8_gemm" || exit 1
+  timeout 140 python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_int8_triton.py > $OUT/tests.log 2>&1 &
+  for j in 0 1 2 3 4 5; do timeout 140 python3 benchmarks/int8_triton_quick.py --warm $j/6 > $OUT/w$j.txt 2>&1 & done
+  wait; cat $OUT/w*.txt > $OUT/warm.log; rm $OUT/w*.txt
+  find /tmp/tcache -name '*.autotune.json' -delete
+  timeout 120 python3 benchmarks/int8_triton_quick.py --out $OUT > $OUT/bench.log 2>&1
 """
 from __future__ import annotations
 

@@ -129,11 +129,15 @@ def cfg(bm: int, bn: int, bk: int, stages: int, warps: int, group_m: int = 8) ->
                          num_stages=stages, num_warps=warps)
 
 
+TMA_MAX_BOX = 256  # elements per dimension of one TMA copy (cuTensorMapEncodeTiled's boxDim limit)
+
+
 def with_tma_hook(configs: list[triton.Config]) -> list[triton.Config]:
-    """The same configs for the TMA mode. Only these carry the pre_hook: Triton will not
-    cache tuning results on disk for configs with hooks, so the pointer mode stays cached."""
+    """The configs for the TMA mode: those whose tiles one TMA box can hold, with the
+    pre_hook that sizes the descriptors. Only these carry a hook: Triton does not cache
+    tuning results on disk for configs with hooks, so the pointer mode stays cached."""
     return [triton.Config(c.kwargs, num_stages=c.num_stages, num_warps=c.num_warps, pre_hook=_tma_block_hook)
-            for c in configs]
+            for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) <= TMA_MAX_BOX]
 
 
 def make_tuned(small: list[triton.Config], large: list[triton.Config]) -> dict:

@@ -14,7 +14,7 @@ import torch
 import kernelswap
 from kernelswap.ops.int8 import (int8_linear_ref, int8_scaled_mm_ref, int8_weight_linear_ref, int_matmul_ref,
                                  quantize_per_token_ref)
-from tests.utils import assert_close_to_ref, assert_exact, interpreting, needs_cuda
+from utils import assert_close_to_ref, assert_exact, interpreting, needs_cuda
 
 if interpreting():
     DEVICES = ["cpu"]
