@@ -6,12 +6,14 @@ losses, per-op tables, models), then prints a short table of the targets last.
 Plots are drawn from the CSV by a separate command: `python benchmarks/plot.py OUT/bench.csv`.
 
 Order of work, so that a time budget cuts the least important part: measured peaks;
-bf16 cases of the first shape set; the models; everything else (other sets, fp16).
+bf16 cases of the first shape set; the models; everything else (other sets, fp16);
+last, the compile pass (torch.compile'd baselines and peers, 10-60 s of compiling each).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -92,21 +94,41 @@ def run(args, timer=None) -> list[dict]:
                         runner.run_op(op, shape, dtype, P.providers(op))
                         _progress(runner, budget)
 
-    kernels(first=True)
-    runner.shape_set = "models"
-    if "cnn" in models:
-        from .models import run_cnns
-        run_cnns(runner)
-    if "llm" in models:
-        from .models import run_decoder
-        run_decoder(runner)
-    kernels(first=False)
-
-    os.makedirs(args.out, exist_ok=True)
-    write_csv(runner.rows, os.path.join(args.out, "bench.csv"))
-    with open(os.path.join(args.out, "bench.md"), "w") as f:
-        f.write(markdown(runner.rows))
+    # SIGTERM (e.g. `timeout`) still writes what was measured.
+    try:
+        old_handler = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: no handler, no partial write on SIGTERM
+        old_handler = None
+    try:
+        kernels(first=True)
+        runner.shape_set = "models"
+        if "cnn" in models:
+            from .models import run_cnns
+            run_cnns(runner)
+        if "llm" in models:
+            from .models import run_decoder
+            run_decoder(runner)
+        kernels(first=False)
+        runner.shape_set = "compile pass"
+        runner.run_deferred()
+    except Terminated:
+        print("[bench] terminated: writing the rows measured so far", file=sys.stderr, flush=True)
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+        os.makedirs(args.out, exist_ok=True)
+        write_csv(runner.rows, os.path.join(args.out, "bench.csv"))
+        with open(os.path.join(args.out, "bench.md"), "w") as f:
+            f.write(markdown(runner.rows))
     return runner.rows
+
+
+class Terminated(Exception):
+    pass
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 _last_progress = [0.0]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runner import Runner, short_error
+from .runner import SLOW_RESERVE_S, Runner, short_error
 
 CNNS = {"mobilenetv2": "mobilenet_v2", "resnet50": "resnet50"}
 CNN_BATCHES = (1, 64)
@@ -66,7 +66,8 @@ def _graphed(model: Callable, x: torch.Tensor) -> Callable:
 
 
 def time_variant(runner: Runner, op: str, shape: str, variant: str, build: Callable[[], tuple[Callable, int]],
-                 items: int, unit: str, dtype: str = "bf16", slow: bool = False, note: str = "") -> None:
+                 items: int, unit: str, dtype: str = "bf16", slow: bool = False, note: str = "",
+                 defer: bool = True) -> None:
     """build() -> (the call to time, weight bytes). One row, whatever happens."""
     base = dict(op=op, provider=variant, kind="model", shape=shape, dtype=dtype)
     if runner.budget.spent():
@@ -74,6 +75,13 @@ def time_variant(runner: Runner, op: str, shape: str, variant: str, build: Calla
         return
     if slow and runner.quick:
         runner.row(**base, status="skipped", note="--quick leaves out variants that compile")
+        return
+    if slow and defer:  # compile pass: after everything else
+        runner.deferred.append(lambda: time_variant(runner, op, shape, variant, build, items, unit, dtype, slow,
+                                                    note, defer=False))
+        return
+    if slow and runner.budget.left() < SLOW_RESERVE_S:
+        runner.row(**base, status="skipped", note=f"under {SLOW_RESERVE_S} s of budget left for a compile")
         return
     cuda = runner.device.type == "cuda"
     try:

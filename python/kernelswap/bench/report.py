@@ -22,8 +22,11 @@ STATUSES = ("ok", "error", "unsupported", "absent", "skipped", "unavailable")
 
 # ---------------------------------------------------------------- CSV
 def write_csv(rows: list[dict], path: str) -> None:
+    unknown = sorted({k for r in rows for k in r} - set(COLUMNS))
+    if unknown:  # a misspelt field would otherwise vanish from the results
+        raise ValueError(f"bench rows carry fields that are not CSV columns: {unknown}")
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="raise")
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in rows:
             w.writerow({c: _cell(r.get(c)) for c in COLUMNS})

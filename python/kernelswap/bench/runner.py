@@ -23,6 +23,8 @@ from .timing import Peak, Timer, copies_for
 
 # Ops whose math is int8 (their compute peak is torch._int_mm's, not bf16's).
 INT8_MATH_OPS = ("int8_linear", "sparse24_int8_linear", "int8_scaled_mm")
+# A torch.compile of a model takes 10-60 s (TARGETS.md: MobileNetV2 11 s); do not start one with less left.
+SLOW_RESERVE_S = 60
 
 
 @dataclass
@@ -48,6 +50,11 @@ class Runner:
         self.timer, self.device, self.env, self.peaks = timer, device, env, peaks
         self.l2, self.budget, self.quick, self.shape_set = l2, budget, quick, shape_set
         self.rows: list[dict] = []
+        self.deferred: list = []  # the compile pass: callables run after everything else
+
+    def run_deferred(self) -> None:
+        while self.deferred:
+            self.deferred.pop(0)()
 
     # ------------------------------------------------------------ rows
     def row(self, **fields) -> dict:
@@ -64,7 +71,8 @@ class Runner:
                      note=p.error or p.unit)
 
     # ------------------------------------------------------------ one op at one shape
-    def run_op(self, op: str, shape, dtype: torch.dtype, providers: list[Provider]) -> None:
+    def run_op(self, op: str, shape, dtype: torch.dtype, providers: list[Provider], defer: bool = True) -> None:
+        """One row per provider; providers that compile wait in `deferred` (run last) unless defer=False."""
         for p in providers:
             base = dict(op=op, provider=p.name, kind=p.kind, shape=shape.label, dtype=_dtype_name(dtype))
             if p.requires and importlib.util.find_spec(p.requires.split(".")[0]) is None:
@@ -73,6 +81,11 @@ class Runner:
                 self.row(**base, status="skipped", note="time budget spent")
             elif p.slow and self.quick:
                 self.row(**base, status="skipped", note="--quick leaves out providers that compile")
+            elif p.slow and defer:
+                self.deferred.append(lambda op=op, shape=shape, dtype=dtype, p=p:
+                                     self.run_op(op, shape, dtype, [p], defer=False))
+            elif p.slow and self.budget.left() < SLOW_RESERVE_S:
+                self.row(**base, status="skipped", note=f"under {SLOW_RESERVE_S} s of budget left for a compile")
             else:
                 self.row(**base, **self._time(op, p, shape, dtype))
 

@@ -23,17 +23,21 @@ def _int4_weights(s: LinearShape, dtype, device) -> tuple:
     return q.packed, q.scales, q.zeros, q.group_size, bias(s, device).to(dtype)
 
 
+def to_tinygemm(q: packing.Int4Weight, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Our asymmetric Int4Weight -> (codes (N, K // 2) uint8, even k in the HIGH nibble as tinygemm
+    wants; scales_and_zeros (K // group, N, 2) dtype) with w = (code - 8) * scale + zero."""
+    swapped = ((q.packed & 0x0F) << 4) | (q.packed >> 4)
+    scale = q.scales.float()
+    zero_tg = (8.0 - q.zeros.float()) * scale
+    return swapped.contiguous(), torch.stack((scale, zero_tg), dim=-1).transpose(0, 1).contiguous().to(dtype)
+
+
 def _tinygemm_weights(s: LinearShape, dtype, device) -> tuple:
     q = packing.quantize_int4(weight(s, device), s.group_size)
     if q.packed.shape[1] * 2 != s.k:
         raise ValueError(f"tinygemm needs K a multiple of the group size {s.group_size}, got K={s.k}")
-    # tinygemm wants the even k in the high nibble; ours keeps it in the low one.
-    swapped = ((q.packed & 0x0F) << 4) | (q.packed >> 4)
-    w_tg = torch.ops.aten._convert_weight_to_int4pack(swapped.contiguous(), INNER_K_TILES)
-    scale = q.scales.float()
-    zero_tg = (8.0 - q.zeros.float()) * scale
-    # (N, G) scales and zeros -> (G, N, 2)
-    scales_zeros = torch.stack((scale, zero_tg), dim=-1).transpose(0, 1).contiguous().to(dtype)
+    codes, scales_zeros = to_tinygemm(q, dtype)
+    w_tg = torch.ops.aten._convert_weight_to_int4pack(codes, INNER_K_TILES)
     return w_tg, scales_zeros, bias(s, device).to(dtype)
 
 
