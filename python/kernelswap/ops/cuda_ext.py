@@ -1,9 +1,140 @@
-"""Implementations served by the CUDA extension kernelswap._C ("cuda" backend)."""
+"""Implementations served by the CUDA extension kernelswap._C ("cuda" backend).
+
+  quantize_per_token_int8  _C_quantize_per_token_int8 (any CUDA GPU)
+  int8_scaled_mm           _C_int8_mm: CUTLASS Hopper int8 GEMM, fused scale/bias epilogue
+  int8_linear              _C_quantize_per_token_int8 + _C_int8_mm
+  sparse24_linear          _C_sparse24_mm: CUTLASS Hopper 2:4 sparse GEMM (sparse wgmma)
+  sparse24_int8_linear     _C_quantize_per_token_int8 + _C_sparse24_int8_mm
+
+The GEMMs are sm_90a code (csrc/sm90): each `supports` predicate returns why a call
+cannot be served (GPU, build, dtype, shape, alignment) so the dispatcher falls back
+before the extension would raise. Sparse weights are converted once per weight buffer
+from the public format (kernelswap.ops.sparse24) to CUTLASS's layout by
+_C_sparse24_prepare and kept in a PreparedWeights cache.
+"""
+from __future__ import annotations
+
+import functools
+
 import torch
 
+from .. import _ext
+from ._prepared import PreparedWeights
 from .backend import register
+from .sparse24 import check_meta_valid, decompress_24_ref
+
+# TMA moves rows of 16 bytes: K int8 / bf16 elements per row of x and w, N per row of out.
+ALIGN_KN = 16
+_OUT_DTYPES = (torch.bfloat16, torch.float16)
+
+_SPARSE = PreparedWeights("sparse24 -> CUTLASS sm90 layout")
+_BIAS = PreparedWeights("bias -> fp32")
 
 
 @register("quantize_per_token_int8", "cuda")
 def _quantize_cuda(x):
     return torch.ops.kernelswap._C_quantize_per_token_int8(x)
+
+
+# ---------------------------------------------------------------- shared checks
+@functools.lru_cache(maxsize=None)
+def _sm90_reason(device_index: int) -> str | None:
+    """Why the sm_90a GEMMs cannot run on this device (None: they can)."""
+    info = _ext.build_info()
+    if info.get("cutlass") != "1":
+        return "kernelswap._C was built without CUTLASS (pip install nvidia-cutlass, rebuild)"
+    if "9.0a" not in info.get("archs", "").split(";"):
+        return f"kernelswap._C carries no sm_90a code (built for {info.get('archs')!r}); rebuild with 9.0a"
+    major, minor = torch.cuda.get_device_capability(device_index)
+    if (major, minor) != (9, 0):
+        return f"the CUTLASS GEMMs are sm_90a (Hopper) code; this GPU is sm_{major}{minor}"
+    return None
+
+
+def _aligned(*tensors: torch.Tensor) -> bool:
+    return all(t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _gemm_reason(x: torch.Tensor, k: int, n: int, *tensors: torch.Tensor) -> str | None:
+    # Shape rules first: they need no GPU, so the CPU tests can check them.
+    if k % ALIGN_KN or n % ALIGN_KN:
+        return f"K={k} and N={n} must be multiples of {ALIGN_KN} (TMA moves 16-byte rows)"
+    if not _aligned(x, *tensors):
+        return "an input is not 16-byte aligned (an offset view); TMA needs aligned rows"
+    return _sm90_reason(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+def _out_reason(dtype: torch.dtype) -> str | None:
+    if dtype not in _OUT_DTYPES:
+        return f"output {dtype} is not instantiated (bfloat16 / float16 only)"
+    return None
+
+
+def _bias32(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The fp32 bias the epilogue reads (converted once per bias buffer)."""
+    if bias is None or (bias.dtype == torch.float32 and bias.is_contiguous() and _aligned(bias)):
+        return bias
+    return _BIAS.get((bias,), lambda: bias.float().contiguous())
+
+
+# ---------------------------------------------------------------- int8 dense
+def _scaled_mm_supports(a, a_scale, b, b_scale, bias, out_dtype):
+    return _out_reason(out_dtype) or _gemm_reason(a, a.shape[1], b.shape[0], b, a_scale, b_scale)
+
+
+@register("int8_scaled_mm", "cuda", supports=_scaled_mm_supports)
+def _int8_scaled_mm_cuda(a, a_scale, b, b_scale, bias, out_dtype):
+    return torch.ops.kernelswap._C_int8_mm(a, a_scale, b, b_scale, _bias32(bias), out_dtype)
+
+
+def _int8_linear_supports(x, w_q, w_scale, bias):
+    return _out_reason(x.dtype) or _gemm_reason(x, x.shape[1], w_q.shape[0], w_q, w_scale)
+
+
+@register("int8_linear", "cuda", supports=_int8_linear_supports)
+def _int8_linear_cuda(x, w_q, w_scale, bias):
+    q, s = torch.ops.kernelswap._C_quantize_per_token_int8(x)
+    return torch.ops.kernelswap._C_int8_mm(q, s, w_q, w_scale, _bias32(bias), x.dtype)
+
+
+# ---------------------------------------------------------------- 2:4 sparse
+def _prepared(op: str, values: torch.Tensor, meta: torch.Tensor, k: int):
+    """(values, meta) in CUTLASS's layout, made once per weight buffer: check the
+    metadata, decompress to dense on the GPU, run CUTLASS's compressor."""
+    def make():
+        check_meta_valid(op, meta)
+        dense = decompress_24_ref(values, meta)[:, :k].contiguous()
+        return torch.ops.kernelswap._C_sparse24_prepare(dense)
+    return _SPARSE.get((values, meta), make)
+
+
+def _sparse_reason(x, values, meta) -> str | None:
+    k, n = x.shape[1], values.shape[0]
+    if values.shape[1] * 2 != k:
+        return f"x has K={k} but values hold Kp={values.shape[1] * 2} (padded K); the kernel needs K = Kp"
+    return _gemm_reason(x, k, n)
+
+
+def _sparse24_supports(x, values, meta, bias):
+    if x.dtype not in _OUT_DTYPES:
+        return f"x is {x.dtype}; the sparse tensor cores take bfloat16 / float16"
+    if values.dtype != x.dtype:
+        return f"values are {values.dtype} but x is {x.dtype}; the tensor cores multiply one dtype"
+    return _sparse_reason(x, values, meta)
+
+
+@register("sparse24_linear", "cuda", supports=_sparse24_supports)
+def _sparse24_linear_cuda(x, values, meta, bias):
+    v, e = _prepared("sparse24_linear", values, meta, x.shape[1])
+    return torch.ops.kernelswap._C_sparse24_mm(x, v, e, _bias32(bias))
+
+
+def _sparse24_int8_supports(x, values, meta, w_scale, bias):
+    return _out_reason(x.dtype) or _sparse_reason(x, values, meta)
+
+
+@register("sparse24_int8_linear", "cuda", supports=_sparse24_int8_supports)
+def _sparse24_int8_linear_cuda(x, values, meta, w_scale, bias):
+    v, e = _prepared("sparse24_int8_linear", values, meta, x.shape[1])
+    q, s = torch.ops.kernelswap._C_quantize_per_token_int8(x)
+    return torch.ops.kernelswap._C_sparse24_int8_mm(q, s, v, e, w_scale, _bias32(bias), x.dtype)

@@ -1,0 +1,205 @@
+// The one CUTLASS 3.x Hopper GEMM template behind every sm_90a kernel of kernelswap._C:
+// dense int8 (TMA warp-specialized) and 2:4 sparse (sparse wgmma) with the same fused
+// epilogue. Included only by the generated csrc/sm90/inst_*.cu files (one instantiation
+// each, so they compile in parallel) and by sparse24_prepare.cu (for the sparse layouts).
+// See gemm_problem.h for the swapped orientation (weight = A, tokens = B).
+#pragma once
+
+#include "sm90/gemm_problem.h"
+
+#include <cutlass/cutlass.h>
+#include <cute/tensor.hpp>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/sm90_visitor_compute_tma_warpspecialized.hpp>
+#include <cutlass/epilogue/fusion/sm90_visitor_load_tma_warpspecialized.hpp>
+#include <cutlass/epilogue/fusion/sm90_visitor_tma_warpspecialized.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/dispatch_policy.hpp>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+
+#include <type_traits>
+
+namespace kernelswap::sm90 {
+
+using namespace cute;
+
+template <DType D> struct CutlassType;
+template <> struct CutlassType<DType::kBF16> { using type = cutlass::bfloat16_t; };
+template <> struct CutlassType<DType::kFP16> { using type = cutlass::half_t; };
+template <> struct CutlassType<DType::kI8> { using type = int8_t; };
+
+// ---------------------------------------------------------------- epilogue
+// fp32 multiply / add with IEEE rounding at each step. nvcc would otherwise contract
+// (acc * s) + bias into one FMA, which rounds once and so differs from the reference
+// (ops/int8.py scale_epilogue_ref) in the last bit: the int8 paths promise bit-exactness.
+template <class T> struct MulRn {
+  CUTLASS_DEVICE T operator()(T const& a, T const& b) const { return __fmul_rn(a, b); }
+};
+template <int N> struct MulRn<cutlass::Array<float, N>> {
+  CUTLASS_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& a,
+                                                     cutlass::Array<float, N> const& b) const {
+    cutlass::Array<float, N> r;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) r[i] = __fmul_rn(a[i], b[i]);
+    return r;
+  }
+};
+template <class T> struct AddRn {
+  CUTLASS_DEVICE T operator()(T const& a, T const& b) const { return __fadd_rn(a, b); }
+};
+template <int N> struct AddRn<cutlass::Array<float, N>> {
+  CUTLASS_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& a,
+                                                     cutlass::Array<float, N> const& b) const {
+    cutlass::Array<float, N> r;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) r[i] = __fadd_rn(a[i], b[i]);
+    return r;
+  }
+};
+
+namespace fusion = cutlass::epilogue::fusion;
+constexpr auto kRN = cutlass::FloatRoundStyle::round_to_nearest;
+// GEMM rows are out features (N), GEMM columns are tokens (M): a per-feature vector is a
+// column broadcast, a per-token vector a row broadcast. A null pointer reads as 0.
+template <class Tile> using PerFeature = fusion::Sm90ColBroadcast<0, Tile, float, float>;
+template <class Tile> using PerToken = fusion::Sm90RowBroadcast<0, Tile, float, float>;
+
+// float inputs: D = acc + bias[n]
+template <class Tile, class Out>
+using EpilogueBias = fusion::Sm90EVT<fusion::Sm90Compute<AddRn, Out, float, kRN>,
+                                     fusion::Sm90AccFetch, PerFeature<Tile>>;
+// int8 inputs: D = (acc * x_scale[m]) * w_scale[n] + bias[n]
+template <class Tile, class Out>
+using EpilogueScaled = fusion::Sm90EVT<
+    fusion::Sm90Compute<AddRn, Out, float, kRN>,
+    fusion::Sm90EVT<fusion::Sm90Compute<MulRn, float, float, kRN>,
+                    fusion::Sm90EVT<fusion::Sm90Compute<MulRn, float, float, kRN>,
+                                    fusion::Sm90AccFetch, PerToken<Tile>>,
+                    PerFeature<Tile>>,
+    PerFeature<Tile>>;
+
+// ---------------------------------------------------------------- tile configs
+// Chosen from CUTLASS's Hopper examples (62_hopper_sparse_gemm: 128x128x128, cluster 1x2)
+// and the usual int8 sm90 configs (128x128x128 ping-pong, cluster 2x1); the small-M
+// config keeps 64-row weight tiles so a 28672-wide layer gives 448 tiles (3.4 waves on
+// 132 SMs) instead of 224. K tile >= 128 for sparse: the metadata layout depends on
+// min(K tile, 128), and sparse24_prepare.cu builds it once for all configs.
+template <bool Sparse, DType In, Tiles T> struct Config;
+template <bool Sparse, DType In> struct Config<Sparse, In, Tiles::kSmall> {
+  using Tile = Shape<_64, _64, std::conditional_t<In == DType::kI8, _256, _128>>;
+  using Cluster = Shape<_1, _1, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  using Epi = cutlass::epilogue::TmaWarpSpecialized;
+};
+template <DType In> struct Config<false, In, Tiles::kLarge> {
+  using Tile = Shape<_128, _128, _128>;
+  using Cluster = Shape<_2, _1, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  using Epi = cutlass::epilogue::TmaWarpSpecialized;
+};
+template <DType In> struct Config<true, In, Tiles::kLarge> {
+  using Tile = Shape<_128, _128, std::conditional_t<In == DType::kI8, _256, _128>>;
+  using Cluster = Shape<_1, _2, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using Epi = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
+
+template <bool Sparse, DType In, DType Out, Tiles T>
+struct Gemm {
+  using Cfg = Config<Sparse, In, T>;
+  using Tile = typename Cfg::Tile;
+  using ElementIn = typename CutlassType<In>::type;
+  using ElementOut = typename CutlassType<Out>::type;
+  static constexpr bool kInt8 = In == DType::kI8;
+  using Acc = std::conditional_t<kInt8, int32_t, float>;
+  static constexpr int kAlignIn = 128 / cutlass::sizeof_bits<ElementIn>::value;
+  static constexpr int kAlignOut = 128 / cutlass::sizeof_bits<ElementOut>::value;
+  using OpClass = std::conditional_t<Sparse, cutlass::arch::OpClassSparseTensorOp, cutlass::arch::OpClassTensorOp>;
+  using LayoutD = cutlass::layout::ColumnMajor;  // (N, M) column-major == out (M, N) row-major
+  using Fusion = std::conditional_t<kInt8, EpilogueScaled<Tile, ElementOut>, EpilogueBias<Tile, ElementOut>>;
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, OpClass, Tile, typename Cfg::Cluster,
+      cutlass::epilogue::collective::EpilogueTileAuto, Acc, float,
+      void, LayoutD, kAlignOut,           // no C operand
+      ElementOut, LayoutD, kAlignOut,
+      typename Cfg::Epi, Fusion>::CollectiveOp;
+
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, OpClass,
+      ElementIn, cutlass::layout::RowMajor, kAlignIn,     // weight (N, K), K contiguous
+      ElementIn, cutlass::layout::ColumnMajor, kAlignIn,  // tokens (M, K), K contiguous
+      Acc, Tile, typename Cfg::Cluster,
+      cutlass::gemm::collective::StageCountAutoCarveout<
+          static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      typename Cfg::Kernel>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
+                                                      CollectiveEpilogue>;
+  using Device = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+};
+
+inline int sm_count(int device) {
+  static int counts[64] = {};
+  if (device < 0 || device >= 64) return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  if (counts[device] == 0) counts[device] = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  return counts[device];
+}
+
+template <bool Sparse, DType In, DType Out, Tiles T>
+void run_gemm(const GemmProblem& p) {
+  using G = Gemm<Sparse, In, Out, T>;
+  using Device = typename G::Device;
+  using ElementIn = typename G::ElementIn;
+  using ElementOut = typename G::ElementOut;
+  using StrideA = typename G::Kernel::StrideA;
+  using StrideB = typename G::Kernel::StrideB;
+  using StrideD = typename G::Kernel::StrideD;
+  auto problem = make_tuple(p.N, p.M, p.K, 1);
+  // Packed strides (batch stride 0: one problem). The nvidia-cutlass wheel ships no
+  // cutlass/util, so these are written out: K-major A and B, D column-major (ld = N).
+  const StrideB stride_b = make_stride(int64_t(p.K), _1{}, int64_t(0));
+  const StrideD stride_d = make_stride(_1{}, int64_t(p.N), int64_t(0));
+
+  typename G::CollectiveMainloop::Arguments mainloop;
+  if constexpr (Sparse) {
+    using SparseConfig = typename G::CollectiveMainloop::SparseConfig;
+    using ElementE = typename G::CollectiveMainloop::ElementE;
+    mainloop = {static_cast<const ElementIn*>(p.w), SparseConfig::fill_layoutA(problem),
+                static_cast<const ElementIn*>(p.x), stride_b,
+                static_cast<const ElementE*>(p.meta), SparseConfig::fill_layoutE(problem)};
+  } else {
+    const StrideA stride_a = make_stride(int64_t(p.K), _1{}, int64_t(0));
+    mainloop = {static_cast<const ElementIn*>(p.w), stride_a, static_cast<const ElementIn*>(p.x), stride_b};
+  }
+
+  typename G::CollectiveEpilogue::Arguments epilogue{{}, nullptr, stride_d, static_cast<ElementOut*>(p.out), stride_d};
+  if constexpr (G::kInt8) {
+    epilogue.thread = {{{{}, {p.x_scale}, {}}, {p.w_scale}, {}}, {p.bias}, {}};
+  } else {
+    epilogue.thread = {{}, {p.bias}, {}};
+  }
+
+  const int device = p.like->get_device_index();
+  cutlass::KernelHardwareInfo hw{device, sm_count(device)};
+  typename Device::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm, problem, mainloop, epilogue, hw};
+
+  Device gemm;
+  cutlass::Status st = gemm.can_implement(args);
+  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: CUTLASS cannot run M=", p.M,
+                  " N=", p.N, " K=", p.K, ": ", cutlassGetStatusString(st));
+  const size_t ws_bytes = Device::get_workspace_size(args);
+  Tensor ws = torch::stable::new_empty(*p.like, {static_cast<int64_t>(ws_bytes > 0 ? ws_bytes : 1)},
+                                       ScalarType::Byte);
+  cudaStream_t stream = current_stream(*p.like);
+  st = gemm.initialize(args, ws.mutable_data_ptr(), stream);
+  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: initialize failed: ",
+                  cutlassGetStatusString(st));
+  st = gemm.run(stream);
+  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: launch failed: ",
+                  cutlassGetStatusString(st));
+  KS_CHECK_LAUNCH();
+}
+
+}  // namespace kernelswap::sm90

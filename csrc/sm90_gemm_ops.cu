@@ -1,0 +1,198 @@
+// Entry points of the sm_90a CUTLASS GEMMs: argument checks (shared by the CUDA and Meta
+// implementations), the output, and the choice of instantiation (csrc/sm90/inst_*.cu).
+//
+//   _C_int8_mm(x, x_scale, w, w_scale, bias, out_dtype)
+//       x (M, K) int8, x_scale (M,) fp32, w (N, K) int8, w_scale (N,) fp32, bias (N,) fp32 or None
+//       -> (M, N) out_dtype (bf16 / fp16) = (x @ w.T * x_scale[m]) * w_scale[n] + bias[n]
+//   _C_sparse24_mm(x, values, meta, bias)
+//       x (M, K) bf16 / fp16, values + meta from _C_sparse24_prepare -> (M, N) x.dtype = x @ w.T + bias
+//   _C_sparse24_int8_mm(x, x_scale, values, meta, w_scale, bias, out_dtype)
+//       the int8 epilogue of _C_int8_mm over a 2:4 sparse int8 weight
+//
+// Limits, each with its own error: an sm_90 GPU and a build with 9.0a; K and N multiples
+// of 16 (TMA moves 16-byte aligned rows: K int8 / bf16 elements per row of x and w, N
+// output elements per row of out); 16-byte aligned, contiguous inputs; M, N, K < 2^31.
+#include "common.h"
+
+#include "sm90/gemm_problem.h"
+
+#include <cstring>
+#include <optional>
+
+#ifndef KERNELSWAP_WITH_CUTLASS
+#define KERNELSWAP_WITH_CUTLASS 0
+#endif
+
+namespace kernelswap {
+namespace {
+
+using sm90::DType;
+using sm90::Tiles;
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+void check_tensor(const char* op, const char* name, const Tensor& t, ScalarType dt, const char* dt_name,
+                  int64_t dim) {
+  STD_TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D");
+  STD_TORCH_CHECK(t.scalar_type() == dt, op, ": ", name, " must be ", dt_name);
+  STD_TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+  STD_TORCH_CHECK(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0, op, ": ", name,
+                  " must be 16-byte aligned (TMA); pass a fresh tensor, not an offset view");
+}
+
+void check_vector(const char* op, const char* name, const Tensor& t, int64_t n) {
+  check_tensor(op, name, t, ScalarType::Float, "float32", 1);
+  STD_TORCH_CHECK(t.size(0) == n, op, ": ", name, " must have ", n, " elements, got ", t.size(0));
+}
+
+void check_kn(const char* op, int64_t K, int64_t N) {
+  STD_TORCH_CHECK(K % 16 == 0 && K > 0, op, ": K must be a positive multiple of 16 (TMA moves 16-byte rows), got K=", K);
+  STD_TORCH_CHECK(N % 16 == 0 && N > 0, op, ": N must be a positive multiple of 16 (TMA stores 16-byte rows), got N=", N);
+  STD_TORCH_CHECK(K < (1LL << 31) && N < (1LL << 31), op, ": K and N must be below 2^31");
+}
+
+DType out_type(const char* op, ScalarType dt) {
+  STD_TORCH_CHECK(dt == ScalarType::BFloat16 || dt == ScalarType::Half, op,
+                  ": out_dtype must be bfloat16 or float16 (float32 output is not instantiated)");
+  return dt == ScalarType::BFloat16 ? DType::kBF16 : DType::kFP16;
+}
+
+// The GEMMs are sm_90a code: on any other GPU, or in a build without it, say so rather
+// than launching a kernel that traps.
+void check_device(const char* op, const Tensor& x) {
+#if !KERNELSWAP_WITH_CUTLASS
+  STD_TORCH_CHECK(false, op, ": kernelswap._C was built without CUTLASS (pip install nvidia-cutlass, then "
+                  "rebuild); the sm_90a GEMMs are not in this build");
+#endif
+  STD_TORCH_CHECK(std::strstr(KERNELSWAP_ARCHS, "9.0a") != nullptr, op, ": kernelswap._C was built for \"",
+                  KERNELSWAP_ARCHS, "\", without 9.0a; rebuild with TORCH_CUDA_ARCH_LIST including 9.0a");
+  int major = 0, minor = 0, dev = x.get_device_index();
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  STD_TORCH_CHECK(major == 9 && minor == 0, op, ": needs an sm_90 (Hopper) GPU; device ", dev, " is sm_", major,
+                  minor);
+}
+
+// The sparse layouts of _C_sparse24_prepare (CUTLASS's Sm90GemmSparseConfig): values pad K
+// to 16 bytes of compressed data (K_a = K rounded up to 16 for 16-bit, 32 for int8);
+// meta holds one byte per 8 logical elements, with rows padded to 64 and K to 128.
+void check_sparse(const char* op, const Tensor& values, const Tensor& meta, ScalarType dt, const char* dt_name,
+                  int64_t K) {
+  check_tensor(op, "values", values, dt, dt_name, 2);
+  check_tensor(op, "meta", meta, ScalarType::Byte, "uint8", 2);
+  const int64_t N = values.size(0);
+  check_kn(op, K, N);
+  const int64_t k_a = round_up(K, dt == ScalarType::Char ? 32 : 16);
+  STD_TORCH_CHECK(values.size(1) * 2 == k_a, op, ": values has ", values.size(1), " columns; K=", K,
+                  " needs ", k_a / 2, ". Make values and meta with _C_sparse24_prepare");
+  STD_TORCH_CHECK(meta.size(0) == round_up(N, 64) && meta.size(1) == round_up(K, 128) / 8, op, ": meta is (",
+                  meta.size(0), ", ", meta.size(1), "), expected (", round_up(N, 64), ", ", round_up(K, 128) / 8,
+                  ") for N=", N, " K=", K, ". Make values and meta with _C_sparse24_prepare");
+}
+
+template <bool Sparse, DType In>
+void launch(DType out, sm90::GemmProblem& p) {
+#if KERNELSWAP_WITH_CUTLASS  // else check_device has already refused
+  const bool small = p.M <= sm90::kSmallM;
+  if constexpr (In == DType::kI8) {
+    if (out == DType::kBF16) {
+      small ? sm90::run_gemm<Sparse, In, DType::kBF16, Tiles::kSmall>(p)
+            : sm90::run_gemm<Sparse, In, DType::kBF16, Tiles::kLarge>(p);
+    } else {
+      small ? sm90::run_gemm<Sparse, In, DType::kFP16, Tiles::kSmall>(p)
+            : sm90::run_gemm<Sparse, In, DType::kFP16, Tiles::kLarge>(p);
+    }
+  } else {
+    small ? sm90::run_gemm<Sparse, In, In, Tiles::kSmall>(p) : sm90::run_gemm<Sparse, In, In, Tiles::kLarge>(p);
+  }
+#endif
+}
+
+const float* opt_ptr(const std::optional<Tensor>& t) {
+  return t.has_value() ? static_cast<const float*>(t->const_data_ptr()) : nullptr;
+}
+
+}  // namespace
+
+Tensor int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Tensor& w_scale,
+               const std::optional<Tensor>& bias, ScalarType out_dtype) {
+  constexpr const char* op = "_C_int8_mm";
+  check_tensor(op, "x", x, ScalarType::Char, "int8", 2);
+  check_tensor(op, "w", w, ScalarType::Char, "int8", 2);
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  STD_TORCH_CHECK(w.size(1) == K, op, ": x is (M, K=", K, ") but w is (N, K=", w.size(1), ")");
+  check_kn(op, K, N);
+  STD_TORCH_CHECK(M < (1LL << 31), op, ": M must be below 2^31");
+  check_vector(op, "x_scale", x_scale, M);
+  check_vector(op, "w_scale", w_scale, N);
+  if (bias.has_value()) check_vector(op, "bias", *bias, N);
+  const DType out = out_type(op, out_dtype);
+  Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
+  if (!x.is_cuda() || M == 0) return y;  // Meta: shapes only.
+  check_device(op, x);
+  sm90::GemmProblem p{w.const_data_ptr(), nullptr, x.const_data_ptr(),
+                      static_cast<const float*>(x_scale.const_data_ptr()),
+                      static_cast<const float*>(w_scale.const_data_ptr()), opt_ptr(bias), y.mutable_data_ptr(),
+                      int(M), int(N), int(K), &x};
+  launch<false, DType::kI8>(out, p);
+  return y;
+}
+
+Tensor sparse24_mm(const Tensor& x, const Tensor& values, const Tensor& meta, const std::optional<Tensor>& bias) {
+  constexpr const char* op = "_C_sparse24_mm";
+  const ScalarType dt = x.scalar_type();
+  STD_TORCH_CHECK(dt == ScalarType::BFloat16 || dt == ScalarType::Half, op, ": x must be bfloat16 or float16");
+  const char* dt_name = dt == ScalarType::BFloat16 ? "bfloat16 (like x)" : "float16 (like x)";
+  check_tensor(op, "x", x, dt, dt_name, 2);
+  const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
+  check_sparse(op, values, meta, dt, dt_name, K);
+  STD_TORCH_CHECK(M < (1LL << 31), op, ": M must be below 2^31");
+  if (bias.has_value()) check_vector(op, "bias", *bias, N);
+  Tensor y = torch::stable::new_empty(x, {M, N});
+  if (!x.is_cuda() || M == 0) return y;
+  check_device(op, x);
+  sm90::GemmProblem p{values.const_data_ptr(), meta.const_data_ptr(), x.const_data_ptr(), nullptr, nullptr,
+                      opt_ptr(bias), y.mutable_data_ptr(), int(M), int(N), int(K), &x};
+  if (dt == ScalarType::BFloat16) {
+    launch<true, DType::kBF16>(DType::kBF16, p);
+  } else {
+    launch<true, DType::kFP16>(DType::kFP16, p);
+  }
+  return y;
+}
+
+Tensor sparse24_int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& values, const Tensor& meta,
+                        const Tensor& w_scale, const std::optional<Tensor>& bias, ScalarType out_dtype) {
+  constexpr const char* op = "_C_sparse24_int8_mm";
+  check_tensor(op, "x", x, ScalarType::Char, "int8", 2);
+  const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
+  check_sparse(op, values, meta, ScalarType::Char, "int8", K);
+  STD_TORCH_CHECK(M < (1LL << 31), op, ": M must be below 2^31");
+  check_vector(op, "x_scale", x_scale, M);
+  check_vector(op, "w_scale", w_scale, N);
+  if (bias.has_value()) check_vector(op, "bias", *bias, N);
+  const DType out = out_type(op, out_dtype);
+  Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
+  if (!x.is_cuda() || M == 0) return y;
+  check_device(op, x);
+  sm90::GemmProblem p{values.const_data_ptr(), meta.const_data_ptr(), x.const_data_ptr(),
+                      static_cast<const float*>(x_scale.const_data_ptr()),
+                      static_cast<const float*>(w_scale.const_data_ptr()), opt_ptr(bias), y.mutable_data_ptr(),
+                      int(M), int(N), int(K), &x};
+  launch<true, DType::kI8>(out, p);
+  return y;
+}
+
+}  // namespace kernelswap
+
+STABLE_TORCH_LIBRARY_IMPL(kernelswap, CUDA, m) {
+  m.impl("_C_int8_mm", TORCH_BOX(&kernelswap::int8_mm));
+  m.impl("_C_sparse24_mm", TORCH_BOX(&kernelswap::sparse24_mm));
+  m.impl("_C_sparse24_int8_mm", TORCH_BOX(&kernelswap::sparse24_int8_mm));
+}
+
+STABLE_TORCH_LIBRARY_IMPL(kernelswap, Meta, m) {
+  m.impl("_C_int8_mm", TORCH_BOX(&kernelswap::int8_mm));
+  m.impl("_C_sparse24_mm", TORCH_BOX(&kernelswap::sparse24_mm));
+  m.impl("_C_sparse24_int8_mm", TORCH_BOX(&kernelswap::sparse24_int8_mm));
+}
