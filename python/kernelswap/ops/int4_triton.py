@@ -20,7 +20,9 @@ from .backend import register
 GEMV_M_MAX = 4  # mirrors kernelswap.kernels.w4a16_gemv.GEMV_M_MAX (not imported: no Triton at import)
 SMALL_M_MAX = 16  # mirrors kernelswap.kernels.w4a16_gemm.SMALL_M_MAX
 # From this many tokens on, "dequantize once + cuBLAS" beats the fused kernel on CUDA;
-# None: the fused kernel serves every M.
+# None: the fused kernel serves every M. Not measured yet: benchmarks/int4_triton_quick.py
+# times both (rows "triton_gemm_large" and "dequant+cublas"); set this from its table.
+# GEMV_M_MAX (gemv vs gemm_small at M=1/4) is likewise a first guess awaiting that table.
 TORCH_FROM_M: int | None = None
 
 
