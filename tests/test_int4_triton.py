@@ -127,6 +127,17 @@ def test_dispatch_serves_every_m_from_triton_when_forced():
         assert impl.backend == "triton"
 
 
+def test_supports_sends_fp32_gemm_to_cublas_on_cuda():
+    class FakeCuda:  # what _supports reads of x, on a "cuda" device, with no GPU needed
+        def __init__(self, m, dtype):
+            self.shape, self.dtype, self.device = (m, 64), dtype, torch.device("cuda")
+
+    args = (None, None, None, 32, None)
+    assert int4_triton._supports(FakeCuda(1, torch.float32), *args) is None  # the GEMV does fp32 natively
+    assert "fp32" in int4_triton._supports(FakeCuda(33, torch.float32), *args)
+    assert int4_triton._supports(FakeCuda(33, torch.bfloat16), *args) is None
+
+
 # ------------------------------------------------------------------------------ CUDA
 GPU_SHAPES = [(1000, 300, 128, False), (520, 129, 32, True)]  # (K, N, group, symmetric): K, N not tile multiples
 # One fixed config per kind keeps the compile count down; every config is checked below.

@@ -28,6 +28,10 @@ TORCH_FROM_M: int | None = None
 
 def _supports(x, w_packed, scales, zeros, group_size, bias) -> str | None:
     m = x.shape[0]
+    if x.device.type == "cuda" and x.dtype == torch.float32 and pick_kernel(m) != "gemv":
+        # An fp32 tl.dot must run as exact fp32 FMAs (no tensor cores; sm_90 compile of the
+        # large tile shows no mma and 128 KiB of shared memory): cuBLAS fp32 is the better path.
+        return "fp32 activations beyond the GEMV: dequantize + cuBLAS fp32 (torch backend)"
     if x.device.type == "cuda" and TORCH_FROM_M is not None and m >= TORCH_FROM_M:
         return f"M={m} >= {TORCH_FROM_M}: dequantize + cuBLAS (torch backend) is faster here"
     return None
