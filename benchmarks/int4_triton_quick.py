@@ -1,6 +1,11 @@
 """Quick W4A16 timing: our Triton kernels vs cuBLAS bf16, tinygemm and dequantize + cuBLAS.
 
-    python benchmarks/int4_triton_quick.py [OUT_DIR]
+    python3 benchmarks/int4_triton_quick.py [OUT_DIR]
+
+GPU session (one call): python3 -m pip install --no-build-isolation --no-deps -e . (use
+python3 -m pip: a bare `pip` installed kernelswap where `python` did not see it), then
+python3 -m pytest -q tests/test_int4_triton.py, then this script; ~50 kernel compilations
+in all, about half of them shared between the two.
 
 Shapes are M x K x N (weight N x K), group 128, asymmetric, bf16 activations: the
 TARGETS.md rows P3 / P4 / P5 and M = 1 / 4 / 16 / 128 / 4096 on 4096 x 14336. Every
