@@ -12,12 +12,15 @@ A-tiles are gathered from the input on the fly; B is the weight pre-arranged onc
 accumulator gets bias, the residual (read at the output's strides) and the activation
 before the single store, in the output's strides (channels_last from the op).
 
-Two ways to walk K, picked per config by a heuristic (a tl.constexpr, not a copied kernel):
-  CIN_ALIGNED   C_in_g % BLOCK_K == 0: one K-block lies inside one tap, so the tap and the
-                channel offset are scalars and each A row is one contiguous load.
-  otherwise     (the 3-channel stem, odd channel counts) every k is decoded into
-                (kh, kw, c) per element, K is flattened across taps so small C_in wastes
-                little of the tile.
+Two ways to walk K, picked per config by heuristics (tl.constexpr flags, not copied kernels):
+  TAP_MAJOR     (C_in_g >= 32, or a 1x1 conv) each K-block lies inside one tap: the tap and
+                the channel offset are scalars, each A row is one contiguous load that the
+                pipeliner turns into cp.async (sm_90 AOT build: wgmma + cp.async + 16-byte
+                loads). When BLOCK_K does not divide C_in_g (EVEN_C false) the last block of
+                each tap is masked: C_in_g = 144 at BLOCK_K 32 wastes 10% of K.
+  flat          (the 3-channel stem, other thin inputs) every k is decoded into (kh, kw, c)
+                per element and K is flattened across taps, so C_in = 3 wastes little of the
+                tile; these gathers are not pipelined (element-wise, no cp.async).
 Integer offsets are int32: the op only sends tensors below 2**31 elements here.
 """
 from __future__ import annotations
@@ -48,9 +51,17 @@ def _configs() -> list[triton.Config]:
             for bm, bn, bk, s, w in cfgs]
 
 
+@triton.jit
+def _mma(a, b, acc, IEEE_FP32: tl.constexpr):
+    if IEEE_FP32:  # fp32 inputs: exact fp32 products, not TF32
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
 @autotune(_configs(), key=["M", "C_in_g", "C_out_g", "K", "stride_h", "IEEE_FP32"],
           smem=TileBytes((("BLOCK_M", "BLOCK_K", "x", 1), ("BLOCK_K", "BLOCK_N", "w", 1))))
-@triton.heuristics({"CIN_ALIGNED": lambda a: a["C_in_g"] % a["BLOCK_K"] == 0})
+@triton.heuristics({"TAP_MAJOR": lambda a: a["C_in_g"] >= 32 or a["K"] == a["C_in_g"],
+                    "EVEN_C": lambda a: a["C_in_g"] % a["BLOCK_K"] == 0})
 @triton.jit
 def _conv_igemm_kernel(
     x,  # (N, C_in, H, W) fp16/bf16/fp32 at strides (sxn, sxc, sxh, sxw); channels_last: sxc == 1
@@ -66,7 +77,7 @@ def _conv_igemm_kernel(
     KW: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACTIVATION: tl.constexpr,
     IEEE_FP32: tl.constexpr,  # fp32 inputs: exact fp32 products, not TF32
-    CIN_ALIGNED: tl.constexpr,
+    TAP_MAJOR: tl.constexpr, EVEN_C: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -97,17 +108,26 @@ def _conv_igemm_kernel(
     w_g = w + g * K * C_out_g
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        if CIN_ALIGNED:
-            tap = k0 // C_in_g
-            c0 = k0 - tap * C_in_g
+    if TAP_MAJOR:
+        c_blocks = tl.cdiv(C_in_g, BLOCK_K)
+        for t in range(0, (K // C_in_g) * c_blocks):  # one flat loop over (tap, channel block): pipelined
+            tap = t // c_blocks
+            c = (t - tap * c_blocks) * BLOCK_K + offs_k
             ih = ih0 + (tap // KW) * dil_h
             iw = iw0 + (tap % KW) * dil_w
             row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a_ptrs = (x_rows + ih * sxh + iw * sxw)[:, None] + (c0 + offs_k)[None, :] * sxc
-            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            b_ok = n_ok[None, :]
-        else:
+            a_ptrs = (x_rows + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc
+            b_ptrs = w_g + (tap * C_in_g + c)[:, None] * C_out_g + offs_n[None, :]
+            if EVEN_C:
+                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+            else:
+                c_ok = c < C_in_g
+                a = tl.load(a_ptrs, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = _mma(a, b, acc, IEEE_FP32)
+    else:
+        for k0 in range(0, K, BLOCK_K):
             k = k0 + offs_k
             c = k % C_in_g
             tap = k // C_in_g
@@ -115,12 +135,9 @@ def _conv_igemm_kernel(
             iw = iw0[:, None] + ((tap % KW) * dil_w)[None, :]
             a_ok = m_ok[:, None] & (k < K)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_rows[:, None] + ih * sxh + iw * sxw + c[None, :] * sxc, mask=a_ok, other=0.0)
-            b_ok = (k < K)[:, None] & n_ok[None, :]
-        b = tl.load(w_g + (k0 + offs_k)[:, None] * C_out_g + offs_n[None, :], mask=b_ok, other=0.0)
-        if IEEE_FP32:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
+            b = tl.load(w_g + k[:, None] * C_out_g + offs_n[None, :], mask=(k < K)[:, None] & n_ok[None, :],
+                        other=0.0)
+            acc = _mma(a, b, acc, IEEE_FP32)
 
     # Epilogue in fp32: bias, residual, activation; one rounding to the output dtype.
     co = g * C_out_g + offs_n

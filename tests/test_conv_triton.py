@@ -37,7 +37,8 @@ TINY = {
     "1x1": (8, 12, 1, 1, 0, 1, 1, 5, 7),
     "3x3_pad": (6, 10, 3, 1, 1, 1, 1, 9, 8),
     "3x3_s2_odd": (6, 10, 3, 2, 1, 1, 1, 9, 11),
-    "3x3_cin64": (64, 20, 3, 1, 1, 1, 1, 6, 5),  # C_in a multiple of BLOCK_K: the one-tap-per-block path
+    "3x3_cin64": (64, 20, 3, 1, 1, 1, 1, 6, 5),  # tap-major K walk, C_in a multiple of BLOCK_K
+    "3x3_cin40_s2": (40, 12, 3, 2, 1, 1, 1, 7, 6),  # tap-major, last channel block of each tap masked
     "dilated2": (4, 6, 3, 1, 2, 2, 1, 11, 10),
     "stem7x7_s2": (3, 8, 7, 2, 3, 1, 1, 17, 15),
     "grouped2x16": (32, 32, 3, 1, 1, 1, 2, 6, 7),
@@ -74,8 +75,12 @@ def _check(out, x, weight, bias, stride, padding, dilation, groups, activation, 
 @pytest.mark.parametrize("device", INTERP_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize("case", list(TINY))
-@pytest.mark.parametrize("activation", ks.ops.ACTIVATIONS)
-@pytest.mark.parametrize("residual", [False, True], ids=["", "res"])
+# Every activation alone, and the residual add before two of them (the epilogue's order matters
+# for relu/hardswish, not its pairing with each activation): 7 epilogues per shape keep this fast.
+EPILOGUES = [(a, False) for a in ks.ops.ACTIVATIONS] + [("relu", True), ("hardswish", True)]
+
+
+@pytest.mark.parametrize("activation,residual", EPILOGUES, ids=[a + ("+res" if r else "") for a, r in EPILOGUES])
 def test_tiny_shapes(device, dtype, case, activation, residual):
     args = _inputs(TINY[case], dtype, device, residual=residual)
     with use_backend("triton"):  # raises instead of falling back: the kernel must serve it
