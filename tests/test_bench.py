@@ -313,3 +313,41 @@ def test_tinygemm_mapping_dequantizes_like_ours():
     scale, zero = sz[..., 0].t(), sz[..., 1].t()  # (G, N, 2) -> (N, G)
     w_tg = ((codes.reshape(16, 2, 128) - 8) * scale[..., None] + zero[..., None]).reshape(16, 256)
     torch.testing.assert_close(w_tg, packing.dequantize_int4(q), rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- model benchmarks (tiny, CPU)
+def test_decoder_rows_for_every_recipe_and_case():
+    from kernelswap.bench import models
+    r = _runner()
+    tiny = dict(hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=96)
+    models.run_decoder(r, recipes=("int8", "int4"), layers=1, shape=tiny, prefill=8, decode=(1, 3), cache_len=4)
+    got = {(row["provider"], row["shape"]): row for row in r.rows}
+    assert set(got) == {(p, c) for p in ("bf16", "int8", "int4") for c in ("prefill-m8", "decode-m1", "decode-m3")}
+    assert all(row["status"] == "ok" for row in r.rows), [row["note"] for row in r.rows]
+    assert got[("int4", "decode-m1")]["weight_mb"] < got[("int8", "decode-m1")]["weight_mb"] \
+        < got[("bf16", "decode-m1")]["weight_mb"]
+    assert got[("bf16", "prefill-m8")]["throughput"] == pytest.approx(8 / 100e-6)  # 8 tokens in 100 us
+    assert "## Models" in markdown(r.rows)
+
+
+def _tiny_cnn(weights=None):
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1, bias=False), torch.nn.BatchNorm2d(8),
+                               torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(8),
+                               torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(8, 4))
+
+
+def test_cnn_variants_are_all_recorded(monkeypatch):
+    torchvision = pytest.importorskip("torchvision")
+    from kernelswap.bench import models
+    monkeypatch.setattr(torchvision.models, "kswap_tiny_cnn", _tiny_cnn, raising=False)
+    monkeypatch.setitem(models.CNNS, "tiny", "kswap_tiny_cnn")
+    r = _runner()
+    models.run_cnns(r, names=("tiny",), batches=(1, 2), resolution=16)
+    status = {(row["shape"], row["provider"]): row["status"] for row in r.rows}
+    for b in ("b1", "b2"):
+        for v in ("eager", "bn-folded", "swap-fuse"):
+            assert status[(b, v)] == "ok", (b, v, [row["note"] for row in r.rows])
+    assert status[("b1", "swap-fuse+graph")] == "error"  # CUDA graphs on CPU: recorded, not dropped
+    assert ("b2", "swap-fuse+graph") not in status  # graphs are a batch-1 variant
+    assert len(r.deferred) == 2 and ("b1", "compile") not in status  # compiles wait for the last pass

@@ -52,6 +52,8 @@ def _swapped(swap: Callable, model: nn.Module, recipe: str) -> nn.Module:
 
 def _graphed(model: Callable, x: torch.Tensor) -> Callable:
     """Capture one forward in a CUDA graph; replays read the static input."""
+    if not x.is_cuda:
+        raise RuntimeError("CUDA graphs need a CUDA device")
     static_x = x.clone()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -114,7 +116,7 @@ def _need(fn):
 
 
 # ---------------------------------------------------------------- CNNs
-def run_cnns(runner: Runner, names=tuple(CNNS), batches=CNN_BATCHES, dtype=torch.bfloat16) -> None:
+def run_cnns(runner: Runner, names=tuple(CNNS), batches=CNN_BATCHES, dtype=torch.bfloat16, resolution=224) -> None:
     device = runner.device
     try:
         import torchvision
@@ -128,7 +130,8 @@ def run_cnns(runner: Runner, names=tuple(CNNS), batches=CNN_BATCHES, dtype=torch
     for name in names:
         base = getattr(torchvision.models, CNNS[name])(weights=None).eval()
         for b in batches:
-            x = torch.randn(b, 3, 224, 224, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            x = torch.randn(b, 3, resolution, resolution, device=device, dtype=dtype)
+            x = x.contiguous(memory_format=torch.channels_last)
 
             def on_device(m):
                 return m.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
