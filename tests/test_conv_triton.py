@@ -72,14 +72,14 @@ def _check(out, x, weight, bias, stride, padding, dilation, groups, activation, 
     assert_close_to_ref(out, ref, base, factor=2.0, floor=1e-6, what=what)
 
 
-@pytest.mark.parametrize("device", INTERP_DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
-@pytest.mark.parametrize("case", list(TINY))
 # Every activation alone, and the residual add before two of them (the epilogue's order matters
 # for relu/hardswish, not its pairing with each activation): 7 epilogues per shape keep this fast.
 EPILOGUES = [(a, False) for a in ks.ops.ACTIVATIONS] + [("relu", True), ("hardswish", True)]
 
 
+@pytest.mark.parametrize("device", INTERP_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("case", list(TINY))
 @pytest.mark.parametrize("activation,residual", EPILOGUES, ids=[a + ("+res" if r else "") for a, r in EPILOGUES])
 def test_tiny_shapes(device, dtype, case, activation, residual):
     args = _inputs(TINY[case], dtype, device, residual=residual)
