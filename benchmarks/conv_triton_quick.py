@@ -8,7 +8,13 @@ Providers, all NHWC (channels_last), timed in the same run with triton.testing.d
   dispatched kernelswap.ops.conv_bn_act, automatic backend choice (what a swapped model gets)
 Every layer's outputs are also checked against an fp32 computation of the same folded layer.
 
-  python benchmarks/conv_triton_quick.py --batch 64 1 --csv results.csv
+  python3 benchmarks/conv_triton_quick.py --batch 64 1 --csv results.csv
+GPU session (one call; install with `python3 -m pip`: a bare `pip` there may belong to another
+Python, and kernelswap then does not import):
+  KERNELSWAP_BUILD_CUDA=off python3 -m pip install --no-build-isolation --no-deps -e . -q &&
+  python3 -c "import kernelswap" && python3 benchmarks/conv_triton_quick.py --batch 64 1 --budget-s 120
+      --csv $OUT/conv_triton_quick.csv > $OUT/bench.log 2>&1;
+  timeout 100 python3 -m pytest -q -rs tests/test_conv_triton.py > $OUT/test.log 2>&1; tail -40 $OUT/*.log
 Prints a table last. --budget-s stops starting new layers once the run has taken that long
 (the first call at each shape compiles and autotunes), so a time-limited run still reports.
 """
@@ -114,7 +120,8 @@ def bench_layer(name, batch, dtype, device):
         errs = {prov: rel(fn(), ref) for prov, fn in providers.items()}
         times = {prov: do_bench(fn, quantiles=[0.5, 0.2, 0.8]) for prov, fn in providers.items()}
     flops = 2.0 * batch * ho * ho * c_out * (c_in // g) * k * k
-    pick = "triton" if conv_triton._PICKS.get(conv_triton._key(*args)) else "cudnn"
+    key = conv_triton._key(*args)
+    pick = "-" if key not in conv_triton._PICKS else "cudnn" if conv_triton._PICKS[key] else "triton"
     return times, errs, flops, pick
 
 

@@ -37,8 +37,8 @@ _MIN_GROUP_CHANNELS = 16
 _INT32_LIMIT = 2 ** 31
 _TIMING_REPS = 5
 
-# Shape key -> True when the Triton kernel was measured faster than folded cuDNN.
-_PICKS: dict[tuple, bool] = {}
+# Shape key -> None when the Triton kernel was measured faster than folded cuDNN, else the reason.
+_PICKS: dict[tuple, str | None] = {}
 
 
 def _is_depthwise(x, weight, groups) -> bool:
@@ -88,12 +88,22 @@ def _supports(*args) -> str | None:
     if why is not None or args[0].device.type != "cuda" or forced_backend() == "triton":
         return why
     key = _key(*args)
-    pick = _PICKS.get(key)
-    if pick is None:
+    if key not in _PICKS:
         if torch.cuda.is_current_stream_capturing():
             return "shape first seen inside CUDA-graph capture, not timed yet: cuDNN"
-        pick = _PICKS[key] = _median_ms(conv_bn_act_triton, args) < _median_ms(_conv_bn_act_torch, args)
-    return None if pick else "BN-folded cuDNN measured faster at this shape"
+        _PICKS[key] = _measure(args)
+    return _PICKS[key]
+
+
+def _measure(args) -> str | None:
+    try:
+        ours = _median_ms(conv_bn_act_triton, args)
+    except Exception as e:  # noqa: BLE001 - a kernel that fails to build or run must not break the model
+        return f"Triton kernel failed at this shape ({type(e).__name__}: {e}); cuDNN"
+    theirs = _median_ms(_conv_bn_act_torch, args)
+    if ours < theirs:
+        return None
+    return f"BN-folded cuDNN measured faster at this shape ({theirs * 1e3:.1f} us vs {ours * 1e3:.1f} us)"
 
 
 @register("conv_bn_act", "triton", supports=_supports)
