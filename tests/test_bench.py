@@ -351,3 +351,20 @@ def test_cnn_variants_are_all_recorded(monkeypatch):
     assert status[("b1", "swap-fuse+graph")] == "error"  # CUDA graphs on CPU: recorded, not dropped
     assert ("b2", "swap-fuse+graph") not in status  # graphs are a batch-1 variant
     assert len(r.deferred) == 2 and ("b1", "compile") not in status  # compiles wait for the last pass
+
+
+def test_plots_are_drawn_from_the_csv(tmp_path):
+    import runpy
+    rows = [_row("peak", "copy", "1 GiB", 100.0, kind="peak", gbps=3000.0),
+            _row("peak", "bf16_mm", "8192^3", 1500.0, kind="peak", tflops=700.0)]
+    for m in (1, 16, 4096):
+        rows += [_row("int4_linear", "ours-auto", f"{m}x8192x28672", 50.0 * m ** 0.5, tflops=1.0, gbps=900.0),
+                 _row("int4_linear", "torch-dense", f"{m}x8192x28672", 180.0 * m ** 0.5, tflops=1.0, gbps=2000.0)]
+    rows += [_row("conv_bn_act", p, "n64-c64-h56-o64-k3-s1-g1-relu", us) for p, us in
+             (("ours-auto", 80.0), ("eager", 120.0), ("bn-folded", 100.0))]
+    rows += [_row("model:resnet50", "eager", "b64", 9000.0), _row("model:resnet50", "swap-fuse", "b64", 6000.0)]
+    write_csv(rows, str(tmp_path / "bench.csv"))
+    plot = runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks" / "plot.py"))
+    assert plot["main"]([str(tmp_path / "bench.csv")]) == 0
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["conv_speedup.png", "models.png", "roofline.png", "speedup_int4_linear.png"]
