@@ -46,7 +46,10 @@ def _(x):
 def quantize_per_token_ref(x: Tensor) -> tuple[Tensor, Tensor]:
     """x (M, K) -> q (M, K) int8, scale (M,) fp32."""
     xf = x.float()
-    scale = xf.abs().amax(dim=1) / 127.0
+    amax = xf.abs().amax(dim=1)
+    # Divide by a tensor, not a Python number: torch on CUDA turns division by a scalar
+    # into multiplication by its reciprocal, which is not the IEEE quotient the kernels use.
+    scale = amax / torch.full_like(amax, 127.0)
     safe = torch.where(scale == 0, torch.ones_like(scale), scale)  # all-zero row: q = 0 / 1 = 0
     q = torch.round(xf / safe[:, None]).clamp_(-127, 127).nan_to_num_(0.0)
     return q.to(torch.int8), scale
