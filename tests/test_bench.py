@@ -368,3 +368,18 @@ def test_plots_are_drawn_from_the_csv(tmp_path):
     assert plot["main"]([str(tmp_path / "bench.csv")]) == 0
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == ["conv_speedup.png", "models.png", "roofline.png", "speedup_int4_linear.png"]
+
+
+def test_plan_puts_targets_first_and_runs_shared_cases_once():
+    from kernelswap.bench.plan import TARGET_CASES, plan
+    items = plan(["targets", "llm"], ["int8_weight_linear", "int8_linear", "conv_bn_act"],
+                 [torch.bfloat16, torch.float16], ["cnn", "llm"])
+    kinds = [it.kind for it in items]
+    first_non_target = next(i for i, it in enumerate(items) if it.priority > 0)
+    assert first_non_target == 2  # P1 and P2 are int8_linear's
+    assert {(it.op, it.shape.label) for it in items[:2]} <= TARGET_CASES
+    assert kinds[2] == "cnn" and items[3].op == "conv_bn_act" and items[3].shape.batch == 64
+    assert kinds.index("llm") < next(i for i, it in enumerate(items) if it.op == "int8_weight_linear")
+    keys = [(it.op, it.shape.label, it.dtype) for it in items if it.kind == "kernel"]
+    assert len(keys) == len(set(keys))  # 16x8192x28672 is in both sets: once
+    assert items[-1].dtype == torch.float16

@@ -5,9 +5,9 @@ row tagged with GPU, versions, commit and date) and OUT/bench.md (targets met/mi
 losses, per-op tables, models), then prints a short table of the targets last.
 Plots are drawn from the CSV by a separate command: `python benchmarks/plot.py OUT/bench.csv`.
 
-Order of work, so that a time budget cuts the least important part: measured peaks;
-bf16 cases of the first shape set; the models; everything else (other sets, fp16);
-last, the compile pass (torch.compile'd baselines and peers, 10-60 s of compiling each).
+Order of work (kernelswap.bench.plan), so that a time budget cuts the least important
+part: measured peaks; the P1-P8 cases; the CNN models; the N = 64 conv layers; the
+decoder; the rest; last, the compile pass (torch.compile'd baselines and peers).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 
 from . import providers as P
 from .env import environment
+from .plan import plan
 from .report import markdown, short_table, write_csv
 from .runner import Budget, Runner
 from .shapes import SHAPE_SETS, describe, shape_set
@@ -49,8 +50,10 @@ def parser() -> argparse.ArgumentParser:
         + "\n".join(f"  {line}" for line in describe().splitlines() if not line.startswith("  ")),
         epilog="Example (the H100 run): python -m kernelswap bench --shapes targets,llm --budget-s 300 --out OUT")
     p.add_argument("--shapes", type=_csv_list(SHAPE_SETS), default=None,
-                   help=f"comma-separated shape sets from {', '.join(SHAPE_SETS)} (default: targets; --quick: quick; on CPU: tiny)")
-    p.add_argument("--ops", type=_csv_list(ops), default=ops, help=f"comma-separated ops (default: all: {', '.join(ops)})")
+                   help=f"comma-separated shape sets from {', '.join(SHAPE_SETS)} "
+                        "(default: targets; --quick: quick; on CPU: tiny)")
+    p.add_argument("--ops", type=_csv_list(ops), default=ops,
+                   help=f"comma-separated ops (default: all: {', '.join(ops)})")
     p.add_argument("--dtypes", type=_csv_list(tuple(DTYPES)), default=None,
                    help="comma-separated activation dtypes (default: bf16,fp16; --quick: bf16)")
     p.add_argument("--models", type=_csv_list(MODEL_GROUPS + ("none",)), default=None,
@@ -82,34 +85,23 @@ def run(args, timer=None) -> list[dict]:
     runner = Runner(timer, device, environment(device), peaks, l2_bytes(device), budget, args.quick, sets[0])
     runner.peak_rows()
 
-    def kernels(first: bool) -> None:
-        for i, name in enumerate(sets):
-            runner.shape_set = name
-            linear, conv = shape_set(name)
-            for j, dtype in enumerate(dtypes):
-                if (i == 0 and j == 0) != first:
-                    continue
-                for op in args.ops:
-                    for shape in (conv if P.family(op) == "conv" else linear):
-                        runner.run_op(op, shape, dtype, P.providers(op))
-                        _progress(runner, budget)
-
     # SIGTERM (e.g. `timeout`) still writes what was measured.
     try:
         old_handler = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread: no handler, no partial write on SIGTERM
         old_handler = None
     try:
-        kernels(first=True)
-        runner.shape_set = "models"
-        if "cnn" in models:
-            from .models import run_cnns
-            run_cnns(runner)
-        if "llm" in models:
-            from .models import run_decoder
-            run_decoder(runner)
-        kernels(first=False)
-        runner.shape_set = "compile pass"
+        for item in plan(sets, args.ops, dtypes, models):
+            runner.shape_set = item.shape_set
+            if item.kind == "kernel":
+                runner.run_op(item.op, item.shape, item.dtype, P.providers(item.op))
+            elif item.kind == "cnn":
+                from .models import run_cnns
+                run_cnns(runner)
+            elif item.kind == "llm":
+                from .models import run_decoder
+                run_decoder(runner)
+            _progress(runner, budget)
         runner.run_deferred()
     except Terminated:
         print("[bench] terminated: writing the rows measured so far", file=sys.stderr, flush=True)

@@ -79,8 +79,8 @@ def time_variant(runner: Runner, op: str, shape: str, variant: str, build: Calla
         runner.row(**base, status="skipped", note="--quick leaves out variants that compile")
         return
     if slow and defer:  # compile pass: after everything else
-        runner.deferred.append(lambda: time_variant(runner, op, shape, variant, build, items, unit, dtype, slow,
-                                                    note, defer=False))
+        runner.defer(lambda: time_variant(runner, op, shape, variant, build, items, unit, dtype, slow, note,
+                                          defer=False))
         return
     if slow and runner.budget.left() < SLOW_RESERVE_S:
         runner.row(**base, status="skipped", note=f"under {SLOW_RESERVE_S} s of budget left for a compile")

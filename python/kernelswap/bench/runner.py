@@ -50,11 +50,15 @@ class Runner:
         self.timer, self.device, self.env, self.peaks = timer, device, env, peaks
         self.l2, self.budget, self.quick, self.shape_set = l2, budget, quick, shape_set
         self.rows: list[dict] = []
-        self.deferred: list = []  # the compile pass: callables run after everything else
+        self.deferred: list = []  # the compile pass: (shape set, callable), run after everything else
+
+    def defer(self, fn) -> None:
+        self.deferred.append((self.shape_set, fn))
 
     def run_deferred(self) -> None:
         while self.deferred:
-            self.deferred.pop(0)()
+            self.shape_set, fn = self.deferred.pop(0)
+            fn()
 
     # ------------------------------------------------------------ rows
     def row(self, **fields) -> dict:
@@ -82,8 +86,7 @@ class Runner:
             elif p.slow and self.quick:
                 self.row(**base, status="skipped", note="--quick leaves out providers that compile")
             elif p.slow and defer:
-                self.deferred.append(lambda op=op, shape=shape, dtype=dtype, p=p:
-                                     self.run_op(op, shape, dtype, [p], defer=False))
+                self.defer(lambda op=op, shape=shape, dtype=dtype, p=p: self.run_op(op, shape, dtype, [p], defer=False))
             elif p.slow and self.budget.left() < SLOW_RESERVE_S:
                 self.row(**base, status="skipped", note=f"under {SLOW_RESERVE_S} s of budget left for a compile")
             else:

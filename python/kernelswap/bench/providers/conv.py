@@ -63,7 +63,8 @@ def _make_ours(s: ConvShape, dtype, device) -> Case:
 
     sample = _folded_args(s, dtype, device)
     x, w, b, r = sample
-    note = f"{s.layer}; auto dispatch -> {served_by('conv_bn_act', (x, w, b, stride, pad, dil, s.groups, s.activation, r))}"
+    served = served_by("conv_bn_act", (x, w, b, stride, pad, dil, s.groups, s.activation, r))
+    note = f"{s.layer}; auto dispatch -> {served}"
     return Case(fn, lambda: _folded_args(s, dtype, device), s.flops(), tensor_bytes(w, b), _io_bytes(s, dtype),
                 note=note)
 

@@ -45,7 +45,10 @@ def served_by(op: str, args: tuple) -> str:
         return f"none ({type(e).__name__})"
 
 
-def register_ours(op: str, family: str, make_weights: Callable[[LinearShape, torch.dtype, torch.device], tuple]) -> None:
+MakeWeights = Callable[[LinearShape, torch.dtype, torch.device], tuple]
+
+
+def register_ours(op: str, family: str, make_weights: MakeWeights) -> None:
     """ours-auto / ours-cuda / ours-triton for a linear op called as op(x, *make_weights(...)).
 
     make_weights returns the op's arguments after x, in schema order (bias last)."""
