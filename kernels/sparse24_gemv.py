@@ -46,28 +46,31 @@ def _unpack_24(vals, mb, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _expand_24(v0, v1, i0, i1, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """-> (BLOCK_N, BLOCK_K) dense weights in k order, zeros at pruned positions."""
-    pos = tl.arange(0, 4)[None, None, :]  # (1, 1, 4) position inside the group
-    w = tl.where(pos == tl.expand_dims(i0, 2), tl.expand_dims(v0, 2),
-                 tl.where(pos == tl.expand_dims(i1, 2), tl.expand_dims(v1, 2), 0))
-    return tl.reshape(w, (BLOCK_N, BLOCK_K))
+    """-> (BLOCK_N, BLOCK_K) dense weights in k order, zeros at pruned positions.
+
+    Each position is its own (BLOCK_N, BLOCK_K // 4) tensor and tl.join stacks them, so a
+    group's four weights stay in one thread (a 3-D where spread them over lanes and spilled)."""
+    z = tl.zeros_like(v0)  # not a literal 0: Triton 3.6 would promote int8 values to int32
+    p0 = tl.where(i0 == 0, v0, z)
+    p1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, z))
+    p2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, z))
+    p3 = tl.where(i1 == 3, v1, z)
+    return tl.reshape(tl.join(tl.join(p0, p2), tl.join(p1, p3)), (BLOCK_N, BLOCK_K))  # [.., j, i] = p[2j + i]
 
 
 @triton.jit
-def _gather_dot(xt, v0, v1, i0, i1, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
-    """xt (BLOCK_M, BLOCK_K) -> (BLOCK_M, BLOCK_N, BLOCK_K // 4) products v0 * x[4g + i0] + v1 * x[4g + i1].
+def _gather_dot(xt, v0, v1, i0, i1, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """xt (BLOCK_K,) one row of x -> (BLOCK_N, BLOCK_K // 4) products v0 * x[4g + i0] + v1 * x[4g + i1].
 
     Picks the x element of each kept value instead of expanding w: 2 selects a kept value
-    (i0 is 0..2 and i1 is 1..3 because i0 < i1) where the dense tile costs 4 a position."""
+    (i0 is 0..2 and i1 is 1..3 because i0 < i1) where the dense tile costs 3 a position."""
     G: tl.constexpr = BLOCK_K // 4
-    even, odd = tl.split(tl.reshape(xt.to(ACC), (BLOCK_M, G, 2, 2)))  # positions (0, 2) and (1, 3)
+    even, odd = tl.split(tl.reshape(xt.to(ACC), (G, 2, 2)))  # positions (0, 2) and (1, 3)
     x0, x2 = tl.split(even)
     x1, x3 = tl.split(odd)
-    x0, x1, x2, x3 = x0[:, None, :], x1[:, None, :], x2[:, None, :], x3[:, None, :]
-    i0, i1 = i0[None, :, :], i1[None, :, :]
-    xi0 = tl.where(i0 == 0, x0, tl.where(i0 == 1, x1, x2))
-    xi1 = tl.where(i1 == 3, x3, tl.where(i1 == 2, x2, x1))
-    return v0.to(ACC)[None, :, :] * xi0 + v1.to(ACC)[None, :, :] * xi1
+    xi0 = tl.where(i0 == 0, x0[None, :], tl.where(i0 == 1, x1[None, :], x2[None, :]))
+    xi1 = tl.where(i1 == 3, x3[None, :], tl.where(i1 == 2, x2[None, :], x1[None, :]))
+    return v0.to(ACC) * xi0 + v1.to(ACC) * xi1
 
 
 @triton.jit
@@ -99,6 +102,7 @@ def _sparse24_kernel(
     M, N, K, KP,
     M_KEY,        # autotune bucket of M; unused in the body
     stride_xm,
+    stride_vn, stride_mn,  # KP // 2 and KP // 8, as arguments so their divisibility is known
     HAS_BIAS: tl.constexpr, INT8: tl.constexpr, USE_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
@@ -109,51 +113,59 @@ def _sparse24_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # Rows past N re-read row n % N instead of masking every weight load; the store masks them.
     rn = (offs_n % N).to(tl.int64)
-    v_rows = v_ptr + rn[:, None] * (KP // 2)
-    m_rows = meta_ptr + rn[:, None] * (KP // 8)
-    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
-    m_ok = offs_m[:, None] < M
+    v_rows = v_ptr + rn[:, None] * stride_vn
+    m_rows = meta_ptr + rn[:, None] * stride_mn
 
     k_per_split = tl.cdiv(tl.cdiv(KP, BLOCK_K), SPLIT_K) * BLOCK_K
     k_lo = pid_k * k_per_split
     k_hi = min(k_lo + k_per_split, KP)
     offs_v = tl.arange(0, BLOCK_K // 2)
     offs_b = tl.arange(0, BLOCK_K // 8)
+    if not USE_DOT:
+        # Meta bytes in 2-byte loads: the tile layout then follows the 16-byte value loads (4
+        # groups a thread), not 16-byte meta loads (32 groups a thread, whose x operands took
+        # 244 registers at BLOCK_N 64, BLOCK_K 256; 160 with the hint, sm_90, Triton 3.6-3.8).
+        offs_b = tl.max_contiguous(offs_b, 2)
     offs_k = tl.arange(0, BLOCK_K)
 
     ACC: tl.constexpr = tl.int32 if INT8 else tl.float32
     if USE_DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    else:
-        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K // 4), dtype=ACC)
+        x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+        x_ok = offs_m[:, None] < M
+    else:  # BLOCK_M == 1: one row of x per CTA
+        acc2 = tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=ACC)
+        x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
         # 0 * x summed over the row: NaN when x has a NaN/Inf anywhere, as in the dense
         # product, where pruned (zero) weights meet it; the gather alone would skip those.
-        poison = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
+        poison = tl.zeros((BLOCK_K,), dtype=ACC)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         cv = k0 // 2 + offs_v
         cb = k0 // 8 + offs_b
         ck = k0 + offs_k
         # The weight stream is read exactly once: keep it from evicting x, which every CTA re-reads.
-        vals = tl.load(v_rows + cv[None, :], mask=cv[None, :] < KP // 2, other=0, eviction_policy="evict_first")
-        mb = tl.load(m_rows + cb[None, :], mask=cb[None, :] < KP // 8, other=0, eviction_policy="evict_first")
+        vals = tl.load(v_rows + cv[None, :], mask=cv[None, :] < stride_vn, other=0, eviction_policy="evict_first")
+        mb = tl.load(m_rows + cb[None, :], mask=cb[None, :] < stride_mn, other=0, eviction_policy="evict_first")
         v0, v1, i0, i1 = _unpack_24(vals, mb.to(tl.int32), BLOCK_N, BLOCK_K)
-        xt = tl.load(x_rows + ck[None, :], mask=m_ok & (ck[None, :] < K), other=0, eviction_policy="evict_last")
         if USE_DOT:
-            acc = tl.dot(xt, tl.trans(_expand_24(v0, v1, i0, i1, BLOCK_N, BLOCK_K)), acc)
+            xt = tl.load(x_rows + ck[None, :], mask=x_ok & (ck[None, :] < K), other=0, eviction_policy="evict_last")
+            acc = tl.dot(xt, tl.trans(_expand_24(v0, v1, i0, i1, BLOCK_N, BLOCK_K)), acc, out_dtype=ACC)
         else:
-            acc3 += _gather_dot(xt, v0, v1, i0, i1, BLOCK_M, BLOCK_K, ACC)
+            xt = tl.load(x_row + ck, mask=ck < K, other=0, eviction_policy="evict_last")
+            acc2 += _gather_dot(xt, v0, v1, i0, i1, BLOCK_K, ACC)
             if not INT8:
                 poison += xt.to(ACC) * 0
     if not USE_DOT:
-        acc = tl.sum(acc3, axis=2)
+        row = tl.sum(acc2, axis=1)
         if not INT8:
-            acc += tl.sum(poison, axis=1)[:, None]
+            row += tl.sum(poison, axis=0)
+        acc = tl.reshape(row, (1, BLOCK_N))
 
     if SPLIT_K == 1:
         _epilogue(acc, offs_m, offs_n, M, N, out_ptr, bias_ptr, a_scale_ptr, w_scale_ptr, HAS_BIAS, INT8)
     else:
         ptrs = part_ptr + (pid_k * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]
-        tl.store(ptrs, acc, mask=m_ok & (offs_n[None, :] < N))
+        tl.store(ptrs, acc, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
 @triton.jit
@@ -179,11 +191,11 @@ def _cfg(bn, bk, split_k=1, warps=4, stages=3) -> triton.Config:
 
 
 def fma_configs() -> list[triton.Config]:
-    """M = 1 on CUDA cores (gather mode). The (1, BLOCK_N, BLOCK_K // 4) accumulator costs
-    BLOCK_N * BLOCK_K / (128 * warps) registers a thread, kept at 16-32. N = 14336-28672
-    gives 112-1792 CTAs at BLOCK_N 16-128; split-K for narrow layers. First entry: the
-    interpreter's (small, so CPU tests stay fast)."""
-    return [
+    """M = 1 on CUDA cores (gather mode). Registers a thread (ptxas, sm_90, Triton 3.6):
+    90 at BLOCK_N 32 x BLOCK_K 256 / 4 warps, ~160 at 64 x 256 and 64-128 x 256-512 / 8 warps.
+    N = 14336-28672 gives 112-896 CTAs at BLOCK_N 32-128; split-K for narrow layers.
+    The first entry serves the interpreter only (small, so CPU tests stay fast)."""
+    configs = [
         _cfg(16, 64, warps=1, stages=2),
         _cfg(32, 256, warps=4, stages=3),
         _cfg(64, 256, warps=4, stages=3),
@@ -191,20 +203,24 @@ def fma_configs() -> list[triton.Config]:
         _cfg(128, 256, warps=8, stages=3),
         _cfg(32, 512, split_k=2, warps=4, stages=3),
     ]
+    return configs[:1] if interpreting() else configs[1:]
 
 
 def dot_configs() -> list[triton.Config]:
     """1 < M <= 64 on tensor cores (BLOCK_M from the launcher). BLOCK_N 64-128 keeps the
     re-read of x (M x K per CTA, from L2) small next to the weight stream; split-K 2-4 for
-    N = 4096-14336 layers that give fewer than ~2 waves of CTAs. First entry: the interpreter's."""
-    return [
+    N = 4096-14336 layers that give fewer than ~2 waves of CTAs. 124-209 registers, no
+    spills (sm_90, Triton 3.6). BLOCK_N 128 x BLOCK_K 128 with 4 warps is left out: it
+    fails Triton's dot-operand pass at BLOCK_M 64 (3.6 and 3.8). First entry: interpreter only."""
+    configs = [
         _cfg(32, 64, warps=4, stages=2),
         _cfg(64, 256, warps=4, stages=3),
-        _cfg(128, 128, warps=4, stages=4),
+        _cfg(128, 128, warps=8, stages=4),
         _cfg(128, 256, warps=8, stages=3),
         _cfg(64, 128, split_k=2, warps=4, stages=4),
         _cfg(64, 256, split_k=4, warps=4, stages=3),
     ]
+    return configs[:1] if interpreting() else configs[1:]
 
 
 # Shared memory per pipeline stage: the values and meta tiles (x is a few KB more).
@@ -216,14 +232,15 @@ _FMA = autotune(fma_configs(), key=_KEY, smem=_SMEM, **_BENCH)(_sparse24_kernel)
 _DOT = autotune(dot_configs(), key=_KEY, smem=_SMEM, **_BENCH)(_sparse24_kernel)
 
 FMA_MAX_M = 1      # CUDA-core mode for M <= this by default; tensor cores above
-FMA_LIMIT_M = 4    # the gather accumulator grows with M: never CUDA-core mode past this
+FMA_LIMIT_M = 4    # CUDA-core mode re-reads the weight per row of x: never past this
 MAX_SPLIT_K = 4    # the largest SPLIT_K in the configs: sizes the partial-sum buffer
 
 
 def block_m_for(m: int, use_dot: bool) -> int:
-    """Rows of x per CTA: all of them up to 16 (the tl.dot minimum), then 32 / 64."""
+    """Rows of x per CTA: one in CUDA-core mode; else all of them up to 16 (the tl.dot
+    minimum), then 32 / 64."""
     if not use_dot:
-        return triton.next_power_of_2(max(m, 1))
+        return 1
     return max(16, min(64, triton.next_power_of_2(max(m, 1))))
 
 
@@ -243,7 +260,7 @@ def _launch(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config)
     part = torch.empty((split_max, m, n), dtype=torch.int32 if int8 else torch.float32, device=x.device)
     dummy = out
     args = (x, values, meta, out, part, dummy if bias is None else bias, a_scale if int8 else dummy,
-            w_scale if int8 else dummy, m, n, k, kp, triton.next_power_of_2(m), x.stride(0))
+            w_scale if int8 else dummy, m, n, k, kp, triton.next_power_of_2(m), x.stride(0), kp // 2, kp // 8)
     meta_args = dict(HAS_BIAS=bias is not None, INT8=int8, USE_DOT=use_dot, BLOCK_M=block_m)
     # Keep (acc * a_scale) * w_scale + bias two roundings apart, like the reference.
     opts = {"enable_fp_fusion": False} if int8 and x.is_cuda else {}
