@@ -68,7 +68,9 @@ def _header(rows: list[dict]) -> list[str]:
     lines = ["# kernelswap benchmarks", "",
              f"GPU: {first.get('gpu', '?')}; torch {first.get('torch', '?')}, Triton {first.get('triton', '?')}, "
              f"CUDA {first.get('cuda', '?')}; commit {first.get('commit', '?')}; {first.get('date', '?')}.", "",
-             "Times are medians of CUDA-event timings (p20-p80 in the CSV). Speedup = baseline time / our time: "
+             ("CPU wall-clock smoke run: these numbers check the harness, they measure nothing. "
+              if first.get("gpu") == "cpu" else "")
+             + "Times are medians (p20-p80 in the CSV) of CUDA-event timings. Speedup = baseline time / our time: "
              "above 1 we win, below 1 we lose.", ""]
     peaks = [r for r in rows if r.get("kind") == "peak"]
     if peaks:
@@ -76,7 +78,7 @@ def _header(rows: list[dict]) -> list[str]:
         body = []
         for r in peaks:
             val = r.get("gbps") or r.get("tflops")
-            body.append([r["provider"], r["shape"], "-" if val is None else f"{val:,.1f} {r.get('note', '')}",
+            body.append([r["provider"], r["shape"], "-" if val is None else f"{val:,.4g} {r.get('note', '')}",
                          r["status"] if r["status"] != "ok" else _us(r.get("p50_us"))])
         lines += _table(["peak", "shape", "rate", "p50 us"], body) + [""]
     return lines

@@ -59,9 +59,10 @@ def _make_torchao(op: str):
                          f"{_TORCHAO_CONFIGS[op]}")
         config = config_cls(group_size=s.group_size) if op == "int4_linear" else config_cls()
 
-        def new_args():
-            lin = _linear(s, dtype, device)
-            quant.quantize_(lin, config)
+        lin = _linear(s, dtype, device)
+        quant.quantize_(lin, config)
+
+        def new_args():  # one module for every copy: the compiled call guards on the module it sees
             return activation(s, dtype, device), lin
 
         sample = new_args()
@@ -86,8 +87,10 @@ def _make_gemlite(op: str):
         if cls is None:
             raise Absent(f"gemlite.helper has no {_GEMLITE_HELPERS[op]}")
 
+        layer = cls(device=device).from_linear(_linear(s, dtype, device))
+
         def new_args():
-            return activation(s, dtype, device), cls(device=device).from_linear(_linear(s, dtype, device))
+            return activation(s, dtype, device), layer
 
         sample = new_args()
         return Case(lambda x, layer: layer(x), new_args, s.flops(), _module_bytes(sample[1]), io_bytes(s, dtype),
