@@ -81,7 +81,7 @@ fi
 BENCH_SECS=$(( $(left) - 20 ))
 # shellcheck disable=SC2086
 step "bench" "$OUT/bench.log" "$BENCH_SECS" \
-  $PY -m kernelswap bench --shapes targets,llm --budget-s $(( BENCH_SECS - 45 )) --out "$OUT" ${BENCH_ARGS:-}
+  $PY -m kernelswap bench --shapes targets,llm,resnet50,mobilenetv2 --budget-s $(( BENCH_SECS - 45 )) --out "$OUT" ${BENCH_ARGS:-}
 
 note "done; files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
 echo

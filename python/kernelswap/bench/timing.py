@@ -81,8 +81,11 @@ def _quantiles(samples: list[float]) -> Timing:
 
 
 def default_timer(device: torch.device, quick: bool) -> Timer:
+    """GPU: 50 ms of repetitions still gives ~20 samples for the slowest target case
+    (P6, ~2.6 ms) and hundreds for decode shapes, at half do_bench's default cost; a full
+    run times ~400 cases, so this is what lets it fit a session slot."""
     if device.type == "cuda":
-        return DoBenchTimer(10, 40) if quick else DoBenchTimer(25, 100)
+        return DoBenchTimer(5, 20) if quick else DoBenchTimer(10, 50)
     return WallTimer(3 if quick else 5)
 
 
