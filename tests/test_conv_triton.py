@@ -163,9 +163,21 @@ def test_fallback_reasons(device):
     assert "grouped" in reason(xg, wg, bg, *geo, "relu", None)
     if device == "cuda":
         assert "fp32" in reason(x.float(), weight.float(), bias, s, p, d, g, "relu", None)
+    else:
+        assert "interpreter" in reason(x.bfloat16(), weight, bias, s, p, d, g, "relu", None)
     # Not forced: an unsupported call is served by the next backend, never refused.
     impl = choose("conv_bn_act", x.device, x.contiguous(), weight, bias, s, p, d, g, "relu", None)
     assert impl.backend != "triton"
+
+
+@pytest.mark.parametrize("device", INTERP_DEVICES)
+@pytest.mark.parametrize("case", ["dw3x3", "dw3x3_s2_odd"])
+def test_depthwise_bf16_interpreted(device, case):
+    """bf16 runs in the interpreter for the depthwise kernel: it has no tl.dot."""
+    args = _inputs(TINY[case], torch.bfloat16, device, residual=True)
+    with use_backend("triton"):
+        out = ks.ops.conv_bn_act(*args[:7], "silu", args[7])
+    _check(out, *args[:7], "silu", args[7], what=f"{case} bf16")
 
 
 # ---- CUDA: real layer shapes ------------------------------------------------------------

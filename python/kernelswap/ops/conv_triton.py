@@ -51,6 +51,8 @@ def _static_reason(x, weight, bias, stride, padding, dilation, groups, activatio
         return "Triton conv kernels run on CUDA tensors"
     if x.dtype == torch.float32 and not interp:
         return "fp32 activations: cuDNN's fp32 path (our tensor-core dot would be TF32)"
+    if x.dtype == torch.bfloat16 and interp and not _is_depthwise(x, weight, groups):
+        return "the Triton interpreter cannot run a bf16 tl.dot (the depthwise kernel has none)"
     if x.numel() and output_memory_format(x) != torch.channels_last:  # empty: no layout to read
         return "input is not channels_last (NHWC): the kernels read channel runs; cuDNN takes NCHW"
     if groups > 1 and not _is_depthwise(x, weight, groups):
