@@ -383,3 +383,23 @@ def test_plan_puts_targets_first_and_runs_shared_cases_once():
     keys = [(it.op, it.shape.label, it.dtype) for it in items if it.kind == "kernel"]
     assert len(keys) == len(set(keys))  # 16x8192x28672 is in both sets: once
     assert items[-1].dtype == torch.float16
+
+
+def test_sigterm_still_writes_the_rows_measured(tmp_path):
+    import os
+    import signal
+
+    class KillAfter(FakeTimer):
+        def __call__(self, fn):
+            t = super().__call__(fn)
+            if len(self.calls) == 5:  # 3 peaks, ours-auto, then the next case that runs: killed mid-timing
+                os.kill(os.getpid(), signal.SIGTERM)
+            return t
+
+    args = parser().parse_args(["--device", "cpu", "--shapes", "tiny", "--models", "none", "--ops", "int8_linear",
+                                "--dtypes", "bf16", "--quick", "--out", str(tmp_path)])
+    rows = run(args, timer=KillAfter())
+    back = read_csv(str(tmp_path / "bench.csv"))
+    assert len(back) == len(rows) and [r["provider"] for r in back if r["status"] == "ok"][3:] == ["ours-auto"]
+    assert not any(r["status"] in ("error", "skipped") for r in back)  # the killed case is not an error row
+    assert len(back) < 3 + 2 * 8  # stopped early: the tiny set has two shapes x 8 providers

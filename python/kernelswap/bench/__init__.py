@@ -115,8 +115,8 @@ def run(args, timer=None) -> list[dict]:
     return runner.rows
 
 
-class Terminated(Exception):
-    pass
+class Terminated(BaseException):
+    """SIGTERM: a BaseException, so the per-case `except Exception` does not record it as an error."""
 
 
 def _terminate(signum, frame):
