@@ -61,9 +61,10 @@ step "tests" "$OUT/tests.log" $(( $(left) * 35 / 100 )) $PY -m pytest -q -p no:c
 tail -n 5 "$OUT/tests.log" | tee -a "$SUMMARY"
 
 # ---- 5. compute-sanitizer, if a script for it exists
+# Any tests/ or benchmarks/ script named *sanitiz*.sh / *.py (a test_*.py already ran with the suite).
 SANITIZER=""
-for f in tests/sanitize*.sh tests/*sanitizer*.sh benchmarks/sanitize*.sh tests/*sanitize*.py; do
-  [[ -f $f ]] && { SANITIZER=$f; break; }
+for f in tests/*sanitiz*.sh benchmarks/*sanitiz*.sh tests/*sanitiz*.py benchmarks/*sanitiz*.py; do
+  [[ -f $f && $(basename "$f") != test_* ]] && { SANITIZER=$f; break; }
 done
 if [[ -n $SANITIZER ]]; then
   SAN_SECS=$(( $(left) / 4 < 90 ? $(left) / 4 : 90 ))
@@ -73,7 +74,7 @@ if [[ -n $SANITIZER ]]; then
   esac
   tail -n 5 "$OUT/sanitizer.log" | tee -a "$SUMMARY"
 else
-  note "compute-sanitizer: no script (tests/sanitize*.sh, benchmarks/sanitize*.sh) in this tree"
+  note "compute-sanitizer: no script (tests/*sanitiz*.sh|.py, benchmarks/*sanitiz*.sh|.py) in this tree"
 fi
 
 # ---- 6. benchmarks: the harness stops starting cases when its budget is spent and still

@@ -5,8 +5,8 @@ CNNs (MobileNetV2, ResNet-50; random weights; channels_last; bf16) at batch 1 an
   swap-fuse (kernelswap.swap(model, "fuse")), and at batch 1 the CUDA-graphed
   bn-folded and swap-fuse models (TARGETS.md P11's peer is BN-folded + CUDA graph).
 Decoder: LLAMA_LAYERS layers with Llama-3 8B shapes in plain torch; prefill of 4096
-  tokens and decode steps of 1 and 16 sequences against a KV cache, for bf16 and every
-  linear recipe of kernelswap.swap.
+  tokens and decode steps of 1 and 16 sequences against a KV cache (eager and
+  CUDA-graphed), for bf16 and every linear recipe of kernelswap.swap.
 Each variant is built, timed and freed before the next, so peak memory is its own.
 A variant that cannot be built is recorded (unavailable / error), never dropped.
 """
@@ -224,8 +224,11 @@ def run_decoder(runner: Runner, recipes=LINEAR_RECIPES, layers=LLAMA_LAYERS, sha
                 model = _swapped(_need(swap), copy.deepcopy(base), recipe)
             except Exception as e:  # noqa: BLE001 - every case of this recipe records why
                 model, why = None, short_error(e)
-        for case, batch, tokens in cases:
-            def build(model=model, why=why, batch=batch, tokens=tokens):
+        # Decode steps also run CUDA-graphed: at M = 1 launch overhead is a large part of eager time.
+        variants = [(case, batch, tokens, graph) for case, batch, tokens in cases
+                    for graph in ((False, True) if tokens == 1 else (False,))]
+        for case, batch, tokens, graph in variants:
+            def build(model=model, why=why, batch=batch, tokens=tokens, graph=graph):
                 if model is None:
                     raise RuntimeError(why.removeprefix("RuntimeError: "))
                 x = torch.randn(batch, tokens, shape["hidden"], device=device, dtype=dtype)
@@ -234,9 +237,11 @@ def run_decoder(runner: Runner, recipes=LINEAR_RECIPES, layers=LLAMA_LAYERS, sha
                     kv = (batch, shape["kv_heads"], cache_len, shape["head_dim"])
                     caches = [(torch.randn(kv, device=device, dtype=dtype), torch.randn(kv, device=device, dtype=dtype))
                               for _ in range(layers)]
-                return (lambda: model(x, caches)), module_bytes(model)
+                fn = _graphed(lambda inp: model(inp, caches), x) if graph else (lambda: model(x, caches))
+                return fn, module_bytes(model)
 
             note = f"{layers} layers; " + ("causal prompt" if tokens > 1 else f"KV cache {cache_len}")
-            time_variant(runner, op, case, recipe, build, batch * tokens, "tokens/s", note=note)
+            time_variant(runner, op, case, recipe + ("+graph" if graph else ""), build, batch * tokens, "tokens/s",
+                         note=note)
         del model
     del base

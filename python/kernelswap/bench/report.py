@@ -154,17 +154,19 @@ def _model_section(rows: list[dict]) -> list[str]:
     model_rows = [r for r in rows if r["op"].startswith("model:")]
     if not model_rows:
         return []
-    eager = {(r["op"], r["shape"], r["dtype"]): r["p50_us"] for r in _ok_rows(model_rows)
-             if r["provider"] in ("eager", "bf16")}
+    eager = {(r["op"], r["shape"], r["dtype"], r["provider"].endswith("+graph")): r["p50_us"]
+             for r in _ok_rows(model_rows) if r["provider"] in ("eager", "bf16", "bf16+graph")}
     body = []
     for r in model_rows:
         ok = r["status"] == "ok"
-        base = eager.get((r["op"], r["shape"], r["dtype"]))
+        # decoder: graphed recipes against graphed bf16; CNNs: everything against eager
+        graphed = r["provider"].endswith("+graph") and r["op"].startswith("model:llama")
+        base = eager.get((r["op"], r["shape"], r["dtype"], graphed))
         speed = f"{base / r['p50_us']:.2f}x" if ok and base else "-"
         thr = f"{r['throughput']:,.0f} {r.get('throughput_unit', '')}" if ok and r.get("throughput") else "-"
         body.append([r["op"][6:], r["shape"], r["provider"], _us(r["p50_us"] / 1e3) if ok else r["status"], thr,
                      speed, _mb(r.get("weight_mb")), _mb(r.get("peak_mem_mb")), r.get("note") or ""])
-    return ["## Models", ""] + _table(["model", "case", "variant", "ms", "throughput", "speedup vs eager/bf16",
+    return ["## Models", ""] + _table(["model", "case", "variant", "ms", "throughput", "speedup vs eager / bf16",
                                        "weights MB", "peak MB", "note"], body) + [""]
 
 
