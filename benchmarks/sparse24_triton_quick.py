@@ -2,6 +2,16 @@
 
     python benchmarks/sparse24_triton_quick.py [--csv results.csv] [--commit HASH]
 
+GPU session (repository root, ~3 minutes: ~45 kernel compiles in the tests, ~20 more here).
+Install with the interpreter that runs the tests (`python -m pip`: a bare `pip` there
+belongs to another interpreter, and kernelswap then does not import):
+    export PYTHONUNBUFFERED=1
+    KERNELSWAP_BUILD_CUDA=off python -m pip install --no-build-isolation --no-deps -e . -q
+    python -m pytest -q -rf -p no:cacheprovider tests/test_sparse24_triton.py > $OUT/tests.log 2>&1
+    python benchmarks/sparse24_triton_quick.py --csv $OUT/sparse24_quick.csv --commit SHA > $OUT/bench.log 2>&1
+Run the tests first: they tune the 14336 x 4096 keys and compile the kernels the
+benchmark reuses (Triton's on-disk caches).
+
 Shapes (M tokens) x (K in) x (N out), weight N x K, bf16, TARGETS.md P7 plus the small-M
 family: M in {1, 16, 64} x 8192 x 28672 and 16 x 4096 x 14336, plus M = 256 / 1024 to
 find where dense decompress + cuBLAS (the "torch" backend) overtakes the kernel.

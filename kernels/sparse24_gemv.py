@@ -6,17 +6,25 @@ per group, the even group in the low nibble. x carries the true K <= Kp.
 
 Small M is memory-bound: the weight stream (values + meta, 9/16 of the dense bf16
 bytes) is the whole cost, so each program streams its rows of values and meta once and
-rebuilds the dense (BLOCK_N, BLOCK_K) tile in registers:
-  w[n, 4g + p] = values[n, 2g] if p == i0 else values[n, 2g + 1] if p == i1 else 0
-then multiplies it with the x tile, in one of two modes (tl.constexpr USE_DOT):
-  dot   tl.dot on tensor cores, BLOCK_M >= 16 (M is padded to the tile; the padded rows
-        cost math, not bytes, which is free while memory-bound).
-  fma   on CUDA cores, for M = 1: no dense tile at all; each kept value picks its x
-        element (acc[m, n, g] += v0 * x[m, 4g + i0] + v1 * x[m, 4g + i1]) and one
-        reduction over g ends the loop; no shared-memory round trip for w.
+multiplies it with x in registers, in one of two modes (tl.constexpr USE_DOT):
+  dot   the dense (BLOCK_N, BLOCK_K) tile is rebuilt,
+          w[n, 4g + p] = values[n, 2g] if p == i0 else values[n, 2g + 1] if p == i1 else 0,
+        and fed to tl.dot on tensor cores, BLOCK_M >= 16 (M is padded to the tile; the
+        padded rows cost math, not bytes, which is free while memory-bound).
+  fma   on CUDA cores, one row of x per CTA (M = 1): no dense tile at all; each kept
+        value picks its x element (acc[n, g] += v0 * x[4g + i0] + v1 * x[4g + i1]) and
+        one reduction over g ends the loop; no shared-memory round trip for w.
 Split-K (SPLIT_K > 1) spreads the weight stream over more CTAs when N alone gives too
 few; each split writes fp32 / int32 partials and a second small kernel sums them in
 split order (deterministic; int32 exact) and applies the epilogue.
+
+Issue budget (static count of the SASS loop body, sm_90, Triton 3.6, bf16; not yet timed):
+streaming 3.0 TB/s over 132 SMs at ~1.75 GHz is ~13 bytes of values + meta per SM clock.
+  fma BLOCK_N 64 x BLOCK_K 256, 4 warps: 738 instr/iter/warp -> 0.16 warp-instr/byte
+      -> ~2.1 of the 4 issue slots an SM has per clock (selects and compares ~30%).
+  dot BLOCK_M 16, 64 x 256, 4 warps: 849 -> 0.18/byte -> ~2.4 slots (32 HMMA; the rest
+      is expansion); 128 x 128, 8 warps: 637 -> 0.28/byte -> ~3.6 slots, near issue-bound.
+So both modes should stay memory-bound with headroom at M <= 16, if loads overlap.
 
 Two ops share the kernel (tl.constexpr INT8):
   float  out = x @ w.T + bias, fp32 accumulation, x.dtype out.
