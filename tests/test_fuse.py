@@ -1,0 +1,171 @@
+"""The "fuse" recipe: conv -> bn [-> add] [-> act] chains in nn.Sequential and through
+torch.fx (torchvision ResNet BasicBlock/Bottleneck, MobileNetV2), everything else left."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernelswap as ks
+from kernelswap.nn import ConvBNAct2d
+from tests.utils import assert_close_to_ref
+
+torchvision = pytest.importorskip("torchvision")
+
+
+@pytest.fixture(autouse=True)
+def _reference_backend():
+    with ks.use_backend("reference"):
+        yield
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    """Untrained BNs are identities; give them real statistics so folding is tested."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    return model.eval()
+
+
+def _check_same_function(model: nn.Module, x: torch.Tensor, recipe="fuse", factor: float = 4.0):
+    ref64 = copy.deepcopy(model).double()
+    with torch.no_grad():
+        baseline = model(x)
+        report = ks.swap(model, recipe)
+        out = model(x)
+        expected = ref64(x.double())
+    # Fusing only reorders float rounding: the error stays at the eager fp32 model's level.
+    assert_close_to_ref(out, expected, baseline, factor=factor, what=str(recipe))
+    return report
+
+
+def _left(model, *types):
+    return [n for n, m in model.named_modules() if type(m) in types]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_torchvision_resnet(arch):
+    model = _randomize_bn(getattr(torchvision.models, arch)(num_classes=10))
+    report = _check_same_function(model, torch.randn(2, 3, 32, 32))
+    n_conv = 20 if arch == "resnet18" else 53
+    blocks = 8 if arch == "resnet18" else 16
+    assert len(report.swapped) == n_conv and not report.skipped
+    assert _left(model, nn.Conv2d, nn.BatchNorm2d, nn.ReLU) == []
+    # Every block's last conv carries the shortcut add and the block's ReLU.
+    fused_res = [x for x in report.swapped if "+add+relu" in x.before]
+    assert len(fused_res) == blocks
+    assert all(x.sqnr_db > 100 for x in report.swapped)
+    last = model.layer1[0].conv2 if arch == "resnet18" else model.layer1[0].conv3
+    assert isinstance(last, ConvBNAct2d) and last.activation == "relu"
+    assert isinstance(model, torchvision.models.ResNet)  # in place: the root object is kept
+
+
+def test_torchvision_mobilenet_v2():
+    model = _randomize_bn(torchvision.models.mobilenet_v2(num_classes=10))
+    report = _check_same_function(model, torch.randn(2, 3, 32, 32))
+    assert len(report.swapped) == 52 and not report.skipped
+    assert _left(model, nn.Conv2d, nn.BatchNorm2d, nn.ReLU6) == []
+    acts = [x.before for x in report.swapped]
+    assert acts.count("Conv2d+BatchNorm2d+relu6") == 35
+    assert acts.count("Conv2d+BatchNorm2d+add") == 10  # the inverted-residual add, no activation
+    # The rewritten block is a GraphModule whose containers are plain modules: reach layers by name.
+    assert model.get_submodule("features.3.conv.2").activation == "identity"
+    assert any(m.groups > 1 for m in model.modules() if isinstance(m, ConvBNAct2d))  # depthwise
+
+
+class _Stem(nn.Module):
+    """Functional activations and a shared ReLU module: needs a forward rewrite."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c3, self.b3 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        y = F.hardswish(self.b1(self.c1(x)))
+        z = self.act(self.b2(self.c2(y)))
+        return self.act(torch.add(self.b3(self.c3(z)), y))
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = _Stem()
+        self.seq = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),  # fused
+                                 nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU(),  # conv+bn only
+                                 nn.Conv2d(8, 8, 1), nn.ReLU())  # no BN: left alone
+        self.c_root, self.b_root = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.seq(self.stem(x))
+        return F.relu(self.b_root(self.c_root(y)) + y)  # a residual in the top-level forward
+
+
+def test_custom_graph_activations_and_root_residual():
+    model = _randomize_bn(_Net())
+    report = _check_same_function(model, torch.randn(2, 3, 10, 10))
+    before = {x.name: x.before for x in report.swapped}
+    assert before == {"stem.c1": "Conv2d+BatchNorm2d+hardswish", "stem.c2": "Conv2d+BatchNorm2d+silu",
+                      "stem.c3": "Conv2d+BatchNorm2d+add+silu", "seq.0": "Conv2d+BatchNorm2d+relu6",
+                      "seq.3": "Conv2d+BatchNorm2d", "c_root": "Conv2d+BatchNorm2d"}
+    root = next(x for x in report.layers if x.name == "c_root")
+    assert "top-level module" in root.reason  # partial: conv+bn only, the add and relu stay
+    assert type(model.seq[6]) is nn.Conv2d and type(model.seq[5]) is nn.GELU
+    assert isinstance(model.b_root, nn.Identity) and type(model) is _Net
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), _DataDependent(),
+                                  nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+
+    def forward(self, x):
+        return self.body(x) if x.sum() > -1e9 else x  # control flow on data: fx cannot trace it
+
+
+class _DataDependent(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.mean() > 0 else x
+
+
+def test_untraceable_model_falls_back_to_sequential_scan():
+    model = _randomize_bn(_Untraceable())
+    report = _check_same_function(model, torch.randn(2, 3, 12, 12))
+    assert [x.name for x in report.swapped] == ["body.0", "body.4"]
+    assert [x.before for x in report.swapped] == ["Conv2d+BatchNorm2d+relu", "Conv2d+BatchNorm2d"]
+
+
+def test_filter_shared_conv_and_training_mode():
+    model = _randomize_bn(torchvision.models.resnet18(num_classes=10))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        report = ks.swap(model, "fuse", filter=lambda name, mod: not name.startswith("layer4"))
+        assert_close_to_ref(model(x), ref.double(), ref, factor=1.0, floor=1e-5, what="filtered")
+    skipped = {x.name: x.reason for x in report.skipped}
+    assert len(skipped) == 5 and set(skipped.values()) == {"excluded by filter"}
+    assert type(model.layer4[0].conv1) is nn.Conv2d
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.conv(self.bn(self.conv(x)))  # the conv is called twice: not a chain
+
+    shared = Shared().eval()
+    assert len(ks.swap(shared, "fuse")) == 0 and type(shared.conv) is nn.Conv2d
+    with pytest.raises(RuntimeError, match="eval mode.*'layer1.0.bn1' is in training mode"):
+        m = torchvision.models.resnet18().eval()
+        m.layer1[0].bn1.train()
+        ks.swap(m, "fuse")
