@@ -6,8 +6,10 @@ importing kernelswap never needs Triton.
 int4_linear picks a kernel by the number of tokens M (x flattened to (M, K)):
   M <= GEMV_M_MAX      w4a16_gemv: CUDA-core FMAs, scale/zero factored out per group
   M <= SMALL_M_MAX     w4a16_gemm, small-M tuning: one 16-row tl.dot tile, split-K
-  larger M             w4a16_gemm, large-M tuning, unless TORCH_FROM_M says dequantize +
-                       cuBLAS (the "torch" backend) is faster
+  larger M             w4a16_gemm, large-M tuning
+and declines (so the "torch" backend serves) where a torch path was measured faster on CUDA:
+  tinygemm             bf16, M <= int4_tinygemm.TINYGEMM_M_MAX, where tinygemm can run
+  dequant + cuBLAS     M >= TORCH_FROM_M
 The kernels read the public packed format as is (the GEMV views the bytes as int32
 words), so no prepared copy of the weight is needed.
 """
@@ -15,15 +17,17 @@ from __future__ import annotations
 
 import torch
 
+from . import int4_tinygemm
 from .backend import register
 
 GEMV_M_MAX = 4  # mirrors kernelswap.kernels.w4a16_gemv.GEMV_M_MAX (not imported: no Triton at import)
 SMALL_M_MAX = 16  # mirrors kernelswap.kernels.w4a16_gemm.SMALL_M_MAX
-# From this many tokens on, "dequantize once + cuBLAS" beats the fused kernel on CUDA;
-# None: the fused kernel serves every M. Not measured yet: benchmarks/int4_triton_quick.py
-# times both (rows "triton_gemm_large" and "dequant+cublas"); set this from its table.
-# GEMV_M_MAX (gemv vs gemm_small at M=1/4) is likewise a first guess awaiting that table.
-TORCH_FROM_M: int | None = None
+# From this many tokens on, "dequantize once + cuBLAS" (the torch backend) beats the
+# fused large-M kernel on CUDA. H100, bf16, g128 asym, 4096 x 14336 (int4_triton_quick.py):
+#   M      cuBLAS bf16  triton gemm_large  dequant+cuBLAS
+#   128        56.7          66.0              (awaiting the re-measured table)
+#   4096      663.5        1553               (awaiting the re-measured table)
+TORCH_FROM_M: int | None = 512
 
 
 def _supports(x, w_packed, scales, zeros, group_size, bias) -> str | None:
@@ -32,6 +36,8 @@ def _supports(x, w_packed, scales, zeros, group_size, bias) -> str | None:
         # An fp32 tl.dot must run as exact fp32 FMAs (no tensor cores; sm_90 compile of the
         # large tile shows no mma and 128 KiB of shared memory): cuBLAS fp32 is the better path.
         return "fp32 activations beyond the GEMV: dequantize + cuBLAS fp32 (torch backend)"
+    if x.device.type == "cuda" and int4_tinygemm.supports(x, w_packed, scales, zeros, group_size, bias) is None:
+        return f"M={m} <= {int4_tinygemm.TINYGEMM_M_MAX}, bf16: tinygemm (torch backend) is faster here"
     if x.device.type == "cuda" and TORCH_FROM_M is not None and m >= TORCH_FROM_M:
         return f"M={m} >= {TORCH_FROM_M}: dequantize + cuBLAS (torch backend) is faster here"
     return None
