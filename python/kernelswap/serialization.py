@@ -1,7 +1,8 @@
 """ks.save(model, path) / ks.load(model, path): a swapped model as one safetensors file.
 
 The file holds the swapped model's state_dict and, in its metadata, the format
-version, the kernelswap version and, per recipe, the layers it took. Each swapped
+version, the kernelswap version, per recipe the layers it took, and a sha256 of the
+tensors (checked on load). Each swapped
 module knows its recipe (recipe_config()), so save needs nothing but the model.
 
 load(model, path) takes a freshly built float model of the same architecture (eval
@@ -12,6 +13,7 @@ so an error leaves the model untouched.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -46,9 +48,20 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
                          "(ks.swap(model, recipe)) or save the float model with torch/safetensors directly")
     # Clone: safetensors refuses tensors that share memory (tied weights), and wants them contiguous on CPU.
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
-                "kernelswap_version": _version(), "recipes": json.dumps(layers)}
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "kernelswap_version": _version(),
+                "recipes": json.dumps(layers), "sha256": _digest(tensors)}
     save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes: safetensors has no checksum of its own, and a
+    flipped bit in a packed int4 weight would otherwise load silently."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k]
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _version() -> str:
@@ -75,6 +88,9 @@ def _read(path: str | os.PathLike) -> tuple[list[tuple[dict, list[str]]], dict[s
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise ValueError(f"{where} has format version {meta.get('format_version')!r}; this kernelswap "
                          f"({_version()}) reads version {FORMAT_VERSION}. Swap the float model again and re-save")
+    if meta.get("sha256") != _digest(tensors):
+        raise ValueError(f"{where}: its tensors do not match the checksum written by kernelswap.save; "
+                         f"the file is corrupt (or was edited)")
     try:
         groups = [(json.loads(cfg), names) for cfg, names in json.loads(meta["recipes"]).items()]
         for cfg, names in groups:
