@@ -24,7 +24,10 @@ class Absent(Exception):
 @dataclass
 class Case:
     fn: Callable[..., object]
-    new_args: Callable[[], tuple]  # one fresh copy of every tensor fn reads
+    # One fresh copy of every tensor fn reads. Linear providers draw x, then the (N, K) weight, then
+    # the bias, and conv providers the conv/bn init, then x: under one seed, every provider of an op
+    # computes the same layer (tests/test_bench.py checks the baselines against ours that way).
+    new_args: Callable[[], tuple]
     flops: float  # dense-equivalent math of one call
     weight_bytes: int  # bytes of the weights one call reads, in this provider's format
     io_bytes: int  # activations in + out of one call

@@ -19,9 +19,10 @@ def _int8_weights(s: LinearShape, dtype, device) -> tuple:
 
 def _make_int_mm(compile_: bool):
     def make(s: LinearShape, dtype, device) -> Case:
-        def new_args():
+        def new_args():  # x, then weight, then bias: the draw order every linear provider keeps
+            x = activation(s, dtype, device)
             w_q, w_scale = packing.quantize_int8(weight(s, device))
-            return activation(s, dtype, device), w_q, w_scale[None, :], bias(s, device)
+            return x, w_q, w_scale[None, :], bias(s, device)
 
         sample = new_args()
         fn = compiled(int_mm_linear) if compile_ else int_mm_linear

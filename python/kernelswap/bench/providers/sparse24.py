@@ -50,10 +50,11 @@ def _make_semi_structured(cutlass: bool):
         from torch.sparse import to_sparse_semi_structured
 
         def new_args():
+            x = activation(s, dtype, device)
             w = packing.prune_24(weight(s, device)).to(dtype)
             with _force_cutlass(cutlass):
                 w_sparse = to_sparse_semi_structured(w)
-            return activation(s, dtype, device), w_sparse, bias(s, device).to(dtype)
+            return x, w_sparse, bias(s, device).to(dtype)
 
         sample = new_args()
         wbytes = s.n * s.k * sample[0].element_size() // 2 + s.n * s.k // 8  # values + metadata, estimated
@@ -69,8 +70,8 @@ def _make_cslt_int8(s: LinearShape, dtype, device) -> Case:
         raise RuntimeError("cuSPARSELt needs a CUDA device")
 
     def new_args():
-        w_q, _ = packing.quantize_int8(packing.prune_24(weight(s, device)))
         q, _ = quantize_rows_int8(activation(s, dtype, device))
+        w_q, _ = packing.quantize_int8(packing.prune_24(weight(s, device)))
         return torch._cslt_compress(w_q), q.t()
 
     sample = new_args()
@@ -88,8 +89,9 @@ def _make_cslt_int8(s: LinearShape, dtype, device) -> Case:
 
 def _make_dense_int_mm(s: LinearShape, dtype, device) -> Case:
     def new_args():
+        x = activation(s, dtype, device)
         w_q, w_scale = packing.quantize_int8(weight(s, device))
-        return activation(s, dtype, device), w_q, w_scale[None, :], bias(s, device)
+        return x, w_q, w_scale[None, :], bias(s, device)
 
     sample = new_args()
     return Case(int_mm_linear, new_args, s.flops(), tensor_bytes(*sample[1:]), io_bytes(s, dtype),
