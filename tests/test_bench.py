@@ -479,5 +479,8 @@ def test_every_baseline_runs_and_agrees_on_gpu(op):
     from kernelswap.bench.providers import providers
     shape = S.ConvShape(8, 64, 28, 128, 3) if op == "conv_bn_act" else S.LinearShape(64, 1024, 512)
     outs = _provider_outputs(op, shape, torch.bfloat16, torch.device("cuda"))
-    baselines = {p.name for p in providers(op) if p.kind == "baseline" and not p.slow}
+    # torch's CUTLASS 2:4 path is enabled for sm_8x only (pytorch/pytorch#132928): an error row elsewhere.
+    sm8x = torch.cuda.get_device_capability()[0] == 8
+    baselines = {p.name for p in providers(op) if p.kind == "baseline" and not p.slow
+                 and (sm8x or p.name != "torch-sparse-cutlass")}
     _check_agreement(op, outs, must_run=baselines)
