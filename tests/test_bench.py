@@ -484,3 +484,19 @@ def test_every_baseline_runs_and_agrees_on_gpu(op):
     baselines = {p.name for p in providers(op) if p.kind == "baseline" and not p.slow
                  and (sm8x or p.name != "torch-sparse-cutlass")}
     _check_agreement(op, outs, must_run=baselines)
+
+
+@needs_cuda
+def test_gpu_timing_peaks_and_l2():
+    from kernelswap.bench.timing import DoBenchTimer, l2_bytes
+    dev = torch.device("cuda")
+    timer = DoBenchTimer(5, 20)
+    peaks = measure_peaks(timer, dev)
+    assert all(p.value > 0 and not p.error for p in peaks.values()), peaks
+    assert l2_bytes(dev) > 2**20
+    r = Runner(timer, dev, ENV, peaks, l2_bytes(dev), Budget(None))
+    from kernelswap.bench.providers.linear import DENSE
+    r.run_op("int8_linear", S.LinearShape(16, 1024, 1024), torch.bfloat16, [DENSE])
+    row = r.rows[0]
+    assert row["status"] == "ok" and row["p20_us"] <= row["p50_us"] <= row["p80_us"] and 0 < row["pct_peak"] < 150
+    assert "copies rotated" in row["note"]  # 2 MB of weights: rotated past L2
