@@ -355,6 +355,10 @@ def test_cnn_variants_are_all_recorded(monkeypatch):
     assert status[("b1", "swap-fuse+graph")] == "error"  # CUDA graphs on CPU: recorded, not dropped
     assert ("b2", "swap-fuse+graph") not in status  # graphs are a batch-1 variant
     assert len(r.deferred) == 2 and ("b1", "compile") not in status  # compiles wait for the last pass
+    seen = []  # the compile pass must time each deferred variant on its own batch
+    monkeypatch.setattr(torch, "compile", lambda m: (lambda inp: (seen.append(inp.shape[0]), m(inp))[1]))
+    r.run_deferred()
+    assert seen == [1, 2] and [row["status"] for row in r.rows[-2:]] == ["ok", "ok"]
 
 
 def test_plots_are_drawn_from_the_csv(tmp_path):

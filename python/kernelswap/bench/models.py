@@ -116,8 +116,38 @@ def _need(fn):
 
 
 # ---------------------------------------------------------------- CNNs
+def cnn_variants(base: nn.Module, x: torch.Tensor, swap: Callable | None) -> list[tuple[str, Callable, bool]]:
+    """(name, build, compiles) for one model and one input. Each build binds this call's base and x,
+    so a build deferred to the compile pass still times its own model and batch."""
+    def on_device(m):
+        return m.to(device=x.device, dtype=x.dtype, memory_format=torch.channels_last).eval()
+
+    def eager():
+        m = on_device(copy.deepcopy(base))
+        return (lambda: m(x)), module_bytes(m)
+
+    def folded(graph=False):
+        from torch.fx.experimental.optimization import fuse
+        m = on_device(fuse(copy.deepcopy(base)))
+        return (_graphed(m, x) if graph else lambda: m(x)), module_bytes(m)
+
+    def compiled():
+        m = on_device(copy.deepcopy(base))
+        c = torch.compile(m)
+        return (lambda: c(x)), module_bytes(m)
+
+    def swapped(graph=False):
+        m = _swapped(_need(swap), on_device(copy.deepcopy(base)), "fuse")
+        return (_graphed(m, x) if graph else lambda: m(x)), module_bytes(m)
+
+    variants = [("eager", eager, False), ("bn-folded", folded, False), ("swap-fuse", swapped, False)]
+    if x.shape[0] == 1:
+        variants += [("bn-folded+graph", lambda: folded(True), False),
+                     ("swap-fuse+graph", lambda: swapped(True), False)]
+    return variants + [("compile", compiled, True)]
+
+
 def run_cnns(runner: Runner, names=tuple(CNNS), batches=CNN_BATCHES, dtype=torch.bfloat16, resolution=224) -> None:
-    device = runner.device
     try:
         import torchvision
     except Exception as e:  # noqa: BLE001
@@ -130,36 +160,9 @@ def run_cnns(runner: Runner, names=tuple(CNNS), batches=CNN_BATCHES, dtype=torch
     for name in names:
         base = getattr(torchvision.models, CNNS[name])(weights=None).eval()
         for b in batches:
-            x = torch.randn(b, 3, resolution, resolution, device=device, dtype=dtype)
+            x = torch.randn(b, 3, resolution, resolution, device=runner.device, dtype=dtype)
             x = x.contiguous(memory_format=torch.channels_last)
-
-            def on_device(m):
-                return m.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
-
-            def eager():
-                m = on_device(copy.deepcopy(base))
-                return (lambda: m(x)), module_bytes(m)
-
-            def folded(graph=False):
-                from torch.fx.experimental.optimization import fuse
-                m = on_device(fuse(copy.deepcopy(base)))
-                return (_graphed(m, x) if graph else lambda: m(x)), module_bytes(m)
-
-            def compiled():
-                m = on_device(copy.deepcopy(base))
-                c = torch.compile(m)
-                return (lambda: c(x)), module_bytes(m)
-
-            def swapped(graph=False):
-                m = _swapped(_need(swap), on_device(copy.deepcopy(base)), "fuse")
-                return (_graphed(m, x) if graph else lambda: m(x)), module_bytes(m)
-
-            variants = [("eager", eager, False), ("bn-folded", folded, False), ("swap-fuse", swapped, False)]
-            if b == 1:
-                variants += [("bn-folded+graph", lambda: folded(True), False),
-                             ("swap-fuse+graph", lambda: swapped(True), False)]
-            variants.append(("compile", compiled, True))
-            for variant, build, slow in variants:
+            for variant, build, slow in cnn_variants(base, x, swap):
                 time_variant(runner, f"model:{name}", f"b{b}", variant, build, b, "images/s", slow=slow)
 
 
