@@ -48,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m kernelswap bench", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0] + "\n\nShape sets (--list shows every shape):\n"
         + "\n".join(f"  {line}" for line in describe().splitlines() if not line.startswith("  ")),
-        epilog="Example (the H100 run): python -m kernelswap bench --shapes targets,llm --budget-s 300 --out OUT")
+        epilog="Example (as benchmarks/gpu_all.sh runs it): python -m kernelswap bench "
+               "--shapes targets,llm,resnet50,mobilenetv2 --budget-s 300 --out OUT")
     p.add_argument("--shapes", type=_csv_list(SHAPE_SETS), default=None,
                    help=f"comma-separated shape sets from {', '.join(SHAPE_SETS)} "
                         "(default: targets; --quick: quick; on CPU: tiny)")

@@ -144,10 +144,17 @@ def _op_sections(rows: list[dict]) -> list[str]:
                     cells.append(f"{ours['pct_peak']:.0f}% {ours.get('peak', '')}")
                 else:
                     cells.append("-")
+                cells.append(_served_by(ours))
                 body.append(cells)
-            lines += _table(["shape"] + [f"{p} us" for p in providers] + ["ours-auto % of peak"], body)
+            lines += _table(["shape"] + [f"{p} us" for p in providers] + ["ours-auto % of peak", "served by"], body)
             lines += ["", "(x) = speedup of ours-auto against that provider.", ""]
     return lines
+
+
+def _served_by(row: dict | None) -> str:
+    """The backend the dispatcher chose for ours-auto (the providers note it as "auto dispatch -> X")."""
+    note = (row or {}).get("note") or ""
+    return note.split("auto dispatch -> ", 1)[1].split(";")[0] if "auto dispatch -> " in note else "-"
 
 
 def _model_section(rows: list[dict]) -> list[str]:
