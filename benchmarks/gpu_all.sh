@@ -9,7 +9,9 @@
 #
 # Usage (repository root):  KERNELSWAP_COMMIT=<sha> bash benchmarks/gpu_all.sh
 # Knobs (environment):      GPU_ALL_SECONDS  total wall budget (default 480: fits a 600 s slot)
-#                           BENCH_ARGS       extra arguments for `python -m kernelswap bench`
+#                           BENCH_ARGS       extra arguments for `python -m kernelswap bench`; they come
+#                                            last, so they win: e.g. "--shapes llm --models none" for a
+#                                            second session on what the first one's budget cut
 #                           PYTHON           interpreter (default python3)
 set -uo pipefail  # no -e: every step runs and reports, whatever the one before did
 
