@@ -172,3 +172,14 @@ def test_swapped_model_moves_to_cuda(recipe):
         assert sqnr_db(cpu, gpu.float().cpu()) > 30
         half = model.half()(x.cuda().half())
         assert half.dtype == torch.float16 and sqnr_db(cpu, half.float().cpu()) > 20
+
+
+def test_torch_compile_default_backend():
+    """The default (inductor) backend too; one small model, since compiling costs seconds on CPU."""
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32)).eval()
+    ks.swap(model, "int8", probe=False)
+    x = torch.randn(3, 5, 64)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.inference_mode():
+        assert_exact(compiled(x), model(x), "inductor int8")  # the ops are opaque; ReLU is exact
