@@ -15,6 +15,7 @@
 #                           PYTHON           interpreter (default python3)
 set -uo pipefail  # no -e: every step runs and reports, whatever the one before did
 
+export PYTHONUNBUFFERED=1  # logs stay complete up to the moment a timeout stops a step
 START=$(date +%s)
 TOTAL=${GPU_ALL_SECONDS:-480}
 PY=${PYTHON:-python3}
@@ -51,6 +52,9 @@ if ! CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16 \
   KERNELSWAP_BUILD_CUDA=off step "build (no extension)" "$OUT/build.log" 120 \
     $PY -m pip install --no-build-isolation --no-deps -e .
 fi
+
+# python3, not a bare python/pip: on the GPU machine those belong to another interpreter.
+$PY -c "import kernelswap" 2>> "$OUT/build.log" || note "kernelswap does not import with $PY (see build.log)"
 
 # ---- 3. what got built and which backend serves each op
 step "info" "$OUT/info.txt" 60 $PY -m kernelswap info
