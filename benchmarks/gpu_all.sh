@@ -13,6 +13,7 @@
 #                                            last, so they win: e.g. "--shapes llm --models none" for a
 #                                            second session on what the first one's budget cut
 #                           PYTHON           interpreter (default python3)
+#                           TESTS            what pytest runs (default: tests), e.g. "tests/test_bench.py"
 set -uo pipefail  # no -e: every step runs and reports, whatever the one before did
 
 export PYTHONUNBUFFERED=1  # logs stay complete up to the moment a timeout stops a step
@@ -63,7 +64,9 @@ cat "$OUT/info.txt"
 # ---- 4. the test suite (GPU tests run here; CPU tests too)
 # pytest-benchmark may be missing there; the CPU-path benchmarks then run once as plain tests.
 BENCH_FLAG=$($PY -c "import pytest_benchmark" 2>/dev/null && echo --benchmark-disable)
-step "tests" "$OUT/tests.log" $(( $(left) * 35 / 100 )) $PY -m pytest -q -p no:cacheprovider $BENCH_FLAG tests
+# shellcheck disable=SC2086
+step "tests" "$OUT/tests.log" $(( $(left) * 35 / 100 )) $PY -m pytest -q -rfE -p no:cacheprovider $BENCH_FLAG \
+  ${TESTS:-tests}
 tail -n 5 "$OUT/tests.log" | tee -a "$SUMMARY"
 
 # ---- 5. compute-sanitizer, if a script for it exists
