@@ -4,6 +4,7 @@ Every message names the op, the argument and what to do about it.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -70,5 +71,8 @@ def check_k_padded(op: str, x: Tensor, k_padded: int, multiple: int, what: str) 
 
 
 def flatten_tokens(x: Tensor) -> Tensor:
-    """(..., K) -> contiguous (M, K)."""
+    """(..., K) -> contiguous (M, K) with unit stride along K, also when M = 0
+    (an empty tensor counts as contiguous whatever its strides, so .contiguous() keeps them)."""
+    if x.numel() == 0:
+        return x.new_empty((math.prod(x.shape[:-1]), x.shape[-1]))
     return x.reshape(-1, x.shape[-1]).contiguous()
