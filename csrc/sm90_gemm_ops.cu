@@ -16,6 +16,8 @@
 
 #include "sm90/gemm_problem.h"
 
+#include <torch/csrc/stable/accelerator.h>
+
 #include <cstring>
 #include <optional>
 
@@ -130,6 +132,7 @@ Tensor int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Te
   Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
   if (!x.is_cuda() || M == 0) return y;  // Meta: shapes only.
   check_device(op, x);
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
   sm90::GemmProblem p{w.const_data_ptr(), nullptr, x.const_data_ptr(),
                       static_cast<const float*>(x_scale.const_data_ptr()),
                       static_cast<const float*>(w_scale.const_data_ptr()), opt_ptr(bias), y.mutable_data_ptr(),
@@ -151,6 +154,7 @@ Tensor sparse24_mm(const Tensor& x, const Tensor& values, const Tensor& meta, co
   Tensor y = torch::stable::new_empty(x, {M, N});
   if (!x.is_cuda() || M == 0) return y;
   check_device(op, x);
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
   sm90::GemmProblem p{values.const_data_ptr(), meta.const_data_ptr(), x.const_data_ptr(), nullptr, nullptr,
                       opt_ptr(bias), y.mutable_data_ptr(), int(M), int(N), int(K), &x};
   if (dt == ScalarType::BFloat16) {
@@ -175,6 +179,7 @@ Tensor sparse24_int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& va
   Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
   if (!x.is_cuda() || M == 0) return y;
   check_device(op, x);
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
   sm90::GemmProblem p{values.const_data_ptr(), meta.const_data_ptr(), x.const_data_ptr(),
                       static_cast<const float*>(x_scale.const_data_ptr()),
                       static_cast<const float*>(w_scale.const_data_ptr()), opt_ptr(bias), y.mutable_data_ptr(),

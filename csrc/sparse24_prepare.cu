@@ -16,6 +16,8 @@
 
 #include "sm90/gemm_problem.h"
 
+#include <torch/csrc/stable/accelerator.h>
+
 #include <tuple>
 
 #if KERNELSWAP_WITH_CUTLASS
@@ -59,6 +61,7 @@ struct Compressor {
                                            ScalarType::Byte);
     if (!w.is_cuda() || N == 0) return {values, meta};  // Meta: shapes only.
     const int device = w.get_device_index();
+    torch::stable::accelerator::DeviceGuard guard(device);  // the compressor launches on the current device
     cutlass::KernelHardwareInfo hw{device, sm90::sm_count(device)};
     typename Device::Arguments args{problem, {w.const_data_ptr(), stride_w, values.mutable_data_ptr(),
                                               meta.mutable_data_ptr()}, hw};

@@ -15,7 +15,7 @@ from kernelswap import _ext, packing
 from kernelswap.ops import cuda_ext, use_backend
 from kernelswap.ops.int8 import int8_linear_ref, int8_scaled_mm_ref
 from kernelswap.ops.sparse24 import sparse24_int8_linear_ref
-from tests.utils import assert_close_to_ref, assert_exact, needs_cuda
+from utils import assert_close_to_ref, assert_exact, needs_cuda
 
 pytestmark = pytest.mark.skipif(not _ext.load(), reason="kernelswap._C is not built (KERNELSWAP_BUILD_CUDA=off)")
 C = torch.ops.kernelswap
