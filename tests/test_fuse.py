@@ -169,3 +169,15 @@ def test_filter_shared_conv_and_training_mode():
         m = torchvision.models.resnet18().eval()
         m.layer1[0].bn1.train()
         ks.swap(m, "fuse")
+
+
+def test_filter_applies_to_partial_and_rewritten_chains():
+    model = _randomize_bn(_Net())
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+        report = ks.swap(model, "fuse", filter=lambda name, mod: name not in ("c_root", "stem.c3"))
+        assert_close_to_ref(model(x), ref.double(), ref, factor=1.0, floor=1e-5, what="filtered")
+    assert {x.name for x in report.skipped} == {"c_root", "stem.c3"}
+    assert type(model.c_root) is nn.Conv2d and type(model.b_root) is nn.BatchNorm2d
+    assert type(model.stem.get_submodule("c3")) is nn.Conv2d and isinstance(model.stem.c2, ConvBNAct2d)

@@ -184,22 +184,24 @@ class Journal:
         self.entries.clear()
 
 
-def _record(chain: _Chain, gm: fx.GraphModule, prefix: str, filt, reason: str | None = None) -> Fused:
+def _record(chain: _Chain, gm: fx.GraphModule, prefix: str, filt, note: str | None = None) -> Fused:
+    """The Fused entry for a chain, with its fused module unless the filter or a check says no."""
     mods = dict(gm.named_modules())
     name = _join(prefix, chain.conv.target)
     act = "identity" if chain.partial else chain.activation
     f = Fused(name, mods[chain.conv.target], mods[chain.bn.target], act,
-              chain.add is not None and not chain.partial, reason=reason,
+              chain.add is not None and not chain.partial,
               bn_name=_join(prefix, chain.bn.target),
               act_name=_join(prefix, chain.act.target) if chain.act is not None and chain.act.op == "call_module"
               else "")
-    if reason is None and filt is not None and not filt(name, f.conv):
+    if filt is not None and not filt(name, f.conv):
         f.reason = "excluded by filter"
-    if f.reason is None or chain.partial:
-        try:
-            f.module = ConvBNAct2d.from_modules(f.conv, f.bn, act, name=name)
-        except (TypeError, ValueError) as e:
-            f.reason, f.module = str(e), None
+        return f
+    try:
+        f.module = ConvBNAct2d.from_modules(f.conv, f.bn, act, name=name)
+        f.reason = note
+    except (TypeError, ValueError) as e:
+        f.reason = str(e)
     return f
 
 
@@ -260,13 +262,13 @@ def _fuse_traced(model: nn.Module, path: str, module: nn.Module, gm: fx.GraphMod
         conv_path = c.conv.target
         if any(o == "" or conv_path.startswith(o + ".") for o in owners):
             continue
-        reason = None
+        note = None
         if not _in_place_ok(c, calls):
             c.partial = True
             c.act = c.add = c.residual = None
-            reason = ("fused conv+bn only: the residual add / activation after it is in the forward of the "
+            note = ("fused conv+bn only: the residual add / activation after it is in the forward of the "
                       "top-level module, which swap cannot rewrite in place (wrap that part in a submodule)")
-        f = _record(c, gm, path, filt, reason)
+        f = _record(c, gm, path, filt, note)
         out.append(f)
         if f.module is None:
             continue
@@ -306,8 +308,8 @@ def _fuse_sequential(model: nn.Module, path: str, seq: nn.Sequential, filt, jour
 
 
 def _fuse_subtree(model: nn.Module, path: str, module: nn.Module, filt, journal: Journal) -> list[Fused]:
-    if isinstance(module, KernelswapModule):
-        return []
+    if isinstance(module, KernelswapModule) or not any(type(m) is nn.Conv2d for m in module.modules()):
+        return []  # nothing to find; skips tracing (costly and mostly failing) e.g. a whole transformer
     try:
         gm = _trace(module)
     except Exception:  # noqa: BLE001 - any tracing failure: try the parts
