@@ -11,6 +11,8 @@ import torch
 
 from kernelswap import demo
 
+pytestmark = pytest.mark.model  # loads MiniLM / trains the digits CNN
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

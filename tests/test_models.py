@@ -24,6 +24,8 @@ import kernelswap as ks
 from kernelswap import demo, packing
 from tests.utils import assert_close_to_ref
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _cpu_setup():

@@ -19,7 +19,7 @@ nn.Sequential is scanned child by child. Everything else is left alone.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
