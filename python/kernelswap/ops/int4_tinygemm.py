@@ -1,7 +1,7 @@
 """tinygemm (torch._weight_int4pack_mm) serving int4_linear at small M: bf16 on CUDA sm_80+.
 
 At M = 1..8 tinygemm reads the int4 weight faster than our Triton GEMV / split-K kernels
-(numbers in kernelswap.ops.int4_triton beside the thresholds), so the dispatcher sends
+(numbers beside TINYGEMM_M_MAX), so the dispatcher sends
 those calls here. Registered by kernelswap.ops.int4 as a "torch"-backend implementation,
 ahead of dequantize + cuBLAS.
 
@@ -31,10 +31,18 @@ from ._prepared import PreparedWeights
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # the group sizes int4mm.cu instantiates
 TINYGEMM_OFFSET = 8  # tinygemm subtracts 8 from every code
 N_TILE = 8  # tinygemm's n tile: scales_and_zeros must have ceil(N / 8) * 8 columns
-# Largest M tinygemm serves. H100, bf16, g128 asym, 4096 x 14336 (benchmarks/int4_triton_quick.py):
-# tinygemm 25.0 / 29.4 / 70.5 us at M = 1 / 4 / 16 vs triton gemv 100.8 / 215 us and
-# gemm_small 68.3 us at M = 16 (M = 8: see int4_triton's table).
+# Largest M tinygemm serves. H100, bf16, g128 asym (benchmarks/int4_triton_quick.py), us:
+#   M x K x N            tinygemm  triton gemv  triton gemm_small  cuBLAS bf16
+#   1 x 4096 x 14336        25.6       84.6            -               54.7
+#   4 x 4096 x 14336        28.4      216.4           47.4             54.3
+#   8 x 4096 x 14336        43.3        -             46.1             54.2
+#  16 x 4096 x 14336        70.8        -            110.0 (68.3 in an earlier run)  54.3
+#  16 x 8192 x 28672       261.4        -            127.9            179.9
+#   1 x 8192 x 28672        70.6      302.2            -              178.7
+# ("tinygemm" here is this module's path, PreparedWeights lookup and x padding included.)
 TINYGEMM_M_MAX = 8
+# The torch version test is a string parse: done once, not per call.
+_TORCH_OK = torch.__version__ >= "2.11" and hasattr(torch, "_weight_int4pack_mm")
 
 _PREPARED = PreparedWeights("int4_tinygemm")
 
@@ -70,7 +78,7 @@ def _usable(x, w_packed, group_size) -> str | None:
         return f"N={n} is not a multiple of tinygemm's n tile {N_TILE}"
     if inner_k_tiles(kp) is None:
         return f"Kp={kp} is not a multiple of 32 (tinygemm's smallest k packing)"
-    if torch.__version__ < "2.11" or not hasattr(torch, "_weight_int4pack_mm"):
+    if not _TORCH_OK:
         return f"torch {torch.__version__}: the uint8 tinygemm layout is tested on torch >= 2.11 only"
     if torch.cuda.get_device_capability(x.device) < (8, 0):
         return "tinygemm needs sm_80 or later"

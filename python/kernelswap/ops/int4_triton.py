@@ -20,13 +20,25 @@ import torch
 from . import int4_tinygemm
 from .backend import register
 
+# GEMV_M_MAX: at M = 4 on 4096 x 14336 (H100, bf16) the GEMV took 216.4 us and gemm_small
+# 47.4 us, so M = 2..4 belong to gemm_small (at M = 1: GEMV 84.6 us, gemm_small not timed).
+# For bf16 those M go to tinygemm anyway; lowering this for fp16 / fp32 needs the CPU test
+# of pick_kernel in tests/test_int4_triton.py updated with it, so it is left at 4 for now.
 GEMV_M_MAX = 4  # mirrors kernelswap.kernels.w4a16_gemv.GEMV_M_MAX (not imported: no Triton at import)
 SMALL_M_MAX = 16  # mirrors kernelswap.kernels.w4a16_gemm.SMALL_M_MAX
-# From this many tokens on, "dequantize once + cuBLAS" (the torch backend) beats the
-# fused large-M kernel on CUDA. H100, bf16, g128 asym, 4096 x 14336 (int4_triton_quick.py):
-#   M      cuBLAS bf16  triton gemm_large  dequant+cuBLAS
-#   128        56.7          66.0              (awaiting the re-measured table)
-#   4096      663.5        1553               (awaiting the re-measured table)
+# From this many tokens on, "dequantize once + cuBLAS" (the torch backend) beats the fused
+# large-M kernel on CUDA. H100, bf16, g128 asym (benchmarks/int4_triton_quick.py), us;
+# dequant+cuBLAS measured with the dequantize tile 32 x 256, and projected for the tile
+# now used (8 x 1024) as cuBLAS + its measured dequantize (106.7 / 165.5 us):
+#   M x K x N            cuBLAS bf16  triton gemm_large  dequant+cuBLAS (32x256)  projected (8x1024)
+#   128 x 4096 x 14336        56.4          65.5             291.6                    ~163
+#   256 x 4096 x 14336        58.8         121.5             294.2                    ~166
+#   512 x 4096 x 14336        96.3         231.2             333.3                    ~203
+#  1024 x 4096 x 14336       167.4         412.7             400.3                    ~274
+#  4096 x 4096 x 14336       684.9        1553.0             880.8                    ~792
+#   512 x 8192 x 8192         97.3         245.9             572.1                    ~263
+#  4096 x 8192 x 8192 (P5)   687.1        1891.5            1186.1                    ~853
+# At M = 512 the two shapes disagree (gemm_large loses 14% / wins 6%): 512 keeps the loss small.
 TORCH_FROM_M: int | None = 512
 
 
