@@ -16,6 +16,7 @@ pytestmark = pytest.mark.model  # loads MiniLM / trains the digits CNN
 
 @pytest.fixture(autouse=True)
 def _one_thread():
+    # On a busy 2-core machine two threads were up to 10x slower than one for these small models.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -16,6 +16,15 @@ FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DT_ID = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Small CPU ops: on a busy 2-core machine two threads ran them up to 10x slower than one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _reference_backend():
     # Module tests check wiring and numerics; the reference path is the oracle and is fast

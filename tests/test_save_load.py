@@ -17,6 +17,15 @@ from tests.utils import assert_exact
 torchvision = pytest.importorskip("torchvision")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Small CPU ops: on a busy 2-core machine two threads ran them up to 10x slower than one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _reference_backend():
     with ks.use_backend("reference"):
