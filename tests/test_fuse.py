@@ -190,3 +190,13 @@ def test_filter_applies_to_partial_and_rewritten_chains():
     assert {x.name for x in report.skipped} == {"c_root", "stem.c3"}
     assert type(model.c_root) is nn.Conv2d and type(model.b_root) is nn.BatchNorm2d
     assert type(model.stem.get_submodule("c3")) is nn.Conv2d and isinstance(model.stem.c2, ConvBNAct2d)
+
+
+@pytest.mark.parametrize("arch,fused,residual", [("mobilenet_v3_small", 34, 6), ("efficientnet_b0", 49, 0),
+                                                  ("regnet_x_400mf", 71, 22)])
+def test_more_torchvision_models(arch, fused, residual):
+    """Hardswish/SiLU blocks, squeeze-excitation convs without BN (left alone), StochasticDepth."""
+    model = _randomize_bn(getattr(torchvision.models, arch)(num_classes=10))
+    report = _check_same_function(model, torch.randn(2, 3, 64, 64))
+    assert len(report.swapped) == fused and sum("+add" in x.before for x in report.swapped) == residual
+    assert _left(model, nn.BatchNorm2d) == []
