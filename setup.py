@@ -22,7 +22,7 @@ The extension uses PyTorch's stable ABI (torch/csrc/stable, TORCH_TARGET_VERSION
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 VERSION = "0.1.0"
 BUILD_CUDA = os.environ.get("KERNELSWAP_BUILD_CUDA", "auto").lower()
@@ -32,13 +32,9 @@ DEBUG = os.environ.get("KERNELSWAP_DEBUG", "0") == "1"
 TORCH_TARGET_VERSION = "0x020b000000000000"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = ["kernelswap", "kernelswap.ops", "kernelswap.nn", "kernelswap.kernels"]
-PACKAGE_DIR = {
-    "kernelswap": "python/kernelswap",
-    "kernelswap.ops": "python/kernelswap/ops",
-    "kernelswap.nn": "python/kernelswap/nn",
-    "kernelswap.kernels": "kernels",
-}
+# python/kernelswap/** -> kernelswap.**, and kernels/ -> kernelswap.kernels.
+PACKAGES = ["kernelswap." + p for p in find_packages("python/kernelswap")] + ["kernelswap", "kernelswap.kernels"]
+PACKAGE_DIR = {"kernelswap": "python/kernelswap", "kernelswap.kernels": "kernels"}
 
 
 def _default_jobs() -> int:
