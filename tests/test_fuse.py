@@ -13,7 +13,11 @@ import kernelswap as ks
 from kernelswap.nn import ConvBNAct2d
 from tests.utils import assert_close_to_ref
 
-torchvision = pytest.importorskip("torchvision")
+
+
+@pytest.fixture
+def torchvision():
+    return pytest.importorskip("torchvision")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,7 +63,7 @@ def _left(model, *types):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-def test_torchvision_resnet(arch):
+def test_torchvision_resnet(arch, torchvision):
     model = _randomize_bn(getattr(torchvision.models, arch)(num_classes=10))
     report = _check_same_function(model, torch.randn(2, 3, 32, 32))
     n_conv = 20 if arch == "resnet18" else 53
@@ -75,7 +79,7 @@ def test_torchvision_resnet(arch):
     assert isinstance(model, torchvision.models.ResNet)  # in place: the root object is kept
 
 
-def test_torchvision_mobilenet_v2():
+def test_torchvision_mobilenet_v2(torchvision):
     model = _randomize_bn(torchvision.models.mobilenet_v2(num_classes=10))
     report = _check_same_function(model, torch.randn(2, 3, 32, 32))
     assert len(report.swapped) == 52 and not report.skipped
@@ -153,7 +157,7 @@ def test_untraceable_model_falls_back_to_sequential_scan():
     assert [x.before for x in report.swapped] == ["Conv2d+BatchNorm2d+relu", "Conv2d+BatchNorm2d"]
 
 
-def test_filter_shared_conv_and_training_mode():
+def test_filter_shared_conv_and_training_mode(torchvision):
     model = _randomize_bn(torchvision.models.resnet18(num_classes=10))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -194,7 +198,7 @@ def test_filter_applies_to_partial_and_rewritten_chains():
 
 @pytest.mark.parametrize("arch,fused,residual", [("mobilenet_v3_small", 34, 6), ("efficientnet_b0", 49, 0),
                                                   ("regnet_x_400mf", 71, 22)])
-def test_more_torchvision_models(arch, fused, residual):
+def test_more_torchvision_models(arch, fused, residual, torchvision):
     """Hardswish/SiLU blocks, squeeze-excitation convs without BN (left alone), StochasticDepth."""
     model = _randomize_bn(getattr(torchvision.models, arch)(num_classes=10))
     report = _check_same_function(model, torch.randn(2, 3, 64, 64))

@@ -14,7 +14,6 @@ import kernelswap as ks
 from kernelswap.nn import KernelswapModule
 from tests.utils import assert_exact
 
-torchvision = pytest.importorskip("torchvision")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,6 +38,7 @@ def _mlp(seed: int = 0, hidden: int = 48) -> nn.Module:
 
 
 def _resnet(seed: int = 0) -> nn.Module:
+    torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(seed)
     m = torchvision.models.resnet18(num_classes=10).eval()
     for bn in m.modules():

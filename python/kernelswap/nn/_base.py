@@ -18,10 +18,11 @@ class KernelswapModule(nn.Module):
     # model.half() / .bfloat16() / .float() must not convert them, only move them.
     FIXED_DTYPE_BUFFERS: tuple[str, ...] = ()
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None, device=None):
         super().__init__()
         self.layer_name = name  # for error messages; not part of the state
-        self.register_buffer("format_version", torch.tensor([self.FORMAT_VERSION], dtype=torch.int32))
+        self.register_buffer("format_version", torch.tensor([self.FORMAT_VERSION], dtype=torch.int32,
+                                                            device=device))
 
     @property
     def where(self) -> str:

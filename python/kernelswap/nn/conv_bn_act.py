@@ -61,7 +61,7 @@ class ConvBNAct2d(KernelswapModule):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, activation: str = "identity", *, device=None,
                  dtype: torch.dtype = torch.float32, name: str | None = None):
-        super().__init__(name)
+        super().__init__(name, device)
         check_features(self.where, in_channels=in_channels, out_channels=out_channels, groups=groups)
         if activation not in ACTIVATIONS:
             raise ValueError(f"{self.where}: activation must be one of {ACTIVATIONS}, got {activation!r}")

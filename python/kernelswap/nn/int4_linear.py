@@ -24,7 +24,7 @@ class Int4Linear(KernelswapModule):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128,
                  symmetric: bool = False, *, device=None, dtype: torch.dtype = torch.float32,
                  name: str | None = None):
-        super().__init__(name)
+        super().__init__(name, device)
         check_features(self.where, in_features=in_features, out_features=out_features)
         if group_size not in GROUP_SIZES:
             raise ValueError(f"{self.where}: group_size must be one of {GROUP_SIZES}, got {group_size!r}; "

@@ -24,7 +24,7 @@ class Int8Linear(KernelswapModule):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "int8", *,
                  device=None, dtype: torch.dtype = torch.float32, name: str | None = None):
-        super().__init__(name)
+        super().__init__(name, device)
         check_features(self.where, in_features=in_features, out_features=out_features)
         if mode not in MODES:
             raise ValueError(f"{self.where}: mode must be one of {MODES} ('int8': W8A8, 'int8-weight': W8A16), "

@@ -29,7 +29,7 @@ class Sparse24Linear(KernelswapModule):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, int8: bool = False, *,
                  device=None, dtype: torch.dtype = torch.float32, name: str | None = None):
-        super().__init__(name)
+        super().__init__(name, device)
         check_features(self.where, in_features=in_features, out_features=out_features)
         if not dtype.is_floating_point:
             raise TypeError(f"{self.where}: dtype is the float dtype of the layer, got {dtype}")
