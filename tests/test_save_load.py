@@ -7,8 +7,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+safetensors = pytest.importorskip("safetensors")
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 import kernelswap as ks
 from kernelswap.nn import KernelswapModule
@@ -77,7 +79,7 @@ def test_round_trip_mixed_recipes_and_fused_resnet(tmp_path):
     ks.swap(model, ks.Int4(group_size=64), filter=lambda n, m: n == "fc", probe=False)
     path = tmp_path / "r.safetensors"
     ks.save(model, path)
-    meta_recipes = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["recipes"])
+    meta_recipes = json.loads(safetensors.safe_open(str(path), "pt").metadata()["recipes"])
     assert {json.loads(k)["recipe"] for k in meta_recipes} == {"fuse", "int4"}
     fresh = _resnet(1)
     ks.load(fresh, path)
@@ -147,7 +149,7 @@ def test_mismatched_files_leave_model_untouched(tmp_path):
         ks.load(resnet, path)
     _assert_untouched(resnet, snap)
 
-    tensors, meta = load_file(str(path)), __import__("safetensors").safe_open(str(path), "pt").metadata()
+    tensors, meta = load_file(str(path)), safetensors.safe_open(str(path), "pt").metadata()
     for key, value, match in [("format_version", "2", "format version '2'"), ("sha256", "0" * 64, "checksum"),
                               ("format", "something-else", "not written by kernelswap.save"),
                               ("recipes", json.dumps({json.dumps({"recipe": "int5"}): ["0"]}), "damaged")]:
