@@ -38,9 +38,19 @@ def _layers_by_recipe(model: nn.Module) -> dict[str, list[str]]:
     return out
 
 
+def _safetensors():
+    try:
+        import safetensors
+        import safetensors.torch
+    except ImportError as e:
+        raise ImportError("kernelswap.save / kernelswap.load need the safetensors package: "
+                          "pip install safetensors") from e
+    return safetensors
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> None:
     """Write a swapped model (tensors + recipes) to a safetensors file."""
-    from safetensors.torch import save_file
+    save_file = _safetensors().torch.save_file
 
     layers = _layers_by_recipe(model)
     if not layers:
@@ -70,8 +80,8 @@ def _version() -> str:
 
 
 def _read(path: str | os.PathLike) -> tuple[list[tuple[dict, list[str]]], dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    st = _safetensors()
+    SafetensorError, load_file, safe_open = st.SafetensorError, st.torch.load_file, st.safe_open
 
     where = f"kernelswap.load: {os.fspath(path)!r}"
     if not os.path.isfile(path):
