@@ -204,3 +204,21 @@ def test_more_torchvision_models(arch, fused, residual, torchvision):
     report = _check_same_function(model, torch.randn(2, 3, 64, 64))
     assert len(report.swapped) == fused and sum("+add" in x.before for x in report.swapped) == residual
     assert _left(model, nn.BatchNorm2d) == []
+
+
+class _OptionalArg(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+
+    def forward(self, x, skip=None):  # traced alone, `skip is not None` would always hold
+        y = self.bn(self.conv(x)) + x
+        return self.relu(y if skip is None else y + skip)
+
+
+def test_owner_with_optional_arguments_is_not_rewritten():
+    model = _randomize_bn(nn.Sequential(_OptionalArg(), _OptionalArg()))
+    report = _check_same_function(model, torch.randn(2, 4, 6, 6))
+    assert [x.before for x in report.swapped] == ["Conv2d+BatchNorm2d"] * 2
+    assert all("optional or variadic arguments" in x.reason for x in report.swapped)
+    assert all(type(m) is _OptionalArg for m in model)

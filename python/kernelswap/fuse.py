@@ -18,6 +18,7 @@ nn.Sequential is scanned child by child. Everything else is left alone.
 """
 from __future__ import annotations
 
+import inspect
 import operator
 from dataclasses import dataclass
 from typing import Callable
@@ -76,6 +77,20 @@ def _trace(module: nn.Module) -> fx.GraphModule:
     tracer = _Tracer()
     graph = tracer.trace(module)
     return fx.GraphModule(tracer.root, graph, type(module).__name__)
+
+
+def _plain_forward(module: nn.Module) -> str | None:
+    """None when tracing `module` on its own gives the graph its parent runs; else why not.
+
+    Traced alone, every argument is a Proxy: an optional argument (`residual=None`) would
+    take its `is not None` branch whatever the parent passes."""
+    if isinstance(module, fx.GraphModule):
+        return None
+    params = list(inspect.signature(module.forward).parameters.values())
+    if any(p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+           for p in params):
+        return "its forward takes optional or variadic arguments"
+    return None
 
 
 def _join(prefix: str, name: str) -> str:
@@ -240,12 +255,17 @@ def _fuse_traced(model: nn.Module, path: str, module: nn.Module, gm: fx.GraphMod
     # Rewrite the outermost owners; they take every chain beneath them.
     owners = {o for o in owners if not any(p != o and (p == "" or o.startswith(p + ".")) for p in owners)}
     out: list[Fused] = []
+    failed: dict[str, str] = {}  # owner -> why its forward could not be rewritten
     for owner in sorted(owners):
         sub_path = _join(path, owner)
         sub = module.get_submodule(owner) if owner else module  # the real module (gm holds bare containers)
+        why = _plain_forward(sub)
         try:
-            sub_gm = _trace(sub)
-        except Exception:  # noqa: BLE001 - traced inside the parent, so this is rare
+            sub_gm = _trace(sub) if why is None else None
+        except Exception as e:  # noqa: BLE001 - it traced inside its parent, so this is rare
+            why = f"{type(e).__name__}: {e}"
+        if why is not None:
+            failed[owner] = why
             continue
         todo = []
         for c in _find_chains(sub_gm):
@@ -258,16 +278,21 @@ def _fuse_traced(model: nn.Module, path: str, module: nn.Module, gm: fx.GraphMod
             _rewrite(sub_gm, todo)
             journal.replace(model, sub_path, sub_gm)
         out.extend(f for _, f in todo)
+    done = owners - set(failed)
     for c in chains:
         conv_path = c.conv.target
-        if any(o == "" or conv_path.startswith(o + ".") for o in owners):
+        if any(o == "" or conv_path.startswith(o + ".") for o in done):
             continue
         note = None
         if not _in_place_ok(c, calls):
+            owner = _owner(c)
+            owner = next((o for o in failed if o == "" or owner == o or owner.startswith(o + ".")), owner)
+            note = (f"fused conv+bn only: the forward of {_join(path, owner)!r} holds the add / activation "
+                    f"but cannot be rewritten on its own ({failed[owner]})" if owner in failed else
+                    "fused conv+bn only: the residual add / activation after it is in the forward of the "
+                    "top-level module, which swap cannot rewrite in place (wrap that part in a submodule)")
             c.partial = True
             c.act = c.add = c.residual = None
-            note = ("fused conv+bn only: the residual add / activation after it is in the forward of the "
-                      "top-level module, which swap cannot rewrite in place (wrap that part in a submodule)")
         f = _record(c, gm, path, filt, note)
         out.append(f)
         if f.module is None:
