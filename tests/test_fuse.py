@@ -222,3 +222,16 @@ def test_owner_with_optional_arguments_is_not_rewritten():
     assert [x.before for x in report.swapped] == ["Conv2d+BatchNorm2d"] * 2
     assert all("optional or variadic arguments" in x.reason for x in report.swapped)
     assert all(type(m) is _OptionalArg for m in model)
+
+
+def test_conv_whose_weight_is_read_elsewhere_is_left():
+    class ReadsWeight(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) * self.conv.weight.abs().mean()
+
+    model = _randomize_bn(ReadsWeight())
+    assert len(ks.swap(model, "fuse")) == 0 and type(model.conv) is nn.Conv2d

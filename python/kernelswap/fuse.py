@@ -131,13 +131,16 @@ def _find_chains(gm: fx.GraphModule) -> list[_Chain]:
     for n in gm.graph.nodes:
         if n.op == "call_module":
             calls[n.target] = calls.get(n.target, 0) + 1
+    # Modules whose tensors the forward also reads directly (e.g. self.conv.weight) must stay as they are.
+    read = {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
     chains, claimed = [], set()  # an add of two bn outputs belongs to the first chain only
     for conv in gm.graph.nodes:
         if conv.op != "call_module" or type(modules[conv.target]) is not nn.Conv2d or len(conv.users) != 1:
             continue
         bn = next(iter(conv.users))
         if (bn.op != "call_module" or type(modules[bn.target]) is not nn.BatchNorm2d or bn.args != (conv,)
-                or bn.kwargs or calls[conv.target] != 1 or calls[bn.target] != 1):
+                or bn.kwargs or calls[conv.target] != 1 or calls[bn.target] != 1
+                or conv.target in read or bn.target in read):
             continue
         chain, tail = _Chain(conv, bn), bn
         if len(bn.users) == 1:
