@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -73,9 +74,14 @@ def forced_backend() -> str | None:
     """The backend forced by `use_backend` (innermost wins) or KERNELSWAP_BACKEND."""
     name = _forced.get()
     if name is None:
-        env = os.environ.get("KERNELSWAP_BACKEND", "").strip().lower()
-        name = _check_name(env) if env and env != "auto" else None
+        name = _env_backend(os.environ.get("KERNELSWAP_BACKEND", ""))
     return name
+
+
+@functools.lru_cache(maxsize=8)
+def _env_backend(raw: str) -> str | None:
+    env = raw.strip().lower()
+    return _check_name(env) if env and env != "auto" else None
 
 
 @contextlib.contextmanager
@@ -95,7 +101,13 @@ def triton_interpreting() -> bool:
 
 
 def backend_status(backend: str) -> tuple[bool, str]:
-    """(available on this machine, why not / what it is)."""
+    """(available on this machine, why not / what it is); looked up once per process
+    (and per TRITON_INTERPRET setting), since it sits on every op call's path."""
+    return _backend_status(backend, triton_interpreting())
+
+
+@functools.lru_cache(maxsize=None)
+def _backend_status(backend: str, interpreting: bool) -> tuple[bool, str]:
     if backend == "reference":
         return True, "plain torch"
     if backend == "torch":
@@ -109,7 +121,7 @@ def backend_status(backend: str) -> tuple[bool, str]:
             import triton
         except Exception as e:  # noqa: BLE001 - any import failure means unavailable
             return False, f"triton not importable: {e}"
-        if triton_interpreting():
+        if interpreting:
             return True, f"triton {triton.__version__} (interpreter, TRITON_INTERPRET=1)"
         if not torch.cuda.is_available():
             return False, f"triton {triton.__version__} present, but no CUDA device"
