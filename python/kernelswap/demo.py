@@ -302,11 +302,14 @@ def _table(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kernelswap demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=("minilm", "cnn"), default="minilm")
+    p.add_argument("--model", choices=("minilm", "cnn"), default="minilm",
+                   help="minilm: all-MiniLM-L6-v2 sentence embeddings (bundled); cnn: a ResNet-style CNN "
+                        "trained here on scikit-learn's digits (default: minilm)")
     p.add_argument("--recipes", nargs="+", metavar="RECIPE",
                    help="recipes to try, '+' combines (default: minilm: int8-weight int8 int4 sparse24 "
                         "sparse24-int8; cnn: fuse fuse+int8 fuse+int8-weight)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda[:N] (default: cuda when present)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
                    help="model dtype (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per latency (default: 20 GPU, 3 CPU)")
