@@ -11,7 +11,8 @@
 //
 // Limits, each with its own error: an sm_90 GPU and a build with 9.0a; K and N multiples
 // of 16 (TMA moves 16-byte aligned rows: K int8 / bf16 elements per row of x and w, N
-// output elements per row of out); 16-byte aligned, contiguous inputs; M, N, K < 2^31.
+// output elements per row of out), K a multiple of 32 for int8 2:4 (its K / 2 compressed
+// values per row); 16-byte aligned, contiguous inputs; M, N, K < 2^31.
 #include "common.h"
 
 #include "sm90/gemm_problem.h"
@@ -84,6 +85,10 @@ void check_sparse(const char* op, const Tensor& values, const Tensor& meta, Scal
   check_tensor(op, "meta", meta, ScalarType::Byte, "uint8", 2);
   const int64_t N = values.size(0);
   check_kn(op, K, N);
+  // CUTLASS's sparse mainloop asks for 16-byte rows of the compressed values (K / 2
+  // elements): K % 32 for int8 (CollectiveMma::can_implement refuses K = 16 or 208).
+  STD_TORCH_CHECK(dt != ScalarType::Char || K % 32 == 0, op, ": int8 2:4 needs K to be a multiple of 32 "
+                  "(16-byte rows of K/2 compressed values for TMA), got K=", K);
   const int64_t k_a = round_up(K, dt == ScalarType::Char ? 32 : 16);
   STD_TORCH_CHECK(values.size(1) * 2 == k_a, op, ": values has ", values.size(1), " columns; K=", K,
                   " needs ", k_a / 2, ". Make values and meta with _C_sparse24_prepare");

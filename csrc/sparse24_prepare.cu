@@ -91,6 +91,8 @@ std::tuple<Tensor, Tensor> sparse24_prepare(const Tensor& w) {
                   ": w must be bfloat16, float16 or int8");
   STD_TORCH_CHECK(w.size(0) % 16 == 0 && w.size(1) % 16 == 0, kOp, ": N and K must be multiples of 16 "
                   "(TMA needs 16-byte aligned rows), got N=", w.size(0), " K=", w.size(1));
+  STD_TORCH_CHECK(dt != ScalarType::Char || w.size(1) % 32 == 0, kOp, ": int8 weights need K to be a multiple "
+                  "of 32 (the GEMM reads 16-byte rows of K/2 compressed values), got K=", w.size(1));
   STD_TORCH_CHECK(w.size(0) < (1LL << 31) && w.size(1) < (1LL << 31), kOp, ": N and K must fit in int32");
 #if KERNELSWAP_WITH_CUTLASS
   if (dt == ScalarType::BFloat16) return Compressor<sm90::DType::kBF16>::run(w);

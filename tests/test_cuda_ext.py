@@ -57,7 +57,7 @@ def test_int8_mm_meta_shape(out_dtype, bias):
 
 @needs_cutlass
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int8], ids=str)
-@pytest.mark.parametrize("n,k", [(16, 16), (80, 208), (4096, 8192)])
+@pytest.mark.parametrize("n,k", [(16, 32), (80, 224), (4096, 8192)])
 def test_sparse24_prepare_meta_shapes(dtype, n, k):
     # The layout the GEMM entry points check (csrc/sm90_gemm_ops.cu check_sparse) must be
     # the one CUTLASS's compressor utility computes.
@@ -117,6 +117,12 @@ def test_sparse24_errors():
         C._C_sparse24_prepare(torch.empty(64, 40, dtype=torch.bfloat16, device=dev))
     with pytest.raises(RuntimeError, match="w must be bfloat16, float16 or int8"):
         C._C_sparse24_prepare(torch.empty(64, 64, dtype=torch.float32, device=dev))
+    with pytest.raises(RuntimeError, match="int8 weights need K to be a multiple of 32"):
+        C._C_sparse24_prepare(torch.empty(64, 48, dtype=torch.int8, device=dev))
+    v8, m8 = C._C_sparse24_prepare(torch.empty(64, 64, dtype=torch.int8, device=dev))
+    with pytest.raises(RuntimeError, match="int8 2:4 needs K to be a multiple of 32"):
+        C._C_sparse24_int8_mm(torch.empty(3, 48, dtype=torch.int8, device=dev), torch.empty(3, device=dev),
+                              v8, m8, torch.empty(64, device=dev), None, torch.bfloat16)
 
 
 def test_supports_reasons_without_gpu():
@@ -132,12 +138,17 @@ def test_supports_reasons_without_gpu():
     assert "K = Kp" in cuda_ext._sparse24_supports(torch.randn(4, 30, dtype=torch.bfloat16), values, meta, None)
     offset = torch.randn(4 * 32 + 1, dtype=torch.bfloat16)[1:].view(4, 32)
     assert "aligned" in cuda_ext._sparse24_supports(offset, values, meta, None)
+    v8, m8 = packing.compress_24(packing.prune_24(torch.randn(32, 48)).round().to(torch.int8))
+    assert "multiple of 32" in cuda_ext._sparse24_int8_supports(torch.randn(4, 48, dtype=torch.bfloat16), v8, m8,
+                                                                torch.ones(32), None)
 
 
 # ================================================================ GPU
 M_SIZES = (1, 16, 33, 4096)
 KN = [(16, 16), (208, 80), (8192, 8192)]  # smallest legal, awkward, large
 KN_IDS = ["K16N16", "K208N80", "K8192N8192"]
+KN_SPARSE_INT8 = [(32, 16), (224, 80), (8192, 8192)]  # int8 2:4 needs K % 32
+KN_SPARSE_INT8_IDS = ["K32N16", "K224N80", "K8192N8192"]
 
 
 def _int8_weight(n, k, dev):
@@ -204,7 +215,7 @@ def test_sparse24_linear_close(m, k, n, dtype):
 
 @needs_cuda
 @needs_sm90
-@pytest.mark.parametrize("k,n", KN, ids=KN_IDS)
+@pytest.mark.parametrize("k,n", KN_SPARSE_INT8, ids=KN_SPARSE_INT8_IDS)
 @pytest.mark.parametrize("m", M_SIZES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_sparse24_int8_linear_exact(m, k, n, dtype):

@@ -25,6 +25,9 @@ from .sparse24 import check_meta_valid, decompress_24_ref
 
 # TMA moves rows of 16 bytes: K int8 / bf16 elements per row of x and w, N per row of out.
 ALIGN_KN = 16
+# int8 2:4: the compressed values (K / 2 per row) must fill 16-byte rows too (CUTLASS's
+# sparse mainloop refuses K = 16 or 208 on the H100).
+ALIGN_K_SPARSE_INT8 = 32
 _OUT_DTYPES = (torch.bfloat16, torch.float16)
 
 _SPARSE = PreparedWeights("sparse24 -> CUTLASS sm90 layout")
@@ -130,6 +133,9 @@ def _sparse24_linear_cuda(x, values, meta, bias):
 
 
 def _sparse24_int8_supports(x, values, meta, w_scale, bias):
+    if x.shape[1] % ALIGN_K_SPARSE_INT8:
+        return (f"K={x.shape[1]} is not a multiple of {ALIGN_K_SPARSE_INT8}: the int8 2:4 GEMM reads 16-byte "
+                f"rows of K/2 compressed values")
     return _out_reason(x.dtype) or _sparse_reason(x, values, meta)
 
 
