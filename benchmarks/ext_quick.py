@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             wr = csv.writer(f)
-            wr.writerow(["shape", "provider", "p50_us", "p20_us", "p80_us", "tflops", *meta])
+            wr.writerow(["provider", "shape", "p50_us", "p20_us", "p80_us", "tflops", *meta])
             for row in rows:
                 wr.writerow([*row, *meta.values()])
     return 0

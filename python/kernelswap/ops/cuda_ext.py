@@ -111,11 +111,13 @@ def _prepared(op: str, values: torch.Tensor, meta: torch.Tensor, k: int):
     return _SPARSE.get((values, meta), make)
 
 
-def _sparse_reason(x, values, meta) -> str | None:
+def _sparse_reason(x, values, meta, *read_directly: torch.Tensor) -> str | None:
+    # values and meta are not read by the GEMM (their prepared copies are), so only x and
+    # `read_directly` (w_scale) must be aligned.
     k, n = x.shape[1], values.shape[0]
     if values.shape[1] * 2 != k:
         return f"x has K={k} but values hold Kp={values.shape[1] * 2} (padded K); the kernel needs K = Kp"
-    return _gemm_reason(x, k, n)
+    return _gemm_reason(x, k, n, *read_directly)
 
 
 def _sparse24_supports(x, values, meta, bias):
@@ -136,7 +138,7 @@ def _sparse24_int8_supports(x, values, meta, w_scale, bias):
     if x.shape[1] % ALIGN_K_SPARSE_INT8:
         return (f"K={x.shape[1]} is not a multiple of {ALIGN_K_SPARSE_INT8}: the int8 2:4 GEMM reads 16-byte "
                 f"rows of K/2 compressed values")
-    return _out_reason(x.dtype) or _sparse_reason(x, values, meta)
+    return _out_reason(x.dtype) or _sparse_reason(x, values, meta, w_scale)
 
 
 @register("sparse24_int8_linear", "cuda", supports=_sparse24_int8_supports)
