@@ -116,8 +116,11 @@ def _route(x, w_packed, scales, zeros, group) -> str:
 @pytest.fixture
 def fake_cuda_sm90(monkeypatch):
     """Every backend serves "cuda" and the device is sm_90: the predicates decide alone."""
-    monkeypatch.setattr(backend, "_serves_device", lambda name, device: True)
+    monkeypatch.setattr(backend, "_serves_device", lambda *args: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    backend._candidates.cache_clear()  # the candidate list is cached per device type
+    yield
+    backend._candidates.cache_clear()
 
 
 @pytest.mark.parametrize("dtype,routes", ROUTES, ids=["bf16", "fp16", "fp32"])

@@ -57,7 +57,8 @@ def register(op: str, backend: str, supports: Callable[..., str | None] = _alway
     def deco(fn):
         impls = _REGISTRY.setdefault(op, [])
         impls.append(Impl(backend, fn, supports))
-        impls.sort(key=lambda i: BACKENDS.index(i.backend))  # stable: cuda, triton, reference
+        impls.sort(key=lambda i: BACKENDS.index(i.backend))  # stable: cuda, triton, torch, reference
+        _candidates.cache_clear()
         return fn
 
     return deco
@@ -129,31 +130,41 @@ def _backend_status(backend: str, interpreting: bool) -> tuple[bool, str]:
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def _serves_device(backend: str, device: torch.device) -> bool:
+def _serves_device(backend: str, device_type: str, forced: str | None, interpreting: bool) -> bool:
     if backend == "reference":
         return True
-    if device.type == "cuda":
-        return backend_status(backend)[0]
+    if device_type == "cuda":
+        return _backend_status(backend, interpreting)[0]
     # Triton's interpreter runs kernels on CPU tensors, for the CPU tests; only when the
     # triton backend is forced, so interpreted kernels never serve ordinary CPU calls.
-    return (backend == "triton" and device.type == "cpu" and triton_interpreting()
-            and forced_backend() == "triton" and backend_status("triton")[0])
+    return (backend == "triton" and device_type == "cpu" and interpreting and forced == "triton"
+            and _backend_status("triton", interpreting)[0])
+
+
+@functools.lru_cache(maxsize=None)
+def _candidates(op: str, device_type: str, forced: str | None, interpreting: bool) -> tuple[Impl, ...]:
+    """The implementations that may serve `op` here, in order (cached: this is per call)."""
+    return tuple(i for i in _REGISTRY.get(op, ())
+                 if (forced is None or i.backend == forced) and _serves_device(i.backend, device_type, forced,
+                                                                                interpreting))
 
 
 def choose(op: str, device: torch.device, *args) -> Impl:
     """The implementation that serves `op` for these arguments (see module docstring)."""
     forced = forced_backend()
+    interpreting = triton_interpreting()
+    for impl in _candidates(op, device.type, forced, interpreting):
+        if impl.supports(*args) is None:
+            return impl
+    # Nothing can serve: say why, backend by backend.
     reasons = []
     for impl in _REGISTRY.get(op, ()):
         if forced is not None and impl.backend != forced:
             continue
-        if not _serves_device(impl.backend, device):
+        if not _serves_device(impl.backend, device.type, forced, interpreting):
             reasons.append(f"{impl.backend}: not available for {device.type} tensors")
-            continue
-        why = impl.supports(*args)
-        if why is None:
-            return impl
-        reasons.append(f"{impl.backend}: {why}")
+        else:
+            reasons.append(f"{impl.backend}: {impl.supports(*args)}")
     raise RuntimeError(f"kernelswap.{op}: no backend can serve this call"
                        + (f" with the backend forced to {forced!r}" if forced else "")
                        + " (" + "; ".join(reasons or ["nothing registered"]) + "). "
@@ -166,7 +177,7 @@ def dispatch(op: str, device: torch.device, *args):
 
 def serving_backends(op: str, device: torch.device) -> list[str]:
     """Backends that could serve `op` on `device` on this machine, in preference order."""
-    return [i.backend for i in _REGISTRY.get(op, ()) if _serves_device(i.backend, device)]
+    return [i.backend for i in _candidates(op, device.type, forced_backend(), triton_interpreting())]
 
 
 def registered_ops() -> list[str]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks as C
+from ._define import op
 from .backend import dispatch, register
 
 ACTIVATIONS = ("identity", "relu", "relu6", "silu", "hardswish")
@@ -85,7 +86,7 @@ def _check(x, weight, bias, stride, padding, dilation, groups, activation, resid
     C.check_same_device(op, x, weight=weight, bias=bias, residual=residual)
 
 
-@torch.library.custom_op("kernelswap::conv_bn_act", mutates_args=())
+@op("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups, str activation, Tensor? residual) -> Tensor")
 def conv_bn_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int], padding: Sequence[int],
                 dilation: Sequence[int], groups: int, activation: str, residual: Tensor | None) -> Tensor:
     """x (N, C, H, W) -> (N, C_out, H_out, W_out) x.dtype. See the module docstring."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks as C
+from ._define import op
 from .backend import dispatch, register
 
 GROUP_SIZES = (32, 64, 128)
@@ -60,7 +61,7 @@ def _check(x, w_packed, scales, zeros, group_size, bias) -> None:
     C.check_same_device(op, x, w_packed=w_packed, scales=scales, zeros=zeros, bias=bias)
 
 
-@torch.library.custom_op("kernelswap::int4_linear", mutates_args=())
+@op("int4_linear(Tensor x, Tensor w_packed, Tensor scales, Tensor? zeros, int group_size, Tensor? bias) -> Tensor")
 def int4_linear(x: Tensor, w_packed: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int,
                 bias: Tensor | None) -> Tensor:
     """W4A16: x (..., K) float -> (..., N) x.dtype. See the module docstring for the format."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks as C
+from ._define import op
 from .backend import dispatch, register
 
 
@@ -28,7 +29,7 @@ def _check_quantize(x: Tensor) -> None:
         raise ValueError("kernelswap.quantize_per_token_int8: x has K=0 features; nothing to quantize")
 
 
-@torch.library.custom_op("kernelswap::quantize_per_token_int8", mutates_args=())
+@op("quantize_per_token_int8(Tensor x) -> (Tensor, Tensor)")
 def quantize_per_token_int8(x: Tensor) -> tuple[Tensor, Tensor]:
     """x (..., K) float -> (q (..., K) int8, scale (...) float32)."""
     _check_quantize(x)
@@ -76,7 +77,7 @@ def _check_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype) -> None:
     C.check_same_device(op, a, a_scale=a_scale, b=b, b_scale=b_scale, bias=bias)
 
 
-@torch.library.custom_op("kernelswap::int8_scaled_mm", mutates_args=())
+@op("int8_scaled_mm(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor? bias, ScalarType out_dtype) -> Tensor")
 def int8_scaled_mm(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, bias: Tensor | None,
                    out_dtype: torch.dtype) -> Tensor:
     """a (M, K) int8, a_scale (M,) fp32, b (N, K) int8, b_scale (N,) fp32 -> (M, N) out_dtype."""
@@ -142,7 +143,7 @@ def _linear_out(x: Tensor, n: int) -> Tensor:
     return x.new_empty((*x.shape[:-1], n))
 
 
-@torch.library.custom_op("kernelswap::int8_linear", mutates_args=())
+@op("int8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias) -> Tensor")
 def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """W8A8: x (..., K) float, w_q (N, K) int8, w_scale (N,) fp32, bias (N,) -> (..., N) x.dtype."""
     _check_int8_weight("int8_linear", x, w_q, w_scale, bias)
@@ -171,7 +172,7 @@ def _int8_linear_torch(x, w_q, w_scale, bias):
 
 
 # ---------------------------------------------------------------- int8_weight_linear (W8A16)
-@torch.library.custom_op("kernelswap::int8_weight_linear", mutates_args=())
+@op("int8_weight_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias) -> Tensor")
 def int8_weight_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """W8A16: x (..., K) float, w_q (N, K) int8, w_scale (N,) fp32 -> (..., N) x.dtype."""
     _check_int8_weight("int8_weight_linear", x, w_q, w_scale, bias)

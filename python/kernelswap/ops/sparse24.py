@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks as C
+from ._define import op
 from .backend import dispatch, register
 from .int8 import int_matmul_ref, quantize_per_token_ref, scale_epilogue_ref
 
@@ -73,7 +74,7 @@ def _check_float(x, values, meta, bias) -> None:
     C.check_same_device(op, x, values=values, meta=meta, bias=bias)
 
 
-@torch.library.custom_op("kernelswap::sparse24_linear", mutates_args=())
+@op("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor")
 def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None) -> Tensor:
     """x (..., K) float -> (..., N) x.dtype. See the module docstring for the format."""
     _check_float(x, values, meta, bias)
@@ -114,7 +115,7 @@ def _check_int8(x, values, meta, w_scale, bias) -> None:
     C.check_same_device(op, x, values=values, meta=meta, w_scale=w_scale, bias=bias)
 
 
-@torch.library.custom_op("kernelswap::sparse24_int8_linear", mutates_args=())
+@op("sparse24_int8_linear(Tensor x, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias) -> Tensor")
 def sparse24_int8_linear(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """2:4 W8A8: x (..., K) float, values (N, Kp // 2) int8, w_scale (N,) fp32 -> (..., N) x.dtype."""
     _check_int8(x, values, meta, w_scale, bias)
