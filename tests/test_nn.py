@@ -12,25 +12,12 @@ from kernelswap import packing
 from kernelswap.nn import ConvBNAct2d, Int4Linear, Int8Linear, Sparse24Linear
 from tests.utils import AWKWARD_M, DEVICES, assert_close_to_ref, assert_exact, needs_cuda, sqnr_db
 
+# One CPU thread (small ops on a busy 2-core machine ran up to 10x slower on two) and the
+# reference backend (the oracle; module tests check wiring and numerics): tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread", "reference_backend")
+
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DT_ID = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Small CPU ops: on a busy 2-core machine two threads ran them up to 10x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _reference_backend():
-    # Module tests check wiring and numerics; the reference path is the oracle and is fast
-    # on CPU. test_dispatch_wiring runs the automatic choice.
-    with ks.use_backend("reference"):
-        yield
 
 
 def _linear(k: int, n: int, bias: bool = True, device="cpu") -> nn.Linear:

@@ -13,20 +13,9 @@ import kernelswap as ks
 from kernelswap.nn import Int4Linear, Int8Linear, Sparse24Linear
 from tests.utils import assert_exact, needs_cuda, sqnr_db
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Small CPU ops: on a busy 2-core machine two threads ran them up to 10x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _reference_backend():
-    with ks.use_backend("reference"):
-        yield
+# One CPU thread (small ops on a busy 2-core machine ran up to 10x slower on two) and the
+# reference backend (the oracle; module tests check wiring and numerics): tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread", "reference_backend")
 
 
 class Block(nn.Module):
