@@ -139,22 +139,28 @@ def _check_int8_weight(op: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: T
     C.check_same_device(op, x, w_q=w_q, w_scale=w_scale, bias=bias)
 
 
-def _linear_out(x: Tensor, n: int) -> Tensor:
-    return x.new_empty((*x.shape[:-1], n))
+def _int8_weight_op(name: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The body both int8-weight linears share: check, flatten tokens, dispatch, restore dims."""
+    _check_int8_weight(name, x, w_q, w_scale, bias)
+    y = dispatch(name, x.device, C.flatten_tokens(x), w_q.contiguous(), w_scale.contiguous(), bias)
+    return y.reshape(*x.shape[:-1], w_q.shape[0])
+
+
+def _int8_weight_fake(name: str):
+    def fake(x, w_q, w_scale, bias):
+        _check_int8_weight(name, x, w_q, w_scale, bias)
+        return x.new_empty((*x.shape[:-1], w_q.shape[0]))
+
+    return fake
 
 
 @op("int8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias) -> Tensor")
 def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """W8A8: x (..., K) float, w_q (N, K) int8, w_scale (N,) fp32, bias (N,) -> (..., N) x.dtype."""
-    _check_int8_weight("int8_linear", x, w_q, w_scale, bias)
-    y = dispatch("int8_linear", x.device, C.flatten_tokens(x), w_q.contiguous(), w_scale.contiguous(), bias)
-    return y.reshape(*x.shape[:-1], w_q.shape[0])
+    return _int8_weight_op("int8_linear", x, w_q, w_scale, bias)
 
 
-@int8_linear.register_fake
-def _(x, w_q, w_scale, bias):
-    _check_int8_weight("int8_linear", x, w_q, w_scale, bias)
-    return _linear_out(x, w_q.shape[0])
+int8_linear.register_fake(_int8_weight_fake("int8_linear"))
 
 
 @register("int8_linear", "reference")
@@ -175,16 +181,10 @@ def _int8_linear_torch(x, w_q, w_scale, bias):
 @op("int8_weight_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias) -> Tensor")
 def int8_weight_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """W8A16: x (..., K) float, w_q (N, K) int8, w_scale (N,) fp32 -> (..., N) x.dtype."""
-    _check_int8_weight("int8_weight_linear", x, w_q, w_scale, bias)
-    y = dispatch("int8_weight_linear", x.device, C.flatten_tokens(x), w_q.contiguous(),
-                 w_scale.contiguous(), bias)
-    return y.reshape(*x.shape[:-1], w_q.shape[0])
+    return _int8_weight_op("int8_weight_linear", x, w_q, w_scale, bias)
 
 
-@int8_weight_linear.register_fake
-def _(x, w_q, w_scale, bias):
-    _check_int8_weight("int8_weight_linear", x, w_q, w_scale, bias)
-    return _linear_out(x, w_q.shape[0])
+int8_weight_linear.register_fake(_int8_weight_fake("int8_weight_linear"))
 
 
 @register("int8_weight_linear", "reference")
