@@ -20,7 +20,7 @@ from kernelswap.bench.report import COLUMNS, STATUSES, markdown, read_csv, short
 from kernelswap.bench.runner import Budget, Runner
 from kernelswap.bench.targets import evaluate
 from kernelswap.bench.timing import MAX_COPIES, FakeTimer, Peak, Timing, copies_for, measure_peaks
-from utils import needs_cuda, sqnr_db
+from utils import needs_cuda
 
 ENV = {"gpu": "fake", "torch": "t", "triton": "tr", "cuda": "c", "commit": "abc", "date": "d"}
 CPU = torch.device("cpu")
@@ -316,51 +316,6 @@ def test_tinygemm_mapping_dequantizes_like_ours():
     torch.testing.assert_close(w_tg, packing.dequantize_int4(q), rtol=0, atol=1e-6)
 
 
-# ---------------------------------------------------------------- model benchmarks (tiny, CPU)
-def test_decoder_rows_for_every_recipe_and_case():
-    from kernelswap.bench import models
-    r = _runner()
-    tiny = dict(hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=96)
-    models.run_decoder(r, recipes=("int8", "int4"), layers=1, shape=tiny, prefill=8, decode=(1, 3), cache_len=4)
-    got = {(row["provider"], row["shape"]): row for row in r.rows}
-    eager = {(p, c) for p in ("bf16", "int8", "int4") for c in ("prefill-m8", "decode-m1", "decode-m3")}
-    graphed = {(p + "+graph", c) for p in ("bf16", "int8", "int4") for c in ("decode-m1", "decode-m3")}
-    assert set(got) == eager | graphed
-    assert all(got[k]["status"] == "ok" for k in eager), [row["note"] for row in r.rows]
-    assert all(got[k]["status"] == "error" and "CUDA" in got[k]["note"] for k in graphed)  # CPU: recorded
-    assert got[("int4", "decode-m1")]["weight_mb"] < got[("int8", "decode-m1")]["weight_mb"] \
-        < got[("bf16", "decode-m1")]["weight_mb"]
-    assert got[("bf16", "prefill-m8")]["throughput"] == pytest.approx(8 / 100e-6)  # 8 tokens in 100 us
-    assert "## Models" in markdown(r.rows)
-
-
-def _tiny_cnn(weights=None):
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1, bias=False), torch.nn.BatchNorm2d(8),
-                               torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(8),
-                               torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                               torch.nn.Linear(8, 4))
-
-
-def test_cnn_variants_are_all_recorded(monkeypatch):
-    torchvision = pytest.importorskip("torchvision")
-    from kernelswap.bench import models
-    monkeypatch.setattr(torchvision.models, "kswap_tiny_cnn", _tiny_cnn, raising=False)
-    monkeypatch.setitem(models.CNNS, "tiny", "kswap_tiny_cnn")
-    r = _runner()
-    models.run_cnns(r, names=("tiny",), batches=(1, 2), resolution=16)
-    status = {(row["shape"], row["provider"]): row["status"] for row in r.rows}
-    for b in ("b1", "b2"):
-        for v in ("eager", "bn-folded", "swap-fuse"):
-            assert status[(b, v)] == "ok", (b, v, [row["note"] for row in r.rows])
-    assert status[("b1", "swap-fuse+graph")] == "error"  # CUDA graphs on CPU: recorded, not dropped
-    assert ("b2", "swap-fuse+graph") not in status  # graphs are a batch-1 variant
-    assert len(r.deferred) == 2 and ("b1", "compile") not in status  # compiles wait for the last pass
-    seen = []  # the compile pass must time each deferred variant on its own batch
-    monkeypatch.setattr(torch, "compile", lambda m: (lambda inp: (seen.append(inp.shape[0]), m(inp))[1]))
-    r.run_deferred()
-    assert seen == [1, 2] and [row["status"] for row in r.rows[-2:]] == ["ok", "ok"]
-
-
 def test_plots_are_drawn_from_the_csv(tmp_path):
     import runpy
     rows = [_row("peak", "copy", "1 GiB", 100.0, kind="peak", gbps=3000.0),
@@ -411,83 +366,6 @@ def test_sigterm_still_writes_the_rows_measured(tmp_path):
     assert len(back) == len(rows) and [r["provider"] for r in back if r["status"] == "ok"][3:] == ["ours-auto"]
     assert not any(r["status"] in ("error", "skipped") for r in back)  # the killed case is not an error row
     assert len(back) < 3 + 2 * 8  # stopped early: the tiny set has two shapes x 8 providers
-
-
-# ---------------------------------------------------------------- baselines compute the same layer as ours
-# Under one seed every provider of an op builds the same weights and inputs (providers/__init__.py),
-# so a baseline that disagrees with the op's reference is timing some other computation.
-NOT_THE_SAME_LAYER = {"torch-dense", "cusparselt-int8-gemm"}  # unquantized / GEMM-only (int32, transposed)
-DENSE_INT8_FOR_SPARSE = ("sparse24_int8_linear", "eager-int_mm")  # the dense int8 layer, unpruned
-
-
-def _provider_outputs(op, shape, dtype, device):
-    import contextlib
-    from kernelswap.bench.providers import providers
-    from kernelswap.ops import use_backend
-    outs = {}
-    for p in providers(op):
-        # ours: only the op's definition (the reference backend); our kernels have their own tests.
-        # Peers build their module before drawing x; compiled providers are slow on CPU.
-        if p.kind == "peer" or p.slow or (p.kind == "ours" and p.backend is not None):
-            continue
-        try:
-            torch.manual_seed(0)
-            case = p.make(shape, dtype, device)
-            torch.manual_seed(1)
-            args = case.new_args()
-            with use_backend("reference") if p.kind == "ours" else contextlib.nullcontext():
-                outs["reference" if p.kind == "ours" else p.name] = case.fn(*args)
-        except Exception as e:  # noqa: BLE001 - the caller decides which providers must run
-            outs[p.name] = e
-    return outs
-
-
-def _check_agreement(op, outs, must_run):
-    ref = outs["reference"]
-    assert isinstance(ref, torch.Tensor), f"{op}: the reference op failed: {ref}"
-    compared = []
-    for name, out in outs.items():
-        if name in must_run:
-            assert isinstance(out, torch.Tensor), f"{op}: {name} failed: {out}"
-        if not isinstance(out, torch.Tensor) or (op, name) == DENSE_INT8_FOR_SPARSE:
-            continue
-        if name == "torch-dense":
-            if not op.startswith("sparse24"):  # quantization error only: >= 15 dB even for int4
-                assert sqnr_db(out, ref) > 15, f"{op}: dense vs ours {sqnr_db(out, ref):.1f} dB"
-            continue
-        if name not in NOT_THE_SAME_LAYER and name != "reference":
-            assert sqnr_db(out, ref) > 30, f"{op}: {name} vs the reference op {sqnr_db(out, ref):.1f} dB"
-            compared.append(name)
-    return compared
-
-
-@pytest.mark.parametrize("op", ["int8_linear", "int8_weight_linear", "int4_linear", "sparse24_linear",
-                                "sparse24_int8_linear"])
-def test_linear_baselines_compute_the_same_layer_cpu(op):
-    outs = _provider_outputs(op, S.LinearShape(32, 256, 128), torch.bfloat16, CPU)
-    compared = _check_agreement(op, outs, must_run={"torch-dense"})
-    if op == "int8_linear":
-        assert "eager-int_mm" in compared
-
-
-def test_conv_baselines_compute_the_same_layer_cpu():
-    for s in S.TINY_CONVS:
-        outs = _provider_outputs("conv_bn_act", s, torch.bfloat16, CPU)
-        assert {"eager", "bn-folded"} <= set(_check_agreement("conv_bn_act", outs, must_run={"eager", "bn-folded"}))
-
-
-@needs_cuda
-@pytest.mark.parametrize("op", ["int8_linear", "int8_weight_linear", "int4_linear", "sparse24_linear",
-                                "sparse24_int8_linear", "conv_bn_act"])
-def test_every_baseline_runs_and_agrees_on_gpu(op):
-    from kernelswap.bench.providers import providers
-    shape = S.ConvShape(8, 64, 28, 128, 3) if op == "conv_bn_act" else S.LinearShape(64, 1024, 512)
-    outs = _provider_outputs(op, shape, torch.bfloat16, torch.device("cuda"))
-    # torch's CUTLASS 2:4 path is enabled for sm_8x only (pytorch/pytorch#132928): an error row elsewhere.
-    sm8x = torch.cuda.get_device_capability()[0] == 8
-    baselines = {p.name for p in providers(op) if p.kind == "baseline" and not p.slow
-                 and (sm8x or p.name != "torch-sparse-cutlass")}
-    _check_agreement(op, outs, must_run=baselines)
 
 
 @needs_cuda
