@@ -151,8 +151,8 @@ def measure_peaks(timer: Timer, device: torch.device) -> dict[str, Peak]:
 
     def int_mm():
         a = torch.randint(-127, 128, (s, s), device=device, dtype=torch.int8)
-        # b column-major (a weight (N, K) transposed), cuBLAS's fast int8 layout: a row-major b
-        # measured 129.8 TOP/s on the H100 against ~954 for this one (TARGETS.md).
+        # b column-major (a weight (N, K) transposed), cuBLAS's int8 layout: with a row-major b
+        # this read 129.8 TOP/s on the H100, where TARGETS.md lists 954 (not re-measured yet).
         b = torch.randint(-127, 128, (s, s), device=device, dtype=torch.int8).t()
         return lambda: torch._int_mm(a, b)
 
