@@ -196,12 +196,14 @@ LAYERS = {
 }
 
 
+# bf16 on every layer; fp16 on three (each dtype compiles and tunes every kernel again).
+_FP16_LAYERS = ("r50_3x3_128_s2", "mbv2_dw3x3_144_s2", "r50_stem7x7_s2")
+_CUDA_LAYER_CASES = [(torch.bfloat16, name) for name in LAYERS] + [(torch.float16, name) for name in _FP16_LAYERS]
+
+
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("dtype,layer", _CUDA_LAYER_CASES, ids=[f"{str(d)[6:]}-{n}" for d, n in _CUDA_LAYER_CASES])
 def test_cuda_layers(dtype, layer):
-    if dtype == torch.float16 and layer not in ("r50_3x3_128_s2", "mbv2_dw3x3_144_s2", "r50_stem7x7_s2"):
-        pytest.skip("fp16 on three layers only: each dtype compiles and tunes every kernel again")
     case, activation, residual = LAYERS[layer]
     args = _inputs(case, dtype, "cuda", n=1, residual=residual)
     with use_backend("triton"):
