@@ -1,8 +1,8 @@
 """Quick timing of kernelswap._C's sm_90a GEMMs against their baselines, in one run.
 
     python benchmarks/ext_quick.py [--csv FILE]     # the TARGETS.md shapes P1, P6, P7, P8
-    python benchmarks/ext_quick.py --sanitize       # each kernel once, small awkward shapes,
-                                                    # for compute-sanitizer --tool memcheck
+
+compute-sanitizer runs of these kernels (and the Triton ones): benchmarks/sanitize.sh.
 
 Times are triton.testing.do_bench medians (p20 / p80 beside them) of CUDA events, inputs
 random (never zeros), the weight larger than L2. Every baseline is timed in the same run:
@@ -119,34 +119,10 @@ def int8_rows(rows, m, k, n):
     _try(rows, "eager quant + torch._int_mm + scales", shape, flops, eager)
 
 
-def sanitize() -> None:
-    """Each kernel once at small awkward shapes (both tile configs), checked for errors."""
-    dev = "cuda"
-    for m in (1, 33, 80):
-        k, n = 224, 80  # awkward, and legal for every kernel (int8 2:4 needs K % 32)
-        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-        w_q, w_s = packing.quantize_int8(torch.randn(n, k, device=dev))
-        bias = torch.randn(n, device=dev)
-        with use_backend("cuda"):
-            C.int8_linear(x, w_q, w_s, bias)
-            for dtype in (torch.bfloat16, torch.float16):
-                w, _ = _sparse_weight(n, k, dtype)
-                values, meta = packing.compress_24(w)
-                C.sparse24_linear(x.to(dtype), values, meta, bias.to(dtype))
-                C.sparse24_int8_linear(x.to(dtype), *packing.compress_24(_sparse_weight(n, k, torch.int8)[0]), w_s,
-                                       bias)
-    torch.cuda.synchronize()
-    print("sanitize: every kernel ran")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", help="write the rows here as CSV")
-    ap.add_argument("--sanitize", action="store_true", help="small shapes, one call each")
     args = ap.parse_args(argv)
-    if args.sanitize:
-        sanitize()
-        return 0
     torch.manual_seed(0)
     rows = []
     int8_rows(rows, 4096, 8192, 8192)          # P1

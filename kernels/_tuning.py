@@ -6,7 +6,8 @@
   * `cache_results=True`: tuned choices are stored in Triton's on-disk cache, keyed by
     the GPU target (e.g. cuda sm_90) and the tuning key, so a second process on the
     same kind of GPU does not tune again;
-  * a single config under TRITON_INTERPRET=1 (the CPU interpreter cannot time anything).
+  * a single config under TRITON_INTERPRET=1 (the CPU interpreter cannot time anything)
+    or KERNELSWAP_AUTOTUNE=0 (one launch per call, e.g. under compute-sanitizer).
 - `TileBytes`: how a kernel tells the guard its per-stage shared-memory footprint.
 """
 from __future__ import annotations
@@ -21,6 +22,11 @@ import triton
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def tuning_off() -> bool:
+    """Only each kernel's first config: under the interpreter, or when KERNELSWAP_AUTOTUNE=0."""
+    return interpreting() or os.environ.get("KERNELSWAP_AUTOTUNE", "1") == "0"
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,7 +62,7 @@ class TileBytes:
 
 def _smem_pruner(tile_bytes: TileBytes | None) -> Callable:
     def prune(configs, named_args, **kwargs):
-        if interpreting():
+        if tuning_off():
             return configs[:1]
         if tile_bytes is None:
             return configs
@@ -71,7 +77,7 @@ def _smem_pruner(tile_bytes: TileBytes | None) -> Callable:
 
 def autotune(configs: list[triton.Config], key: list[str], smem: TileBytes | None = None, **kwargs):
     """triton.autotune with the shared-memory guard, on-disk result cache and interpreter collapse."""
-    if interpreting():
+    if tuning_off():
         configs = configs[:1]
     return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": _smem_pruner(smem)},
                            cache_results=True, **kwargs)

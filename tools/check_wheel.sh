@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Proves a built wheel on a GPU machine: installs dist/kernelswap-*.whl into a fresh
 # folder (pip --target; torch comes from the running interpreter), then runs the test
-# suite from a copy of tests/ outside the source tree, so the installed package is
-# what is tested.
+# suite from a copy of tests/ (and benchmarks/, whose plot script a test runs) outside
+# the source tree, so the installed package is what is tested. SITE names the install
+# folder (default: a new temporary one); arguments go to pytest (e.g. -n 8 with xdist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 wheel=$(ls -t dist/kernelswap-*.whl | head -1)
-site=$(mktemp -d)
+site=${SITE:-$(mktemp -d)}
 "$python" -m pip install -q --no-deps --no-index --target "$site" "$wheel"
 work=$(mktemp -d)
-cp -r tests pyproject.toml "$work/"
+cp -r tests benchmarks pyproject.toml "$work/"
 cd "$work"
 export PYTHONPATH="$site"
 "$python" -c "import kernelswap, sys; p = kernelswap.__file__; assert p.startswith(sys.argv[1]), p" "$site"
