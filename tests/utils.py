@@ -32,6 +32,9 @@ def _worst(out: torch.Tensor, ref: torch.Tensor) -> str:
     diff = (out.double() - ref.double()).abs()
     if diff.numel() == 0:
         return "empty"
+    both_nan = torch.isnan(out.double()) & torch.isnan(ref.double())
+    # NaN against a number counts as the worst; NaN against NaN is a match, not a difference
+    diff = torch.where(both_nan, 0.0, diff.nan_to_num(nan=float("inf")))
     flat = int(diff.argmax())
     idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
     return f"worst at {idx}: got {out[idx].item():.6g}, expected {ref[idx].item():.6g}"
