@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import kernelswap as ks
-from kernelswap.ops.backend import choose
+from kernelswap.ops import backend
 
 
 DEVICE = "cuda"
@@ -75,29 +75,22 @@ def conv_cases(dtype):
         yield label, layer, baseline, (x,)
 
 
-_OP_MODULES = ("conv", "int4", "int8", "sparse24")  # each imported `dispatch` from ops.backend by name
-
-
 def direct(layer, args):
     """(the backend function the dispatcher picks for this layer's call, bound to its arguments, backend)."""
-    import importlib
-
-    mods = [importlib.import_module(f"kernelswap.ops.{m}") for m in _OP_MODULES]
     captured = []
+    real = backend._choose
 
-    def spy(op, device, *op_args):
-        impl = choose(op, device, *op_args)
+    def spy(op, device, op_args):
+        impl, lasting = real(op, device, op_args)
         captured.append((impl, op_args))
-        return impl.fn(*op_args)
+        return impl, lasting
 
-    saved = [m.dispatch for m in mods]
-    for m in mods:
-        m.dispatch = spy
+    backend.clear_plans()  # so the call below chooses again, through the spy
+    backend._choose = spy
     try:
         layer(*args)
     finally:
-        for m, f in zip(mods, saved):
-            m.dispatch = f
+        backend._choose = real
     if not captured:
         return None, "none"
     calls = list(captured)  # int8: quantize, then the GEMM; run them all

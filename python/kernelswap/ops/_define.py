@@ -9,6 +9,13 @@ implementation for every device (CompositeExplicitAutograd; the implementation p
 backend per call, see backend.py) and, through `.register_fake`, the fake (meta) kernel
 that torch.compile and CUDA graphs trace with. Without an autograd kernel, a call whose
 inputs require grad runs through PyTorch's autograd fallback and its output has no grad_fn.
+
+Calling an `Op` (kernelswap.ops.int8_linear(...), what the nn modules do) skips the
+dispatcher when it has nothing to add: plain tensors, no torch.compile/export tracing, no
+TorchDispatchMode (fake tensors, FX proxies), and no input that requires grad. Then the
+implementation runs directly, saving the boxing and unboxing of every argument (on the
+H100 machine's host, a dispatcher round trip was about as long as a small kernel).
+Anything else goes through torch.ops.kernelswap as before.
 """
 from __future__ import annotations
 
@@ -24,15 +31,35 @@ class Op:
 
     def __init__(self, name: str, fn: Callable):
         self.name = name
+        self.fn = fn
         self.__doc__ = fn.__doc__
         self.overload = getattr(torch.ops.kernelswap, name).default
 
     def __call__(self, *args, **kwargs):
-        return self.overload(*args, **kwargs)
+        if kwargs or not _direct_ok(args):
+            return self.overload(*args, **kwargs)
+        return self.fn(*args)
 
     def register_fake(self, fake: Callable) -> Callable:
         torch.library.register_fake(f"kernelswap::{self.name}", fake, lib=_LIB)
         return fake
+
+
+def _direct_ok(args: tuple) -> bool:
+    """May this call skip the dispatcher (module docstring)?"""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return False
+    grad = torch.is_grad_enabled()
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if type(a) is not torch.Tensor or (grad and a.requires_grad):
+                return False
+        elif a is not None and not isinstance(a, _PLAIN):
+            return False  # e.g. an FX Proxy standing for a tensor
+    return True
+
+
+_PLAIN = (int, float, str, bool, list, tuple, torch.dtype)
 
 
 def op(schema: str) -> Callable[[Callable], Op]:

@@ -18,6 +18,15 @@ the first that supports the call. The reference backend supports everything.
 A user forces one backend with the environment variable KERNELSWAP_BACKEND or with
 `use_backend(name)`; a forced backend that cannot serve a call raises instead of
 falling back, so numerics can be debugged one backend at a time.
+
+Per call, checking the arguments and asking each backend took tens of microseconds of
+host time, as much as a decode-size kernel runs. `Plan` memoizes both: the checks and
+the `supports` predicates read only the arguments' layouts (shapes, strides, dtypes,
+devices, 16-byte alignment) and scalar values, so a call whose layout `signature` has
+been seen, under the same forced backend, skips them and goes straight to the
+implementation chosen the first time. A `supports` that answers with a `Transient`
+reason (one that may change on a later call, e.g. "not timed yet") keeps that call's
+choice out of the memo.
 """
 from __future__ import annotations
 
@@ -59,6 +68,7 @@ def register(op: str, backend: str, supports: Callable[..., str | None] = _alway
         impls.append(Impl(backend, fn, supports))
         impls.sort(key=lambda i: BACKENDS.index(i.backend))  # stable: cuda, triton, torch, reference
         _candidates.cache_clear()
+        clear_plans()
         return fn
 
     return deco
@@ -149,13 +159,25 @@ def _candidates(op: str, device_type: str, forced: str | None, interpreting: boo
                                                                                 interpreting))
 
 
+class Transient(str):
+    """A `supports` reason that holds for this call only: the choice is not memoized."""
+
+
 def choose(op: str, device: torch.device, *args) -> Impl:
     """The implementation that serves `op` for these arguments (see module docstring)."""
+    return _choose(op, device, args)[0]
+
+
+def _choose(op: str, device: torch.device, args: tuple) -> tuple[Impl, bool]:
+    """(the implementation, whether the choice may be memoized for this argument layout)."""
     forced = forced_backend()
     interpreting = triton_interpreting()
+    lasting = True
     for impl in _candidates(op, device.type, forced, interpreting):
-        if impl.supports(*args) is None:
-            return impl
+        why = impl.supports(*args)
+        if why is None:
+            return impl, lasting
+        lasting = lasting and not isinstance(why, Transient)
     # Nothing can serve: say why, backend by backend.
     reasons = []
     for impl in _REGISTRY.get(op, ()):
@@ -173,6 +195,60 @@ def choose(op: str, device: torch.device, *args) -> Impl:
 
 def dispatch(op: str, device: torch.device, *args):
     return choose(op, device, *args).fn(*args)
+
+
+def _layout(a):
+    if isinstance(a, torch.Tensor):
+        return (a.shape, a.stride(), a.dtype, a.device, a.data_ptr() % 16)
+    return tuple(a) if isinstance(a, list) else a
+
+
+def signature(args: tuple) -> tuple:
+    """Everything the checks and `supports` predicates may read from `args`."""
+    return tuple(_layout(a) for a in args)
+
+
+class Plan:
+    """One op's memo: argument layout -> the implementation that serves it (module docstring).
+
+    plan(args, check, make_args): when `args`' signature is new, `check(*args)` (raises on
+    bad input), then choose on `make_args()` (the args as the implementations take them,
+    e.g. tokens flattened to (M, K)); either way, run the implementation on make_args()."""
+
+    LIMIT = 4096  # distinct layouts kept per op (token counts vary); cleared when full
+
+    def __init__(self, op: str):
+        self.op = op
+        self._memo: dict[tuple, Impl] = {}
+        _PLANS.append(self)
+
+    def __call__(self, args: tuple, check: Callable[..., None], make_args: Callable[[], tuple]):
+        key = (_forced.get(), os.environ.get("KERNELSWAP_BACKEND"), os.environ.get("TRITON_INTERPRET"),
+               signature(args))
+        impl = self._memo.get(key)
+        if impl is not None:
+            return impl.fn(*make_args())
+        check(*args)
+        op_args = make_args()
+        impl, lasting = _choose(self.op, op_args[0].device, op_args)
+        if lasting:
+            if len(self._memo) >= self.LIMIT:
+                self._memo.clear()
+            self._memo[key] = impl
+        return impl.fn(*op_args)
+
+    def clear(self) -> None:
+        self._memo.clear()
+
+
+_PLANS: list[Plan] = []
+
+
+def clear_plans() -> None:
+    """Forget every memoized choice (a new implementation was registered, or a test changed
+    what a `supports` predicate answers)."""
+    for plan in _PLANS:
+        plan.clear()
 
 
 def serving_backends(op: str, device: torch.device) -> list[str]:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import _checks as C
 from ._define import op
-from .backend import dispatch, register
+from .backend import Plan, register
 
 ACTIVATIONS = ("identity", "relu", "relu6", "silu", "hardswish")
 
@@ -86,13 +86,15 @@ def _check(x, weight, bias, stride, padding, dilation, groups, activation, resid
     C.check_same_device(op, x, weight=weight, bias=bias, residual=residual)
 
 
+_PLAN = Plan("conv_bn_act")
+
+
 @op("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups, str activation, Tensor? residual) -> Tensor")
 def conv_bn_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int], padding: Sequence[int],
                 dilation: Sequence[int], groups: int, activation: str, residual: Tensor | None) -> Tensor:
     """x (N, C, H, W) -> (N, C_out, H_out, W_out) x.dtype. See the module docstring."""
-    _check(x, weight, bias, stride, padding, dilation, groups, activation, residual)
-    return dispatch("conv_bn_act", x.device, x, weight, bias, list(stride), list(padding), list(dilation),
-                    groups, activation, residual)
+    return _PLAN((x, weight, bias, stride, padding, dilation, groups, activation, residual), _check,
+                 lambda: (x, weight, bias, list(stride), list(padding), list(dilation), groups, activation, residual))
 
 
 @conv_bn_act.register_fake

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ._prepared import PreparedWeights
-from .backend import forced_backend, register, triton_interpreting
+from .backend import Transient, forced_backend, register, triton_interpreting
 from .conv import _conv_bn_act_torch, output_memory_format, output_shape
 
 # Implicit-GEMM weights are cast to x.dtype; one cache per dtype keeps fp16 and bf16 callers apart.
@@ -92,7 +92,7 @@ def _supports(*args) -> str | None:
     key = _key(*args)
     if key not in _PICKS:
         if torch.cuda.is_current_stream_capturing():
-            return "shape first seen inside CUDA-graph capture, not timed yet: cuDNN"
+            return Transient("shape first seen inside CUDA-graph capture, not timed yet: cuDNN")
         _PICKS[key] = _measure(args)
     return _PICKS[key]
 

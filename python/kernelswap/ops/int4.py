@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import _checks as C
 from ._define import op
-from .backend import dispatch, register
+from .backend import Plan, register
 
 GROUP_SIZES = (32, 64, 128)
 SYMMETRIC_ZERO = 8
@@ -61,13 +61,16 @@ def _check(x, w_packed, scales, zeros, group_size, bias) -> None:
     C.check_same_device(op, x, w_packed=w_packed, scales=scales, zeros=zeros, bias=bias)
 
 
+_PLAN = Plan("int4_linear")
+
+
 @op("int4_linear(Tensor x, Tensor w_packed, Tensor scales, Tensor? zeros, int group_size, Tensor? bias) -> Tensor")
 def int4_linear(x: Tensor, w_packed: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int,
                 bias: Tensor | None) -> Tensor:
     """W4A16: x (..., K) float -> (..., N) x.dtype. See the module docstring for the format."""
-    _check(x, w_packed, scales, zeros, group_size, bias)
-    y = dispatch("int4_linear", x.device, C.flatten_tokens(x), w_packed.contiguous(), scales.contiguous(),
-                 None if zeros is None else zeros.contiguous(), group_size, bias)
+    y = _PLAN((x, w_packed, scales, zeros, group_size, bias), _check,
+              lambda: (C.flatten_tokens(x), w_packed.contiguous(), scales.contiguous(),
+                       None if zeros is None else zeros.contiguous(), group_size, bias))
     return y.reshape(*x.shape[:-1], w_packed.shape[0])
 
 

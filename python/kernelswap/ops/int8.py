@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import _checks as C
 from ._define import op
-from .backend import dispatch, register
+from .backend import Plan, register
 
 
 # ---------------------------------------------------------------- quantize_per_token_int8
@@ -29,11 +29,13 @@ def _check_quantize(x: Tensor) -> None:
         raise ValueError("kernelswap.quantize_per_token_int8: x has K=0 features; nothing to quantize")
 
 
+_QUANTIZE = Plan("quantize_per_token_int8")
+
+
 @op("quantize_per_token_int8(Tensor x) -> (Tensor, Tensor)")
 def quantize_per_token_int8(x: Tensor) -> tuple[Tensor, Tensor]:
     """x (..., K) float -> (q (..., K) int8, scale (...) float32)."""
-    _check_quantize(x)
-    q, s = dispatch("quantize_per_token_int8", x.device, C.flatten_tokens(x))
+    q, s = _QUANTIZE((x,), _check_quantize, lambda: (C.flatten_tokens(x),))
     return q.reshape(x.shape), s.reshape(x.shape[:-1])
 
 
@@ -77,13 +79,16 @@ def _check_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype) -> None:
     C.check_same_device(op, a, a_scale=a_scale, b=b, b_scale=b_scale, bias=bias)
 
 
+_SCALED_MM = Plan("int8_scaled_mm")
+
+
 @op("int8_scaled_mm(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor? bias, ScalarType out_dtype) -> Tensor")
 def int8_scaled_mm(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, bias: Tensor | None,
                    out_dtype: torch.dtype) -> Tensor:
     """a (M, K) int8, a_scale (M,) fp32, b (N, K) int8, b_scale (N,) fp32 -> (M, N) out_dtype."""
-    _check_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype)
-    return dispatch("int8_scaled_mm", a.device, a.contiguous(), a_scale.contiguous(), b.contiguous(),
-                    b_scale.contiguous(), bias, out_dtype)
+    return _SCALED_MM((a, a_scale, b, b_scale, bias, out_dtype), _check_scaled_mm,
+                      lambda: (a.contiguous(), a_scale.contiguous(), b.contiguous(), b_scale.contiguous(), bias,
+                               out_dtype))
 
 
 @int8_scaled_mm.register_fake
@@ -139,10 +144,13 @@ def _check_int8_weight(op: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: T
     C.check_same_device(op, x, w_q=w_q, w_scale=w_scale, bias=bias)
 
 
+_WEIGHT_PLANS = {name: Plan(name) for name in ("int8_linear", "int8_weight_linear")}
+
+
 def _int8_weight_op(name: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """The body both int8-weight linears share: check, flatten tokens, dispatch, restore dims."""
-    _check_int8_weight(name, x, w_q, w_scale, bias)
-    y = dispatch(name, x.device, C.flatten_tokens(x), w_q.contiguous(), w_scale.contiguous(), bias)
+    y = _WEIGHT_PLANS[name]((x, w_q, w_scale, bias), lambda *a: _check_int8_weight(name, *a),
+                            lambda: (C.flatten_tokens(x), w_q.contiguous(), w_scale.contiguous(), bias))
     return y.reshape(*x.shape[:-1], w_q.shape[0])
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import _checks as C
 from ._define import op
-from .backend import dispatch, register
+from .backend import Plan, register
 from .int8 import int_matmul_ref, quantize_per_token_ref, scale_epilogue_ref
 
 K_MULTIPLE = 8
@@ -74,11 +74,14 @@ def _check_float(x, values, meta, bias) -> None:
     C.check_same_device(op, x, values=values, meta=meta, bias=bias)
 
 
+_FLOAT_PLAN = Plan("sparse24_linear")
+
+
 @op("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor")
 def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None) -> Tensor:
     """x (..., K) float -> (..., N) x.dtype. See the module docstring for the format."""
-    _check_float(x, values, meta, bias)
-    y = dispatch("sparse24_linear", x.device, C.flatten_tokens(x), values.contiguous(), meta.contiguous(), bias)
+    y = _FLOAT_PLAN((x, values, meta, bias), _check_float,
+                    lambda: (C.flatten_tokens(x), values.contiguous(), meta.contiguous(), bias))
     return y.reshape(*x.shape[:-1], values.shape[0])
 
 
@@ -115,12 +118,14 @@ def _check_int8(x, values, meta, w_scale, bias) -> None:
     C.check_same_device(op, x, values=values, meta=meta, w_scale=w_scale, bias=bias)
 
 
+_INT8_PLAN = Plan("sparse24_int8_linear")
+
+
 @op("sparse24_int8_linear(Tensor x, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias) -> Tensor")
 def sparse24_int8_linear(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """2:4 W8A8: x (..., K) float, values (N, Kp // 2) int8, w_scale (N,) fp32 -> (..., N) x.dtype."""
-    _check_int8(x, values, meta, w_scale, bias)
-    y = dispatch("sparse24_int8_linear", x.device, C.flatten_tokens(x), values.contiguous(), meta.contiguous(),
-                 w_scale.contiguous(), bias)
+    y = _INT8_PLAN((x, values, meta, w_scale, bias), _check_int8,
+                   lambda: (C.flatten_tokens(x), values.contiguous(), meta.contiguous(), w_scale.contiguous(), bias))
     return y.reshape(*x.shape[:-1], values.shape[0])
 
 
