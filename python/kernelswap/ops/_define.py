@@ -12,7 +12,8 @@ inputs require grad runs through PyTorch's autograd fallback and its output has 
 
 Calling an `Op` (kernelswap.ops.int8_linear(...), what the nn modules do) skips the
 dispatcher when it has nothing to add: plain tensors, no torch.compile/export tracing, no
-TorchDispatchMode (fake tensors, FX proxies), and no input that requires grad. Then the
+TorchDispatchMode (fake tensors, FX proxies), no meta tensors (their shapes come from
+the registered fake) and no input that requires grad. Then the
 implementation runs directly, saving the boxing and unboxing of every argument (on the
 H100 machine's host, a dispatcher round trip was about as long as a small kernel).
 Anything else goes through torch.ops.kernelswap as before.
@@ -52,7 +53,7 @@ def _direct_ok(args: tuple) -> bool:
     grad = torch.is_grad_enabled()
     for a in args:
         if isinstance(a, torch.Tensor):
-            if type(a) is not torch.Tensor or (grad and a.requires_grad):
+            if type(a) is not torch.Tensor or a.is_meta or (grad and a.requires_grad):
                 return False
         elif a is not None and not isinstance(a, _PLAIN):
             return False  # e.g. an FX Proxy standing for a tensor

@@ -223,8 +223,9 @@ class Plan:
         _PLANS.append(self)
 
     def __call__(self, args: tuple, check: Callable[..., None], make_args: Callable[[], tuple]):
-        key = (_forced.get(), os.environ.get("KERNELSWAP_BACKEND"), os.environ.get("TRITON_INTERPRET"),
-               signature(args))
+        # TRITON_INTERPRET is not in the key: like Triton, which binds kernels to the interpreter
+        # when they are defined, the memo takes it as fixed for the life of the process.
+        key = (_forced.get(), os.environ.get("KERNELSWAP_BACKEND"), signature(args))
         impl = self._memo.get(key)
         if impl is not None:
             return impl.fn(*make_args())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+import kernelswap.ops
 from kernelswap import packing
 from kernelswap.ops.conv import apply_activation
 
@@ -55,7 +56,7 @@ def _folded_args(s: ConvShape, dtype, device) -> tuple:
 
 
 def _make_ours(s: ConvShape, dtype, device) -> Case:
-    op = torch.ops.kernelswap.conv_bn_act
+    op = kernelswap.ops.conv_bn_act  # the public op, as ConvBNAct2d calls it
     stride, pad, dil = [s.stride] * 2, [s.padding] * 2, [1, 1]
 
     def fn(x, w, b, r):

@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+import kernelswap.ops
+
 from ..shapes import LinearShape
 from . import Case, Provider, register, tensor_bytes
 
@@ -53,7 +55,7 @@ def register_ours(op: str, family: str, make_weights: MakeWeights) -> None:
 
     make_weights returns the op's arguments after x, in schema order (bias last)."""
     def make(s: LinearShape, dtype, device) -> Case:
-        fn = getattr(torch.ops.kernelswap, op)
+        fn = getattr(kernelswap.ops, op)  # the public op, as the nn modules call it
 
         def new_args():
             return (activation(s, dtype, device), *make_weights(s, dtype, device))
