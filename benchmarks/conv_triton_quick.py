@@ -33,7 +33,7 @@ import torch.nn as nn
 
 import kernelswap as ks
 from kernelswap import packing
-from kernelswap.ops import conv_triton
+from kernelswap.ops import conv, conv_triton
 from kernelswap.ops.conv import _conv_bn_act_torch
 
 # The same shapes as tests/test_conv_triton.py LAYERS (first eight), plus two deeper ResNet-50 layers.
@@ -120,7 +120,7 @@ def bench_layer(name, batch, dtype, device):
         errs = {prov: rel(fn(), ref) for prov, fn in providers.items()}
         times = {prov: do_bench(fn, quantiles=[0.5, 0.2, 0.8]) for prov, fn in providers.items()}
     flops = 2.0 * batch * ho * ho * c_out * (c_in // g) * k * k
-    key = conv_triton._key(*args)
+    key = conv.shape_key(*args)
     pick = "-" if key not in conv_triton._PICKS else "cudnn" if conv_triton._PICKS[key] else "triton"
     return times, errs, flops, pick
 

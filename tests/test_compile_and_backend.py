@@ -90,3 +90,13 @@ def test_extension_reports_build_when_present():
     else:
         ok, why = _ext.status()
         assert not ok and why, "a missing extension must say why"
+
+
+def test_built_archs_reads_every_spelling_of_the_arch_list():
+    from kernelswap.ops.cuda_ext import built_archs
+
+    # "+PTX" on the last arch (the wheel's list) once hid sm_90a from the GEMMs' check.
+    assert built_archs("8.0;8.9;9.0a+PTX") == {"8.0", "8.9", "9.0a"}
+    assert built_archs("9.0a") == {"9.0a"}
+    assert built_archs("8.0 9.0a+PTX") == {"8.0", "9.0a"}
+    assert built_archs("") == set()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import kernelswap as ks
 from kernelswap.ops import conv_triton
 from kernelswap.ops.backend import choose, use_backend
-from kernelswap.ops.conv import apply_activation
+from kernelswap.ops.conv import _conv_bn_act_torch, apply_activation
 
 from utils import assert_close_to_ref, interpreting, needs_cuda
 
@@ -123,7 +123,7 @@ def test_empty_batch_and_nan(device, case, first_config_only):
         assert empty.shape[0] == 0 and empty.shape[1] == weight.shape[0]
         x[0, :, 2, 3] = float("nan")  # relu must not turn NaN into 0 (PTX max would)
         out = ks.ops.conv_bn_act(x, weight, bias, s, p, d, g, "relu", None)
-    ref = conv_triton._conv_bn_act_torch(x.float(), weight.float(), bias.float(), s, p, d, g, "relu", None)
+    ref = _conv_bn_act_torch(x.float(), weight.float(), bias.float(), s, p, d, g, "relu", None)
     assert torch.equal(out.isnan(), ref.isnan()), f"NaN pattern differs: {int(out.isnan().sum())} vs " \
                                                    f"{int(ref.isnan().sum())} NaNs"
     assert out.isnan().any()
@@ -221,3 +221,48 @@ def test_cuda_other_activations(activation, first_config_only):
     with use_backend("triton"):
         out = ks.ops.conv_bn_act(*args[:7], activation, args[7])
     _check(out, *args[:7], activation, args[7], what=f"bf16 3x3 {activation}")
+
+
+# cuDNN's fused conv + (residual add) + ReLU (ops/conv.py): any shape the dispatcher may send it.
+_FUSED_CASES = {
+    "1x1": (64, 96, 1, 1, 0, 1, 1, 14, 14),
+    "3x3_s2_odd": (24, 40, 3, 2, 1, 1, 1, 13, 11),
+    "stem7x7": (3, 16, 7, 2, 3, 1, 1, 33, 31),
+    "dw3x3": (32, 32, 3, 1, 1, 1, 32, 9, 9),
+}
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", list(_FUSED_CASES))
+@pytest.mark.parametrize("residual", [False, True], ids=["relu", "relu+res"])
+def test_cudnn_fused_relu(dtype, case, residual):
+    from kernelswap.ops import conv
+
+    args = _inputs(_FUSED_CASES[case], dtype, "cuda", n=3, residual=residual)
+    out = conv._conv_bn_act_cudnn_fused(*args[:7], "relu", args[7])
+    _check(out, *args[:7], "relu", args[7], what=f"cudnn fused {case} {dtype}")
+
+
+def test_cudnn_fused_declines_what_it_cannot_fuse():
+    from kernelswap.ops import conv
+
+    x, w, b, s, p, d, g, _ = _inputs(_FUSED_CASES["1x1"], torch.float32, "cpu", n=1)
+    assert "CUDA tensors" in conv._fused_supports(x, w, b, s, p, d, g, "relu", None)
+    if torch.cuda.is_available():
+        x, w, b = x.cuda().half(), w.cuda().half(), b.cuda().half()
+        assert "ReLU" in conv._fused_supports(x, w, b, s, p, d, g, "relu6", None)
+        assert "fp16 / bf16" in conv._fused_supports(x.float(), w.float(), b.float(), s, p, d, g, "relu", None)
+
+
+@needs_cuda
+@pytest.mark.parametrize("residual", [False, True], ids=["relu", "relu+res"])
+def test_cudnn_fused_keeps_nan(residual):
+    """relu(NaN) is NaN in torch; a fused epilogue computing max(y, 0) would return 0."""
+    from kernelswap.ops import conv
+
+    x, w, b, s, p, d, g, r = _inputs(_FUSED_CASES["1x1"], torch.bfloat16, "cuda", n=2, residual=residual)
+    x[0, :, 2, 3] = float("nan")
+    out = conv._conv_bn_act_cudnn_fused(x, w, b, s, p, d, g, "relu", r)
+    ref = _conv_bn_act_torch(x, w, b, s, p, d, g, "relu", r)
+    assert torch.equal(out.isnan(), ref.isnan()), f"{int(out.isnan().sum())} NaNs vs {int(ref.isnan().sum())}"

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from . import _checks as C
 from ._define import op
+from ._measure import Picks
 from .backend import Plan, register
 
 ACTIVATIONS = ("identity", "relu", "relu6", "silu", "hardswish")
@@ -114,7 +115,6 @@ def conv_bn_act_ref(x, weight, bias, stride, padding, dilation, groups, activati
     return y.to(x.dtype).contiguous(memory_format=output_memory_format(x))
 
 
-@register("conv_bn_act", "torch")
 def _conv_bn_act_torch(x, weight, bias, stride, padding, dilation, groups, activation, residual):
     # cuDNN in x.dtype (fp32 accumulation), then the epilogue: the BN-folded cuDNN baseline.
     y = F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, padding, dilation,
@@ -122,3 +122,50 @@ def _conv_bn_act_torch(x, weight, bias, stride, padding, dilation, groups, activ
     if residual is not None:
         y = y + residual
     return apply_activation(y, activation).contiguous(memory_format=output_memory_format(x))
+
+
+# ---------------------------------------------------------------- cuDNN's fused conv + (add) + ReLU
+# torch.cudnn_convolution_relu / _add_relu run conv, bias, the residual add and ReLU as one
+# cuDNN graph (runtime fusion; PyTorch falls back to separate ops where cuDNN has no engine),
+# saving the output's extra round trips through memory. Whether that beats conv-then-epilogue
+# depends on the layer, so it is timed per shape on first use (ops/_measure.py).
+def _conv_bn_act_cudnn_fused(x, weight, bias, stride, padding, dilation, groups, activation, residual):
+    w, b = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
+    if residual is None:
+        y = torch.cudnn_convolution_relu(x, w, b, stride, padding, dilation, groups)
+    else:
+        y = torch.cudnn_convolution_add_relu(x, w, residual, 1.0, b, stride, padding, dilation, groups)
+    return y.contiguous(memory_format=output_memory_format(x))
+
+
+def shape_key(x, weight, bias, stride, padding, dilation, groups, activation, residual) -> tuple:
+    """What a measured choice between conv implementations depends on."""
+    return (x.device.index, x.dtype, tuple(x.shape), x.stride(), tuple(weight.shape), weight.dtype,
+            tuple(stride), tuple(padding), tuple(dilation), groups, activation, bias is None,
+            None if residual is None else (residual.dtype, residual.stride()))
+
+
+_FUSED_PICKS = Picks("cuDNN's fused conv+ReLU", "cuDNN conv, then the epilogue")
+
+
+def _fused_supports(x, weight, bias, stride, padding, dilation, groups, activation, residual) -> str | None:
+    if x.device.type != "cuda":
+        return "cuDNN's fused conv runs on CUDA tensors"
+    if activation != "relu":
+        return f"cuDNN's fused epilogue is ReLU; {activation} takes conv, then the epilogue"
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return "the fused path serves fp16 / bf16 (fp32 keeps cuDNN's plain conv)"
+    if residual is not None and residual.dtype != x.dtype:
+        return "residual dtype differs from x"
+    args = (x, weight, bias, stride, padding, dilation, groups, activation, residual)
+    return _FUSED_PICKS.reason(shape_key(*args), _conv_bn_act_cudnn_fused, _conv_bn_act_torch, args)
+
+
+def conv_bn_act_torch_best(*args):
+    """What the torch backend runs for these arguments (fused where it was measured faster)."""
+    return (_conv_bn_act_cudnn_fused if _fused_supports(*args) is None else _conv_bn_act_torch)(*args)
+
+
+# Order matters: within the torch backend the fused path is asked first.
+register("conv_bn_act", "torch", supports=_fused_supports)(_conv_bn_act_cudnn_fused)
+register("conv_bn_act", "torch")(_conv_bn_act_torch)

@@ -9,7 +9,8 @@ to the "torch" backend (BN-folded cuDNN) when it says no:
   1. static: fp32 activations (cuDNN's own fp32 path is the accurate one; our tl.dot would
      be TF32 or slow IEEE), contiguous-format (NCHW) inputs (the kernels want NHWC rows),
      grouped convs with thin groups, tensors past int32 offsets;
-  2. measured: the first call at a new shape on a GPU times the kernel and folded cuDNN on
+  2. measured: the first call at a new shape on a GPU times the kernel against what the
+     torch backend would run (folded cuDNN, fused with ReLU where that was faster) on
      that call's own tensors (like cudnn.benchmark) and remembers the winner per process.
      A call first seen inside CUDA-graph capture cannot be timed and goes to cuDNN.
 Forcing the backend (use_backend("triton") / KERNELSWAP_BACKEND=triton) skips step 2 so
@@ -24,8 +25,9 @@ from __future__ import annotations
 import torch
 
 from ._prepared import PreparedWeights
-from .backend import Transient, forced_backend, register, triton_interpreting
-from .conv import _conv_bn_act_torch, output_memory_format, output_shape
+from ._measure import Picks
+from .backend import forced_backend, register, triton_interpreting
+from .conv import conv_bn_act_torch_best, output_memory_format, output_shape, shape_key
 
 # Implicit-GEMM weights are cast to x.dtype; one cache per dtype keeps fp16 and bf16 callers apart.
 _PREP_GEMM = {dt: PreparedWeights(f"conv_implicit_gemm_{dt}".replace("torch.", ""))
@@ -35,10 +37,8 @@ _PREP_DW = PreparedWeights("conv_depthwise")  # fp32 whatever x.dtype is
 # A group narrower than this wastes most of a 16-wide tensor-core K/N step; cuDNN takes it.
 _MIN_GROUP_CHANNELS = 16
 _INT32_LIMIT = 2 ** 31
-_TIMING_REPS = 5
-
 # Shape key -> None when the Triton kernel was measured faster than folded cuDNN, else the reason.
-_PICKS: dict[tuple, str | None] = {}
+_PICKS = Picks("the Triton kernel", "cuDNN")
 
 
 def _is_depthwise(x, weight, groups) -> bool:
@@ -66,46 +66,11 @@ def _static_reason(x, weight, bias, stride, padding, dilation, groups, activatio
     return None
 
 
-def _key(x, weight, bias, stride, padding, dilation, groups, activation, residual) -> tuple:
-    return (x.device.index, x.dtype, tuple(x.shape), x.stride(), tuple(weight.shape), weight.dtype,
-            tuple(stride), tuple(padding), tuple(dilation), groups, activation, bias is None,
-            None if residual is None else (residual.dtype, residual.stride()))
-
-
-def _median_ms(fn, args) -> float:
-    fn(*args)  # warm-up: compiles and autotunes the kernel, prepares the weight
-    times = []
-    for _ in range(_TIMING_REPS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(*args)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
 def _supports(*args) -> str | None:
     why = _static_reason(*args)
     if why is not None or args[0].device.type != "cuda" or forced_backend() == "triton":
         return why
-    key = _key(*args)
-    if key not in _PICKS:
-        if torch.cuda.is_current_stream_capturing():
-            return Transient("shape first seen inside CUDA-graph capture, not timed yet: cuDNN")
-        _PICKS[key] = _measure(args)
-    return _PICKS[key]
-
-
-def _measure(args) -> str | None:
-    try:
-        ours = _median_ms(conv_bn_act_triton, args)
-    except Exception as e:  # noqa: BLE001 - a kernel that fails to build or run must not break the model
-        return f"Triton kernel failed at this shape ({type(e).__name__}: {e}); cuDNN"
-    theirs = _median_ms(_conv_bn_act_torch, args)
-    if ours < theirs:
-        return None
-    return f"BN-folded cuDNN measured faster at this shape ({theirs * 1e3:.1f} us vs {ours * 1e3:.1f} us)"
+    return _PICKS.reason(shape_key(*args), conv_bn_act_triton, conv_bn_act_torch_best, args)
 
 
 @register("conv_bn_act", "triton", supports=_supports)

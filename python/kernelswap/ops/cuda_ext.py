@@ -40,13 +40,18 @@ def _quantize_cuda(x):
 
 
 # ---------------------------------------------------------------- shared checks
+def built_archs(arch_list: str) -> set[str]:
+    """TORCH_CUDA_ARCH_LIST as built ("8.0;8.9;9.0a+PTX", or space-separated) -> {"8.0", "8.9", "9.0a"}."""
+    return {a.split("+")[0] for a in arch_list.replace(" ", ";").split(";") if a.strip()}
+
+
 @functools.lru_cache(maxsize=None)
 def _sm90_reason(device_index: int) -> str | None:
     """Why the sm_90a GEMMs cannot run on this device (None: they can)."""
     info = _ext.build_info()
     if info.get("cutlass") != "1":
         return "kernelswap._C was built without CUTLASS (pip install nvidia-cutlass, rebuild)"
-    if "9.0a" not in info.get("archs", "").split(";"):
+    if "9.0a" not in built_archs(info.get("archs", "")):
         return f"kernelswap._C carries no sm_90a code (built for {info.get('archs')!r}); rebuild with 9.0a"
     major, minor = torch.cuda.get_device_capability(device_index)
     if (major, minor) != (9, 0):
