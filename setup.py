@@ -30,6 +30,9 @@ DEFAULT_ARCHS = "8.0;8.9;9.0a"
 DEBUG = os.environ.get("KERNELSWAP_DEBUG", "0") == "1"
 # Stable-ABI floor: the oldest torch one build must load into (2.11).
 TORCH_TARGET_VERSION = "0x020b000000000000"
+# Builds against older torch headers turn a C++ exception in a kernel into a segfault on the
+# H100 machine's torch 2.11 (kernelswap._ext.errors_raise reads this back from the build).
+SAFE_ERRORS_FROM = (2, 14)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # python/kernelswap/** -> kernelswap.**, and kernels/ -> kernelswap.kernels.
@@ -90,8 +93,14 @@ def _cuda_extension():
     # NDEBUG keeps CUTLASS's device asserts out: an __assertfail call inside the mainloop
     # makes ptxas serialize every wgmma (warning C7510), a large loss on sm_90a.
     opt = ["-O0", "-g", "-lineinfo"] if DEBUG else ["-O3", "-DNDEBUG"]
+    headers = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    if tuple(int(v) for v in headers.split(".")) < SAFE_ERRORS_FROM:
+        print(f"kernelswap: WARNING: building against torch {headers} headers. An argument error raised "
+              f"inside kernelswap._C then crashes the process (seen with torch 2.11 headers, not with 2.14); "
+              f"build with torch >= {'.'.join(map(str, SAFE_ERRORS_FROM))} (the README's install does) to get "
+              f"RuntimeErrors instead. The build still loads on torch 2.11-2.14.")
     defines = [f"-DTORCH_TARGET_VERSION={TORCH_TARGET_VERSION}", "-DUSE_CUDA",
-               f"-DKERNELSWAP_ARCHS=\"{archs}\""]
+               f"-DKERNELSWAP_ARCHS=\"{archs}\"", f"-DKERNELSWAP_TORCH_HEADERS=\"{headers}\""]
     include_dirs = [os.path.join(HERE, "csrc")]
     cutlass = _cutlass_include()
     if cutlass:

@@ -8,16 +8,21 @@
 #ifndef KERNELSWAP_WITH_CUTLASS
 #define KERNELSWAP_WITH_CUTLASS 0
 #endif
+#ifndef KERNELSWAP_TORCH_HEADERS
+#define KERNELSWAP_TORCH_HEADERS "unknown"
+#endif
 
 namespace kernelswap {
 
 // What this binary was built with, as UTF-8 bytes in a CPU uint8 tensor (the stable
-// ABI has no string return type): lines "archs=...", "cuda=...", "cutlass=0|1".
+// ABI has no string return type): lines "archs=...", "cuda=...", "cutlass=0|1", and
+// "torch=X.Y", the torch whose headers it was compiled against.
 Tensor build_info() {
   std::string s = std::string("archs=") + KERNELSWAP_ARCHS + "\ncuda=" +
                   std::to_string(CUDART_VERSION / 1000) + "." +
                   std::to_string((CUDART_VERSION % 1000) / 10) +
-                  "\ncutlass=" + std::to_string(KERNELSWAP_WITH_CUTLASS);
+                  "\ncutlass=" + std::to_string(KERNELSWAP_WITH_CUTLASS) +
+                  "\ntorch=" + KERNELSWAP_TORCH_HEADERS;
   int64_t n = static_cast<int64_t>(s.size());
   Tensor out = torch::stable::empty({n}, ScalarType::Byte);
   std::memcpy(out.mutable_data_ptr(), s.data(), s.size());

@@ -100,3 +100,14 @@ def test_built_archs_reads_every_spelling_of_the_arch_list():
     assert built_archs("9.0a") == {"9.0a"}
     assert built_archs("8.0 9.0a+PTX") == {"8.0", "9.0a"}
     assert built_archs("") == set()
+
+
+@pytest.mark.parametrize("built,safe", [("2.11", False), ("2.13", False), ("2.14", True), ("3.0", True),
+                                        (None, False)])
+def test_errors_raise_follows_the_headers_of_the_build(monkeypatch, built, safe):
+    from kernelswap import _ext
+
+    monkeypatch.setattr(_ext, "build_info", lambda: {} if built is None else {"torch": built})
+    ok, why = _ext.errors_raise()
+    assert ok is safe, why
+    assert ("rebuild" in why) != safe

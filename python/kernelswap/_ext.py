@@ -50,6 +50,30 @@ def build_info() -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.splitlines() if "=" in item)
 
 
+# Keep in step with setup.py's SAFE_ERRORS_FROM.
+SAFE_ERRORS_FROM = (2, 14)
+
+
+def errors_raise() -> tuple[bool, str]:
+    """(whether an argument error inside _C reaches Python as a RuntimeError, why not).
+
+    Built against torch 2.11's headers, an exception thrown by a stable-ABI kernel crashes
+    the process (segfault) on torch 2.11 (seen on the H100 machine); built against torch
+    2.14's headers (TORCH_TARGET_VERSION 2.11 either way) the same binary raises. 2.12 and
+    2.13 headers were not tried, so they count as unsafe. The public ops check every
+    argument in Python before calling _C, so this matters only for direct _C_* calls and
+    for failures the checks cannot foresee."""
+    raw = build_info().get("torch", "unknown")
+    try:
+        version = tuple(int(v) for v in raw.split(".")[:2])
+    except ValueError:
+        return False, f"_C does not record the torch headers it was built with ({raw!r}); rebuild"
+    if version < SAFE_ERRORS_FROM:
+        return False, (f"_C was built against torch {raw} headers: a C++ argument error crashes the process; "
+                       f"rebuild with torch >= {'.'.join(map(str, SAFE_ERRORS_FROM))}")
+    return True, f"built against torch {raw} headers"
+
+
 def status() -> tuple[bool, str]:
     """(usable for CUDA tensors now, why / why not)."""
     if not load():

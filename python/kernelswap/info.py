@@ -30,6 +30,9 @@ def collect() -> dict:
     ok, why = _ext.status()
     info["_C"] = ("usable: " if ok else "not usable: ") + why
     info["_C build"] = ", ".join(f"{k}={v}" for k, v in _ext.build_info().items()) or "-"
+    if _ext.load():
+        safe, why = _ext.errors_raise()
+        info["_C errors"] = ("raise RuntimeError: " if safe else "WARNING, crash: ") + why
     for name in backend.BACKENDS:
         ok, why = backend.backend_status(name)
         info[f"backend {name}"] = ("yes: " if ok else "no: ") + why

@@ -1,4 +1,5 @@
-"""Drop-in nn.Module replacements that call torch.ops.kernelswap.* only.
+"""Drop-in nn.Module replacements that call kernelswap.ops only (the torch.ops.kernelswap ops,
+which skip the dispatcher in plain eager calls: kernelswap/ops/_define.py).
 
 Each holds plain tensors as buffers (state_dict round-trips, saves with safetensors)
 and a format version; build them with from_float(...) / from_modules(conv, bn, act),

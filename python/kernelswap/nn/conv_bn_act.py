@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..ops.conv import ACTIVATIONS, apply_activation, output_shape
 from ..packing import fold_bn
+from .. import ops
 from ._base import KernelswapModule, check_features
 
 _ACT_MODULES = ((nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.SiLU, "silu"), (nn.Hardswish, "hardswish"),
@@ -119,7 +120,7 @@ class ConvBNAct2d(KernelswapModule):
         """x (N, C_in, H, W) [, residual (N, C_out, H_out, W_out)] -> (N, C_out, H_out, W_out) x.dtype."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self.where}: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        op = torch.ops.kernelswap.conv_bn_act
+        op = ops.conv_bn_act
         args = (self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None and residual.shape != output_shape(x, self.weight, self.stride, self.padding,
                                                                      self.dilation):

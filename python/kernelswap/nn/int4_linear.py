@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..ops.int4 import GROUP_SIZES
 from ..packing import quantize_int4
+from .. import ops
 from ._base import KernelswapModule, check_features, check_input, check_linear
 
 
@@ -57,7 +58,7 @@ class Int4Linear(KernelswapModule):
 
     def forward(self, x: Tensor) -> Tensor:  # (..., K) float -> (..., N) x.dtype
         check_input(self, x, self.in_features)
-        return torch.ops.kernelswap.int4_linear(x, self.w_packed, self.scales, self.zeros, self.group_size,
+        return ops.int4_linear(x, self.w_packed, self.scales, self.zeros, self.group_size,
                                                 self.bias)
 
     def recipe_config(self) -> dict:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..packing import quantize_int8
+from .. import ops
 from ._base import KernelswapModule, check_features, check_input, check_linear
 
 MODES = ("int8", "int8-weight")
@@ -49,7 +50,7 @@ class Int8Linear(KernelswapModule):
 
     def forward(self, x: Tensor) -> Tensor:  # (..., K) float -> (..., N) x.dtype
         check_input(self, x, self.in_features)
-        op = torch.ops.kernelswap.int8_linear if self.mode == "int8" else torch.ops.kernelswap.int8_weight_linear
+        op = ops.int8_linear if self.mode == "int8" else ops.int8_weight_linear
         return op(x, self.w_q, self.w_scale, self.bias)
 
     def recipe_config(self) -> dict:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..ops.sparse24 import K_MULTIPLE
 from ..packing import compress_24, is_24_sparse, prune_24, quantize_int8
+from .. import ops
 from ._base import KernelswapModule, check_features, check_input, check_linear
 
 
@@ -71,8 +72,8 @@ class Sparse24Linear(KernelswapModule):
     def forward(self, x: Tensor) -> Tensor:  # (..., K) float -> (..., N) x.dtype
         check_input(self, x, self.in_features)
         if self.int8:
-            return torch.ops.kernelswap.sparse24_int8_linear(x, self.values, self.meta, self.w_scale, self.bias)
-        return torch.ops.kernelswap.sparse24_linear(x, self.values, self.meta, self.bias)
+            return ops.sparse24_int8_linear(x, self.values, self.meta, self.w_scale, self.bias)
+        return ops.sparse24_linear(x, self.values, self.meta, self.bias)
 
     def recipe_config(self) -> dict:
         return {"recipe": "sparse24-int8" if self.int8 else "sparse24"}

@@ -197,15 +197,15 @@ def dispatch(op: str, device: torch.device, *args):
     return choose(op, device, *args).fn(*args)
 
 
-def _layout(a):
-    if isinstance(a, torch.Tensor):
-        return (a.shape, a.stride(), a.dtype, a.device, a.data_ptr() % 16)
-    return tuple(a) if isinstance(a, list) else a
-
-
 def signature(args: tuple) -> tuple:
-    """Everything the checks and `supports` predicates may read from `args`."""
-    return tuple(_layout(a) for a in args)
+    """Everything the checks and `supports` predicates may read from `args` (on every call: kept lean)."""
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append((a.shape, a.stride(), a.dtype, a.device, a.data_ptr() & 15))
+        else:
+            out.append(tuple(a) if isinstance(a, list) else a)
+    return tuple(out)
 
 
 class Plan:
