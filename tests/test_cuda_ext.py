@@ -259,3 +259,29 @@ def test_sparse24_bad_meta_raises():
     x = torch.randn(2, 128, device="cuda", dtype=torch.bfloat16)
     with use_backend("cuda"), pytest.raises(ValueError, match="not 2:4 metadata"):
         torch.ops.kernelswap.sparse24_linear(x, values, meta, None)
+
+
+@needs_cuda
+@needs_sm90
+@pytest.mark.parametrize("m,served", [(1, "triton"), (16, "triton"), (17, "cuda"), (64, "cuda")])
+def test_sparse24_small_m_goes_to_the_triton_gemv(m, served):
+    """The measured crossover (cuda_ext.SPARSE24_TRITON_UP_TO_M); forcing cuda still serves M = 1."""
+    from kernelswap.ops.backend import choose
+
+    values, meta, _ = _sparse_weight(64, 128, torch.bfloat16, "cuda")
+    x = torch.randn(m, 128, device="cuda", dtype=torch.bfloat16)
+    assert choose("sparse24_linear", x.device, x, values, meta, None).backend == served
+    with use_backend("cuda"):
+        assert choose("sparse24_linear", x.device, x, values, meta, None).backend == "cuda"
+
+
+@needs_cuda
+@pytest.mark.parametrize("m,served", [(16, "triton"), (1023, "triton"), (1024, "torch")])
+def test_w8a16_large_m_goes_to_cublas(m, served):
+    from kernelswap.ops.backend import choose
+
+    w_q, w_s = packing.quantize_int8(torch.randn(64, 128, device="cuda"))
+    x = torch.randn(m, 128, device="cuda", dtype=torch.bfloat16)
+    assert choose("int8_weight_linear", x.device, x, w_q, w_s, None).backend == served
+    with use_backend("triton"):
+        assert choose("int8_weight_linear", x.device, x, w_q, w_s, None).backend == "triton"

@@ -20,7 +20,7 @@ import torch
 
 from .. import _ext
 from ._prepared import PreparedWeights
-from .backend import register
+from .backend import forced_backend, register
 from .sparse24 import check_meta_valid, decompress_24_ref
 
 # TMA moves rows of 16 bytes: K int8 / bf16 elements per row of x and w, N per row of out.
@@ -125,7 +125,15 @@ def _sparse_reason(x, values, meta, *read_directly: torch.Tensor) -> str | None:
     return _gemm_reason(x, k, n, *read_directly)
 
 
+# At M <= this, the Triton 2:4 GEMV (read values + metadata, expand in registers) beat the
+# CUTLASS sparse GEMM on the H100 (bf16, 8192x28672: 113 vs 150 us at M = 1, 129 vs 139 us at
+# M = 16; benchmarks/results/bench.csv). The int8 2:4 GEMM stays faster there (84.6 vs 131 us).
+SPARSE24_TRITON_UP_TO_M = 16
+
+
 def _sparse24_supports(x, values, meta, bias):
+    if x.shape[0] <= SPARSE24_TRITON_UP_TO_M and forced_backend() != "cuda" and x.is_cuda:
+        return f"M={x.shape[0]} <= {SPARSE24_TRITON_UP_TO_M}: the Triton 2:4 GEMV is faster here"
     if x.dtype not in _OUT_DTYPES:
         return f"x is {x.dtype}; the sparse tensor cores take bfloat16 / float16"
     if values.dtype != x.dtype:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import register
+from .backend import forced_backend, register
 
 
 @register("quantize_per_token_int8", "triton")
@@ -36,7 +36,19 @@ def _int8_linear_triton(x, w_q, w_scale, bias):
     return int8_scaled_mm(q, s, w_q, w_scale, bias, x.dtype)
 
 
+# From this many tokens, dequantize + cuBLAS (torch backend) serves int8_weight_linear. H100,
+# bf16, benchmarks/results/bench.csv: the Triton W8A16 GEMM ran 4096x8192x8192 in 1,056 us and
+# 4096x8192x28672 in 4,278 us against cuBLAS bf16's 730 / 2,577 us (dequantizing the weight
+# adds one pass over it, ~64 MB read + 128 MB written for 8192x8192), while at M = 1 and 16
+# it won (123 / 101 us against 179 / 180 us). M between 16 and 4096 was not measured; 1024
+# is where the GEMM's ~1.45x compute deficit at M = 4096 and the dequantize pass cost about
+# the same by that estimate.
+W8A16_TORCH_FROM_M = 1024
+
+
 def _w8a16_supports(x, w_q, w_scale, bias):
+    if x.is_cuda and x.shape[0] >= W8A16_TORCH_FROM_M and forced_backend() != "triton":
+        return f"M={x.shape[0]} >= {W8A16_TORCH_FROM_M}: dequantize + cuBLAS (torch backend) is faster here"
     if x.is_cuda and x.dtype == torch.float32:
         # fp32 x needs an IEEE fp32 tl.dot (CUDA cores, no TF32): cuBLAS's fp32 GEMM in the
         # "torch" backend is the better-tuned kernel for that (not measured here).
