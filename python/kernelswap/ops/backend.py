@@ -10,10 +10,9 @@ Every public op has one implementation per backend:
 
 Each op file registers its implementations here with a `supports(*args)` predicate
 that returns None when the implementation can serve the call, or a reason string.
-`dispatch` walks the implementations in the order of BACKENDS (then registration
-order), skips
-backends that are unavailable on this machine or not serving this device, and takes
-the first that supports the call. The reference backend supports everything.
+`choose` walks the implementations in the order of BACKENDS (then registration
+order), skips backends that are unavailable on this machine or not serving this
+device, and takes the first that supports the call. The reference backend supports everything.
 
 A user forces one backend with the environment variable KERNELSWAP_BACKEND or with
 `use_backend(name)`; a forced backend that cannot serve a call raises instead of
@@ -191,10 +190,6 @@ def _choose(op: str, device: torch.device, args: tuple) -> tuple[Impl, bool]:
                        + (f" with the backend forced to {forced!r}" if forced else "")
                        + " (" + "; ".join(reasons or ["nothing registered"]) + "). "
                        + "Unset KERNELSWAP_BACKEND / use_backend to let the dispatcher fall back.")
-
-
-def dispatch(op: str, device: torch.device, *args):
-    return choose(op, device, *args).fn(*args)
 
 
 def signature(args: tuple) -> tuple:
