@@ -79,3 +79,5 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_sm80 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                                reason="needs a CUDA device of sm_80 or newer")
