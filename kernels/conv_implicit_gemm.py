@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import grouped_tile
 from ._tuning import TileBytes, autotune
 from .activations import activation_code, apply_activation
 
@@ -82,14 +83,7 @@ def _conv_igemm_kernel(
 ):
     pid = tl.program_id(0)
     g = tl.program_id(1)  # conv group
-    # Grouped tile order: GROUP_M row tiles share their B columns while they sit in L2.
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(C_out_g, BLOCK_N)
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_rows
-    pid_n = (pid % width) // group_rows
+    pid_m, pid_n = grouped_tile(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(C_out_g, BLOCK_N), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

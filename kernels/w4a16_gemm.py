@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import grouped_tile
 from ._tuning import TileBytes, autotune, interpreting
 
 # Bits of the float 2**23: OR-ing a 4-bit code into its mantissa and subtracting 2**23
@@ -60,14 +61,7 @@ def _w4a16_gemm_kernel(
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    # Group-M swizzle: GROUP_M row tiles walk the same weight columns together (L2 reuse).
-    width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
-    rows = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % rows
-    pid_n = (pid % width) // rows
+    pid_m, pid_n = grouped_tile(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
