@@ -16,6 +16,7 @@ import triton.language as tl
 
 from ._tuning import autotune
 from .activations import activation_code, apply_activation
+from .conv_implicit_gemm import new_output
 
 
 def _configs() -> list[triton.Config]:
@@ -101,9 +102,8 @@ def conv_depthwise(
     n, c, h, wd = x.shape
     kh, kw = kernel_size
     assert w_prep.shape == (kh * kw, c) and w_prep.dtype == torch.float32, (tuple(w_prep.shape), w_prep.dtype)
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    out = torch.empty((n, c, ho, wo), device=x.device, dtype=x.dtype).contiguous(memory_format=memory_format)
+    out = new_output(x, c, kernel_size, stride, padding, dilation, memory_format)
+    ho, wo = out.shape[2:]
     p = n * ho * wo
     if out.numel() == 0:
         return out

@@ -153,6 +153,15 @@ def prepare_weight(weight: torch.Tensor, groups: int, dtype: torch.dtype) -> tor
     return w.permute(0, 3, 4, 2, 1).reshape(groups, kh * kw * c_in_g, c_out // groups).contiguous()
 
 
+def new_output(x: torch.Tensor, c_out: int, kernel_size: tuple[int, int], stride, padding, dilation,
+               memory_format: torch.memory_format) -> torch.Tensor:
+    """The conv's uninitialized (N, C_out, Ho, Wo) output in x.dtype and `memory_format`."""
+    n, _, h, wd = x.shape
+    ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
+    wo = (wd + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
+    return torch.empty((n, c_out, ho, wo), device=x.device, dtype=x.dtype).contiguous(memory_format=memory_format)
+
+
 def conv_implicit_gemm(
     x: torch.Tensor,  # (N, C_in, H, W) fp16/bf16/fp32, any strides (channels_last is the fast one)
     w_prep: torch.Tensor,  # (groups, KH*KW*C_in_g, C_out_g) from prepare_weight, x.dtype
@@ -168,10 +177,8 @@ def conv_implicit_gemm(
     groups, k, c_out_g = w_prep.shape
     kh, kw = kernel_size
     assert w_prep.dtype == x.dtype and k * groups == kh * kw * c_in, (tuple(w_prep.shape), tuple(x.shape))
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    c_out = groups * c_out_g
-    out = torch.empty((n, c_out, ho, wo), device=x.device, dtype=x.dtype).contiguous(memory_format=memory_format)
+    out = new_output(x, groups * c_out_g, kernel_size, stride, padding, dilation, memory_format)
+    ho, wo = out.shape[2:]
     m = n * ho * wo
     if out.numel() == 0:
         return out
