@@ -20,6 +20,7 @@ The extension uses PyTorch's stable ABI (torch/csrc/stable, TORCH_TARGET_VERSION
 2.11) and the Python limited API, so one build loads on torch 2.11 through 2.14.
 """
 import glob
+import importlib.util
 import os
 
 from setuptools import find_packages, setup
@@ -30,9 +31,6 @@ DEFAULT_ARCHS = "8.0;8.9;9.0a"
 DEBUG = os.environ.get("KERNELSWAP_DEBUG", "0") == "1"
 # Stable-ABI floor: the oldest torch one build must load into (2.11).
 TORCH_TARGET_VERSION = "0x020b000000000000"
-# Builds against older torch headers turn a C++ exception in a kernel into a segfault on the
-# H100 machine's torch 2.11 (kernelswap._ext.errors_raise reads this back from the build).
-SAFE_ERRORS_FROM = (2, 14)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # python/kernelswap/** -> kernelswap.**, and kernels/ -> kernelswap.kernels.
@@ -94,11 +92,14 @@ def _cuda_extension():
     # makes ptxas serialize every wgmma (warning C7510), a large loss on sm_90a.
     opt = ["-O0", "-g", "-lineinfo"] if DEBUG else ["-O3", "-DNDEBUG"]
     headers = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    if tuple(int(v) for v in headers.split(".")) < SAFE_ERRORS_FROM:
-        print(f"kernelswap: WARNING: building against torch {headers} headers. An argument error raised "
-              f"inside kernelswap._C then crashes the process (seen with torch 2.11 headers, not with 2.14); "
-              f"build with torch >= {'.'.join(map(str, SAFE_ERRORS_FROM))} (the README's install does) to get "
-              f"RuntimeErrors instead. The build still loads on torch 2.11-2.14.")
+    # Older torch headers turn a C++ exception in a kernel into a segfault (seen with torch 2.11's):
+    # the rule lives in kernelswap/_ext.py, which reads the headers' version back from the build.
+    spec = importlib.util.spec_from_file_location("_kernelswap_ext", os.path.join(HERE, "python/kernelswap/_ext.py"))
+    ext_rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext_rules)
+    safe, why = ext_rules.errors_raise_for(headers)
+    if not safe:
+        print(f"kernelswap: WARNING: {why} (the README's install does). The build still loads on torch 2.11-2.14.")
     defines = [f"-DTORCH_TARGET_VERSION={TORCH_TARGET_VERSION}", "-DUSE_CUDA",
                f"-DKERNELSWAP_ARCHS=\"{archs}\"", f"-DKERNELSWAP_TORCH_HEADERS=\"{headers}\""]
     include_dirs = [os.path.join(HERE, "csrc")]

@@ -50,7 +50,7 @@ def build_info() -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.splitlines() if "=" in item)
 
 
-# Keep in step with setup.py's SAFE_ERRORS_FROM.
+# Torch headers from which a C++ error in _C reaches Python (setup.py asks errors_raise_for too).
 SAFE_ERRORS_FROM = (2, 14)
 
 
@@ -63,7 +63,11 @@ def errors_raise() -> tuple[bool, str]:
     2.13 headers were not tried, so they count as unsafe. The public ops check every
     argument in Python before calling _C, so this matters only for direct _C_* calls and
     for failures the checks cannot foresee."""
-    raw = build_info().get("torch", "unknown")
+    return errors_raise_for(build_info().get("torch", "unknown"))
+
+
+def errors_raise_for(raw: str) -> tuple[bool, str]:
+    """errors_raise for a build against torch `raw` ("X.Y") headers."""
     try:
         version = tuple(int(v) for v in raw.split(".")[:2])
     except ValueError:
