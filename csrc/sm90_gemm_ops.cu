@@ -119,6 +119,30 @@ const float* opt_ptr(const std::optional<Tensor>& t) {
   return t.has_value() ? static_cast<const float*>(t->const_data_ptr()) : nullptr;
 }
 
+const float* opt_ptr(const Tensor* t) { return t ? static_cast<const float*>(t->const_data_ptr()) : nullptr; }
+
+// What the three entry points check beyond their operands: M, and the epilogue's inputs
+// (x_scale per row and w_scale per column for int8, null for 2:4 bf16/fp16; bias per column).
+void check_epilogue(const char* op, int64_t M, int64_t N, const Tensor* x_scale, const Tensor* w_scale,
+                    const std::optional<Tensor>& bias) {
+  STD_TORCH_CHECK(M < (1LL << 31), op, ": M must be below 2^31");
+  if (x_scale) check_vector(op, "x_scale", *x_scale, M);
+  if (w_scale) check_vector(op, "w_scale", *w_scale, N);
+  if (bias.has_value()) check_vector(op, "bias", *bias, N);
+}
+
+// On a CUDA tensor with rows to compute: the device check and the problem for run_gemm
+// (b = the weight: dense int8, or 2:4 values with their metadata). Meta tensors and M = 0
+// return nothing: the output's shape is all they need.
+std::optional<sm90::GemmProblem> problem(const char* op, const Tensor& x, const void* b, const void* meta,
+                                         const Tensor* x_scale, const Tensor* w_scale,
+                                         const std::optional<Tensor>& bias, Tensor& y) {
+  if (!x.is_cuda() || x.size(0) == 0) return std::nullopt;
+  check_device(op, x);
+  return sm90::GemmProblem{b, meta, x.const_data_ptr(), opt_ptr(x_scale), opt_ptr(w_scale), opt_ptr(bias),
+                           y.mutable_data_ptr(), int(x.size(0)), int(y.size(1)), int(x.size(1)), &x};
+}
+
 }  // namespace
 
 Tensor int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Tensor& w_scale,
@@ -129,20 +153,13 @@ Tensor int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Te
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   STD_TORCH_CHECK(w.size(1) == K, op, ": x is (M, K=", K, ") but w is (N, K=", w.size(1), ")");
   check_kn(op, K, N);
-  STD_TORCH_CHECK(M < (1LL << 31), op, ": M must be below 2^31");
-  check_vector(op, "x_scale", x_scale, M);
-  check_vector(op, "w_scale", w_scale, N);
-  if (bias.has_value()) check_vector(op, "bias", *bias, N);
+  check_epilogue(op, M, N, &x_scale, &w_scale, bias);
   const DType out = out_type(op, out_dtype);
   Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
-  if (!x.is_cuda() || M == 0) return y;  // Meta: shapes only.
-  check_device(op, x);
+  auto p = problem(op, x, w.const_data_ptr(), nullptr, &x_scale, &w_scale, bias, y);
+  if (!p) return y;
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
-  sm90::GemmProblem p{w.const_data_ptr(), nullptr, x.const_data_ptr(),
-                      static_cast<const float*>(x_scale.const_data_ptr()),
-                      static_cast<const float*>(w_scale.const_data_ptr()), opt_ptr(bias), y.mutable_data_ptr(),
-                      int(M), int(N), int(K), &x};
-  launch<false, DType::kI8>(out, p);
+  launch<false, DType::kI8>(out, *p);
   return y;
 }
 
@@ -154,18 +171,15 @@ Tensor sparse24_mm(const Tensor& x, const Tensor& values, const Tensor& meta, co
   check_tensor(op, "x", x, dt, dt_name, 2);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   check_sparse(op, values, meta, dt, dt_name, K);
-  STD_TORCH_CHECK(M < (1LL << 31), op, ": M must be below 2^31");
-  if (bias.has_value()) check_vector(op, "bias", *bias, N);
+  check_epilogue(op, M, N, nullptr, nullptr, bias);
   Tensor y = torch::stable::new_empty(x, {M, N});
-  if (!x.is_cuda() || M == 0) return y;
-  check_device(op, x);
+  auto p = problem(op, x, values.const_data_ptr(), meta.const_data_ptr(), nullptr, nullptr, bias, y);
+  if (!p) return y;
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
-  sm90::GemmProblem p{values.const_data_ptr(), meta.const_data_ptr(), x.const_data_ptr(), nullptr, nullptr,
-                      opt_ptr(bias), y.mutable_data_ptr(), int(M), int(N), int(K), &x};
   if (dt == ScalarType::BFloat16) {
-    launch<true, DType::kBF16>(DType::kBF16, p);
+    launch<true, DType::kBF16>(DType::kBF16, *p);
   } else {
-    launch<true, DType::kFP16>(DType::kFP16, p);
+    launch<true, DType::kFP16>(DType::kFP16, *p);
   }
   return y;
 }
@@ -176,20 +190,13 @@ Tensor sparse24_int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& va
   check_tensor(op, "x", x, ScalarType::Char, "int8", 2);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   check_sparse(op, values, meta, ScalarType::Char, "int8", K);
-  STD_TORCH_CHECK(M < (1LL << 31), op, ": M must be below 2^31");
-  check_vector(op, "x_scale", x_scale, M);
-  check_vector(op, "w_scale", w_scale, N);
-  if (bias.has_value()) check_vector(op, "bias", *bias, N);
+  check_epilogue(op, M, N, &x_scale, &w_scale, bias);
   const DType out = out_type(op, out_dtype);
   Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
-  if (!x.is_cuda() || M == 0) return y;
-  check_device(op, x);
+  auto p = problem(op, x, values.const_data_ptr(), meta.const_data_ptr(), &x_scale, &w_scale, bias, y);
+  if (!p) return y;
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
-  sm90::GemmProblem p{values.const_data_ptr(), meta.const_data_ptr(), x.const_data_ptr(),
-                      static_cast<const float*>(x_scale.const_data_ptr()),
-                      static_cast<const float*>(w_scale.const_data_ptr()), opt_ptr(bias), y.mutable_data_ptr(),
-                      int(M), int(N), int(K), &x};
-  launch<true, DType::kI8>(out, p);
+  launch<true, DType::kI8>(out, *p);
   return y;
 }
 
