@@ -220,7 +220,7 @@ class Plan:
     def __call__(self, args: tuple, check: Callable[..., None], make_args: Callable[[], tuple]):
         # TRITON_INTERPRET is not in the key: like Triton, which binds kernels to the interpreter
         # when they are defined, the memo takes it as fixed for the life of the process.
-        key = (_forced.get(), os.environ.get("KERNELSWAP_BACKEND"), signature(args))
+        key = (forced_backend(), signature(args))
         impl = self._memo.get(key)
         if impl is not None:
             return impl.fn(*make_args())
