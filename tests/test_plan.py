@@ -131,3 +131,15 @@ def test_fx_symbolic_trace_records_the_op():
     gm = torch.fx.symbolic_trace(M())
     assert any(n.op == "call_function" and "int8_linear" in str(n.target) for n in gm.graph.nodes)
     assert torch.equal(gm(x), ks.ops.int8_linear(x, w_q, w_s, b))
+
+
+def test_preference_declines_only_the_automatic_choice(counting_backend):
+    from kernelswap.ops.backend import Preference
+
+    x, w_q, w_s, b = _args()
+    counting_backend["answer"] = Preference("another backend is faster here")
+    ks.ops.int8_weight_linear(x, w_q, w_s, b)
+    assert counting_backend["fn"] == 0  # automatic: the next implementation served
+    with ks.use_backend("reference"):  # forced to this backend: it serves the call anyway
+        ks.ops.int8_weight_linear(x, w_q, w_s, b)
+    assert counting_backend["fn"] == 1

@@ -12,7 +12,9 @@ Each op file registers its implementations here with a `supports(*args)` predica
 that returns None when the implementation can serve the call, or a reason string.
 `choose` walks the implementations in the order of BACKENDS (then registration
 order), skips backends that are unavailable on this machine or not serving this
-device, and takes the first that supports the call. The reference backend supports everything.
+device, and takes the first that supports the call. The reference backend supports everything. A
+`Preference` reason ("another backend is faster here") declines only the automatic
+choice: a forced backend still serves that call.
 
 A user forces one backend with the environment variable KERNELSWAP_BACKEND or with
 `use_backend(name)`; a forced backend that cannot serve a call raises instead of
@@ -162,6 +164,12 @@ class Transient(str):
     """A `supports` reason that holds for this call only: the choice is not memoized."""
 
 
+class Preference(str):
+    """A `supports` reason that another backend is faster here, though this one could serve the
+    call: it counts in the automatic choice and is ignored when this backend is forced, so a
+    forced backend serves every shape it can (numerics can be tested anywhere)."""
+
+
 def choose(op: str, device: torch.device, *args) -> Impl:
     """The implementation that serves `op` for these arguments (see module docstring)."""
     return _choose(op, device, args)[0]
@@ -174,7 +182,7 @@ def _choose(op: str, device: torch.device, args: tuple) -> tuple[Impl, bool]:
     lasting = True
     for impl in _candidates(op, device.type, forced, interpreting):
         why = impl.supports(*args)
-        if why is None:
+        if why is None or (impl.backend == forced and isinstance(why, Preference)):
             return impl, lasting
         lasting = lasting and not isinstance(why, Transient)
     # Nothing can serve: say why, backend by backend.

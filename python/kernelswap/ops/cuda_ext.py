@@ -20,7 +20,7 @@ import torch
 
 from .. import _ext
 from ._prepared import PreparedWeights
-from .backend import forced_backend, register
+from .backend import Preference, register
 from .sparse24 import check_meta_valid, decompress_24_ref
 
 # TMA moves rows of 16 bytes: K int8 / bf16 elements per row of x and w, N per row of out.
@@ -132,13 +132,14 @@ SPARSE24_TRITON_UP_TO_M = 16
 
 
 def _sparse24_supports(x, values, meta, bias):
-    if x.shape[0] <= SPARSE24_TRITON_UP_TO_M and forced_backend() != "cuda" and x.is_cuda:
-        return f"M={x.shape[0]} <= {SPARSE24_TRITON_UP_TO_M}: the Triton 2:4 GEMV is faster here"
     if x.dtype not in _OUT_DTYPES:
         return f"x is {x.dtype}; the sparse tensor cores take bfloat16 / float16"
     if values.dtype != x.dtype:
         return f"values are {values.dtype} but x is {x.dtype}; the tensor cores multiply one dtype"
-    return _sparse_reason(x, values, meta)
+    why = _sparse_reason(x, values, meta)
+    if why is None and x.shape[0] <= SPARSE24_TRITON_UP_TO_M:
+        return Preference(f"M={x.shape[0]} <= {SPARSE24_TRITON_UP_TO_M}: the Triton 2:4 GEMV is faster here")
+    return why
 
 
 @register("sparse24_linear", "cuda", supports=_sparse24_supports)

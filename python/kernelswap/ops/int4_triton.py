@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from . import int4_tinygemm
-from .backend import forced_backend, register
+from .backend import Preference, register
 
 # GEMV_M_MAX: at M = 4 on 4096 x 14336 (H100, bf16) the GEMV took 216.4 us and gemm_small
 # 47.4 us, so M = 2..4 belong to gemm_small (at M = 1: GEMV 84.6 us, gemm_small not timed).
@@ -44,15 +44,14 @@ TORCH_FROM_M: int | None = 512
 
 def _supports(x, w_packed, scales, zeros, group_size, bias) -> str | None:
     m = x.shape[0]
-    preferences = forced_backend() != "triton"  # forced: serve every shape, so numerics can be tested
     if x.device.type == "cuda" and x.dtype == torch.float32 and pick_kernel(m) != "gemv":
         # An fp32 tl.dot must run as exact fp32 FMAs (no tensor cores; sm_90 compile of the
         # large tile shows no mma and 128 KiB of shared memory): cuBLAS fp32 is the better path.
         return "fp32 activations beyond the GEMV: dequantize + cuBLAS fp32 (torch backend)"
-    if preferences and x.device.type == "cuda" and int4_tinygemm.supports(x, w_packed, scales, zeros, group_size, bias) is None:
-        return f"M={m} <= {int4_tinygemm.TINYGEMM_M_MAX}, bf16: tinygemm (torch backend) is faster here"
-    if preferences and x.device.type == "cuda" and TORCH_FROM_M is not None and m >= TORCH_FROM_M:
-        return f"M={m} >= {TORCH_FROM_M}: dequantize + cuBLAS (torch backend) is faster here"
+    if x.device.type == "cuda" and int4_tinygemm.supports(x, w_packed, scales, zeros, group_size, bias) is None:
+        return Preference(f"M={m} <= {int4_tinygemm.TINYGEMM_M_MAX}, bf16: tinygemm (torch backend) is faster here")
+    if x.device.type == "cuda" and TORCH_FROM_M is not None and m >= TORCH_FROM_M:
+        return Preference(f"M={m} >= {TORCH_FROM_M}: dequantize + cuBLAS (torch backend) is faster here")
     return None
 
 

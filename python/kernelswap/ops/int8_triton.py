@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import forced_backend, register
+from .backend import Preference, register
 
 
 @register("quantize_per_token_int8", "triton")
@@ -47,12 +47,13 @@ W8A16_TORCH_FROM_M = 1024
 
 
 def _w8a16_supports(x, w_q, w_scale, bias):
-    if x.is_cuda and x.shape[0] >= W8A16_TORCH_FROM_M and forced_backend() != "triton":
-        return f"M={x.shape[0]} >= {W8A16_TORCH_FROM_M}: dequantize + cuBLAS (torch backend) is faster here"
     if x.is_cuda and x.dtype == torch.float32:
         # fp32 x needs an IEEE fp32 tl.dot (CUDA cores, no TF32): cuBLAS's fp32 GEMM in the
         # "torch" backend is the better-tuned kernel for that (not measured here).
         return "fp32 activations on the GPU go to cuBLAS (Triton W8A16 targets fp16/bf16)"
+    if x.is_cuda and x.shape[0] >= W8A16_TORCH_FROM_M:
+        return Preference(f"M={x.shape[0]} >= {W8A16_TORCH_FROM_M}: dequantize + cuBLAS (torch backend) is "
+                          f"faster here")
     return None
 
 
