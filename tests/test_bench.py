@@ -269,6 +269,35 @@ def test_csv_schema_and_round_trip(tmp_path):
         write_csv([{**rows[0], "not_a_column": 1}], path)
 
 
+def test_merge_keeps_the_later_run_unless_it_skipped(tmp_path):
+    old = {**ENV, "commit": "old"}
+    new = {**ENV, "commit": "new"}
+    run_a = [{**_row("peak", "copy", "1 MiB", 10.0), **old, "kind": "peak"},
+             {**_row("int8_linear", "ours-auto", "1x8x8", 20.0), **old},
+             {**_row("int8_linear", "ours-auto", "16x8x8", 30.0), **old}]
+    run_b = [{**_row("peak", "copy", "1 MiB", 11.0), **new, "kind": "peak"},
+             {**_row("int8_linear", "ours-auto", "1x8x8", 15.0), **new},
+             {**_row("int8_linear", "ours-auto", "16x8x8", None, status="skipped"), **new},
+             {**_row("int8_linear", "ours-auto", "128x8x8", 40.0), **new}]
+    paths = []
+    for name, rows in (("a.csv", run_a), ("b.csv", run_b)):
+        paths.append(str(tmp_path / name))
+        write_csv(rows, paths[-1])
+    out = tmp_path / "merged"
+    parser().parse_args(["--merge", *paths, "--out", str(out)])  # the CLI takes it
+    from kernelswap.bench import write_merged
+    merged = write_merged(paths, str(out))
+    back = read_csv(str(out / "bench.csv"))
+    assert len(back) == len(merged) == 5
+    got = {r["shape"]: (r["commit"], r["p50_us"]) for r in back if r["kind"] != "peak"}
+    assert got["1x8x8"] == ("new", 15.0)  # replaced by the later run
+    assert got["16x8x8"] == ("old", 30.0)  # the later run skipped it
+    assert got["128x8x8"] == ("new", 40.0)
+    assert [r["commit"] for r in back if r["kind"] == "peak"] == ["old", "new"]  # each run's peak stays
+    md = (out / "bench.md").read_text()
+    assert "Merged from 2 runs" in md and "| fake | t | tr | c | new | d | 3 |" in md
+
+
 # ---------------------------------------------------------------- the whole run, on CPU
 def test_cpu_run_writes_every_case(tmp_path):
     args = parser().parse_args(["--device", "cpu", "--quick", "--shapes", "tiny", "--models", "none",

@@ -22,7 +22,7 @@ import torch
 from . import providers as P
 from .env import environment
 from .plan import plan
-from .report import markdown, short_table, write_csv
+from .report import markdown, merge, read_csv, short_table, write_csv
 from .runner import Budget, Runner
 from .shapes import SHAPE_SETS, describe, shape_set
 from .timing import default_timer, l2_bytes, measure_peaks
@@ -69,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cuda", "cpu"), default=None,
                    help="default: cuda when present; cpu runs the reference paths (a smoke test of the harness)")
     p.add_argument("--list", action="store_true", help="print every shape of every set and exit")
+    p.add_argument("--merge", nargs="+", metavar="CSV",
+                   help="measure nothing: merge these bench.csv files (oldest first; a later run's row replaces "
+                        "an earlier one's for the same case) into --out's bench.csv and bench.md")
     return p
 
 
@@ -116,6 +119,16 @@ def run(args, timer=None) -> list[dict]:
     return runner.rows
 
 
+def write_merged(paths: list[str], out: str) -> list[dict]:
+    """`--merge`: several runs' CSVs as one bench.csv + bench.md in `out`."""
+    rows = merge([read_csv(p) for p in paths])  # all read before `out` may overwrite one of them
+    os.makedirs(out, exist_ok=True)
+    write_csv(rows, os.path.join(out, "bench.csv"))
+    with open(os.path.join(out, "bench.md"), "w") as f:
+        f.write(markdown(rows))
+    return rows
+
+
 class Terminated(BaseException):
     """SIGTERM: a BaseException, so the per-case `except Exception` does not record it as an error."""
 
@@ -142,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(describe())
         return 0
-    rows = run(args)
+    rows = write_merged(args.merge, args.out) if args.merge else run(args)
     print(f"\nwrote {len(rows)} rows to {os.path.join(args.out, 'bench.csv')} and bench.md\n")
     print(short_table(rows))
     return 0

@@ -63,24 +63,54 @@ def _ok_rows(rows, op=None):
     return [r for r in rows if r.get("status") == "ok" and (op is None or r["op"] == op)]
 
 
+# ---------------------------------------------------------------- several runs as one
+def _run_of(r: dict) -> tuple:
+    return tuple(r.get(c) for c in ("gpu", "torch", "triton", "cuda", "commit", "date"))
+
+
+def merge(runs: list[list[dict]]) -> list[dict]:
+    """The rows of several runs (oldest first) as one result: for the same case (op,
+    provider, shape, dtype) a later run's row replaces an earlier one's, unless the later
+    one was skipped (not measured); each run keeps its own measured peaks."""
+    merged: dict[tuple, dict] = {}
+    for rows in runs:
+        for r in rows:
+            key = (r["op"], r["provider"], r["shape"], r["dtype"])
+            if r.get("kind") == "peak":
+                key += _run_of(r)
+            if key in merged and r.get("status") == "skipped":
+                continue
+            merged[key] = r
+    return list(merged.values())
+
+
 def _header(rows: list[dict]) -> list[str]:
     first = rows[0] if rows else {}
-    lines = ["# kernelswap benchmarks", "",
-             f"GPU: {first.get('gpu', '?')}; torch {first.get('torch', '?')}, Triton {first.get('triton', '?')}, "
-             f"CUDA {first.get('cuda', '?')}; commit {first.get('commit', '?')}; {first.get('date', '?')}.", "",
-             ("CPU wall-clock smoke run: these numbers check the harness, they measure nothing. "
-              if first.get("gpu") == "cpu" else "")
-             + "Times are medians (p20-p80 in the CSV) of CUDA-event timings. Speedup = baseline time / our time: "
-             "above 1 we win, below 1 we lose.", ""]
+    runs = list(dict.fromkeys(_run_of(r) for r in rows))
+    lines = ["# kernelswap benchmarks", ""]
+    if len(runs) > 1:
+        lines += [f"Merged from {len(runs)} runs (`python -m kernelswap bench --merge`); where they overlap, the later "
+                  "run's rows replace the earlier one's. Each row's run is in the CSV.", ""]
+        lines += _table(["GPU", "torch", "Triton", "CUDA", "commit", "date", "rows"],
+                        [[str(v) for v in run] + [str(sum(1 for r in rows if _run_of(r) == run))] for run in runs])
+        lines += [""]
+    else:
+        lines += [f"GPU: {first.get('gpu', '?')}; torch {first.get('torch', '?')}, Triton {first.get('triton', '?')}, "
+                  f"CUDA {first.get('cuda', '?')}; commit {first.get('commit', '?')}; {first.get('date', '?')}.", ""]
+    lines += [("CPU wall-clock smoke run: these numbers check the harness, they measure nothing. "
+               if first.get("gpu") == "cpu" else "")
+              + "Times are medians (p20-p80 in the CSV) of CUDA-event timings. Speedup = baseline time / our time: "
+              "above 1 we win, below 1 we lose.", ""]
     peaks = [r for r in rows if r.get("kind") == "peak"]
     if peaks:
-        lines += ["Measured peaks (this run):", ""]
+        lines += ["Measured peaks (each in the run whose rows it rates):", ""]
         body = []
         for r in peaks:
             val = r.get("gbps") or r.get("tflops")
             body.append([r["provider"], r["shape"], "-" if val is None else f"{val:,.4g} {r.get('note', '')}",
-                         r["status"] if r["status"] != "ok" else _us(r.get("p50_us"))])
-        lines += _table(["peak", "shape", "rate", "p50 us"], body) + [""]
+                         r["status"] if r["status"] != "ok" else _us(r.get("p50_us"))]
+                        + ([str(r.get("commit"))] if len(runs) > 1 else []))
+        lines += _table(["peak", "shape", "rate", "p50 us"] + (["commit"] if len(runs) > 1 else []), body) + [""]
     return lines
 
 
