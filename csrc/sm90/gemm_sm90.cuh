@@ -6,6 +6,7 @@
 #pragma once
 
 #include "sm90/gemm_problem.h"
+#include "cutlass_common.cuh"
 
 #include <cutlass/cutlass.h>
 #include <cute/tensor.hpp>
@@ -24,40 +25,9 @@ namespace kernelswap::sm90 {
 
 using namespace cute;
 
-template <DType D> struct CutlassType;
-template <> struct CutlassType<DType::kBF16> { using type = cutlass::bfloat16_t; };
-template <> struct CutlassType<DType::kFP16> { using type = cutlass::half_t; };
-template <> struct CutlassType<DType::kI8> { using type = int8_t; };
+using kernelswap::CutlassType;
 
 // ---------------------------------------------------------------- epilogue
-// fp32 multiply / add with IEEE rounding at each step. nvcc would otherwise contract
-// (acc * s) + bias into one FMA, which rounds once and so differs from the reference
-// (ops/int8.py scale_epilogue_ref) in the last bit: the int8 paths promise bit-exactness.
-template <class T> struct MulRn {
-  CUTLASS_DEVICE T operator()(T const& a, T const& b) const { return __fmul_rn(a, b); }
-};
-template <int N> struct MulRn<cutlass::Array<float, N>> {
-  CUTLASS_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& a,
-                                                     cutlass::Array<float, N> const& b) const {
-    cutlass::Array<float, N> r;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) r[i] = __fmul_rn(a[i], b[i]);
-    return r;
-  }
-};
-template <class T> struct AddRn {
-  CUTLASS_DEVICE T operator()(T const& a, T const& b) const { return __fadd_rn(a, b); }
-};
-template <int N> struct AddRn<cutlass::Array<float, N>> {
-  CUTLASS_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& a,
-                                                     cutlass::Array<float, N> const& b) const {
-    cutlass::Array<float, N> r;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) r[i] = __fadd_rn(a[i], b[i]);
-    return r;
-  }
-};
-
 namespace fusion = cutlass::epilogue::fusion;
 constexpr auto kRN = cutlass::FloatRoundStyle::round_to_nearest;
 // GEMM rows are out features (N), GEMM columns are tokens (M): a per-feature vector is a

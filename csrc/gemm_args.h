@@ -1,0 +1,37 @@
+// What kernelswap's CUTLASS GEMMs take (csrc/sm90: sm_90a, csrc/sm80: sm_80+ mma.sp),
+// without any CUTLASS include, so the op entry points compile in seconds and each
+// template instantiation (csrc/sm*/inst_*.cu, generated) compiles in its own process.
+//
+// Every GEMM here runs "swapped": the weight is CUTLASS's A operand and the tokens are
+// its B operand, because the sparse tensor cores only take a sparse A. So
+//   GEMM M = N (out features), GEMM N = M (tokens), K = in features, and
+//   D (N, M) column-major is exactly out (M, N) row-major.
+// Decode (M <= 64 tokens) then lands in the GEMM's N tile, which may be small, while the
+// long weight dimension fills the 64/128-row tiles the tensor cores want.
+#pragma once
+
+#include "common.h"
+
+#include <cstdint>
+
+namespace kernelswap {
+
+enum class DType { kBF16, kFP16, kI8 };
+// kSmall: tiles for M <= kSmallM tokens, where the weight read dominates and big tiles
+// would leave SMs idle; kLarge: the big tiles (each arch's header says which).
+enum class Tiles { kSmall, kLarge };
+constexpr int64_t kSmallM = 64;
+
+struct GemmProblem {
+  const void* w;        // (N, K) int8 weight, or the 2:4 values in the arch's compressed layout
+  const void* meta;     // sparse only: 2:4 metadata in the arch's layout
+  const void* x;        // (M, K) activations, row-major, same element type as w
+  const float* x_scale; // (M,) per-token scale, int8 only
+  const float* w_scale; // (N,) per-channel scale, int8 only
+  const float* bias;    // (N,) fp32, or null
+  void* out;            // the output: (M, N) row-major (sm90); (N, M) row-major (sm80, see gemm_sm80.cuh)
+  int M, N, K;
+  const Tensor* like;   // a CUDA tensor on the right device, to allocate the workspace from
+};
+
+}  // namespace kernelswap
