@@ -5,7 +5,8 @@
 
 Each op runs with each GPU backend forced (cuda = kernelswap._C, triton), at M in {1, 33}
 and K, N that are not multiples of any tile, so every masked edge of every kernel is
-read and written. A backend that refuses a shape (its `supports` reason) is skipped and
+read and written. The Ampere 2:4 GEMMs (csrc/sm80), which the dispatcher leaves to the
+sm_90a ones on an H100, are called directly ("cuda-sm80", N = 96: they need N % 32). A backend that refuses a shape (its `supports` reason) is skipped and
 listed; anything else that fails is an error. Autotuning is turned off
 (KERNELSWAP_AUTOTUNE=0: each kernel's first config), so the sanitizer sees one launch
 per call instead of one per candidate config.
@@ -20,7 +21,7 @@ os.environ.setdefault("KERNELSWAP_AUTOTUNE", "0")
 import torch  # noqa: E402
 
 from kernelswap import packing  # noqa: E402
-from kernelswap.ops import use_backend  # noqa: E402
+from kernelswap.ops import cuda_ext, use_backend  # noqa: E402
 from kernelswap.ops.backend import backend_status  # noqa: E402
 
 C = torch.ops.kernelswap
@@ -50,6 +51,18 @@ def linear_cases(m: int, k: int, n: int, dtype: torch.dtype):
     yield "sparse24_int8_linear", lambda: C.sparse24_int8_linear(x, spq_vals, spq_meta, spq_s, bias)
 
 
+def sm80_cases(m: int, k: int, n: int, dtype: torch.dtype):
+    """The Ampere 2:4 GEMMs, called directly (module docstring)."""
+    x = torch.randn(m, k, device=DEV, dtype=dtype)
+    sp = packing.prune_24(torch.randn(n, k, device=DEV))
+    bias = torch.randn(n, device=DEV, dtype=dtype)
+    vals, meta = packing.compress_24(sp.to(dtype))
+    spq, spq_s = packing.quantize_int8(sp)
+    q_vals, q_meta = packing.compress_24(spq)
+    yield "sparse24_linear", lambda: cuda_ext._sparse24_linear_sm80(x, vals, meta, bias)
+    yield "sparse24_int8_linear", lambda: cuda_ext._sparse24_int8_linear_sm80(x, q_vals, q_meta, spq_s, bias)
+
+
 def conv_cases(dtype: torch.dtype):
     def one(n, c_in, hw, c_out, k, stride, groups, act, residual):
         x = torch.randn(n, c_in, hw, hw, device=DEV, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -74,21 +87,23 @@ def main() -> int:
     print(f"sanitize: backends {backends} ({', '.join(backend_status(b)[1] for b in backends)})")
     for dtype in (torch.bfloat16, torch.float16):
         cases = [c for m in (1, 33) for c in linear_cases(m, 224, 80, dtype)] + list(conv_cases(dtype))
-        for backend in backends:
-            for name, fn in cases:
-                label = f"{backend} {name} {str(dtype)[6:]}"
-                try:
-                    with use_backend(backend):
-                        fn()
-                    torch.cuda.synchronize()
-                    ran.append(label)
-                except RuntimeError as e:
-                    if "no backend can serve this call" in str(e):
-                        refused.append(f"{label}: {str(e).split('(', 1)[-1][:140]}")
-                    else:
-                        failed.append(f"{label}: {type(e).__name__}: {str(e)[:300]}")
-                except Exception as e:  # noqa: BLE001 - every failure is listed
+        runs = [(b, name, fn) for b in backends for name, fn in cases]
+        if "cuda" in backends:
+            runs += [("cuda-sm80", name, fn) for m in (1, 33) for name, fn in sm80_cases(m, 224, 96, dtype)]
+        for backend, name, fn in runs:
+            label = f"{backend} {name} {str(dtype)[6:]}"
+            try:
+                with use_backend(backend if backend in backends else None):
+                    fn()
+                torch.cuda.synchronize()
+                ran.append(label)
+            except RuntimeError as e:
+                if "no backend can serve this call" in str(e):
+                    refused.append(f"{label}: {str(e).split('(', 1)[-1][:140]}")
+                else:
                     failed.append(f"{label}: {type(e).__name__}: {str(e)[:300]}")
+            except Exception as e:  # noqa: BLE001 - every failure is listed
+                failed.append(f"{label}: {type(e).__name__}: {str(e)[:300]}")
     print(f"sanitize: {len(ran)} calls ran, {len(refused)} refused by their backend, {len(failed)} failed")
     for r in refused:
         print("  refused:", r)

@@ -40,6 +40,10 @@ STABLE_TORCH_LIBRARY_FRAGMENT(kernelswap, m) {
   m.def("_C_sparse24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
   m.def("_C_sparse24_int8_mm(Tensor x, Tensor x_scale, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias, "
         "ScalarType out_dtype) -> Tensor");
+  // sm_80+ (mma.sp) CUTLASS 2:4 GEMMs (csrc/sm80_sparse_ops.cu); layouts from kernelswap.ops.sparse24_sm80.
+  m.def("_C_sparse24_mm_sm80(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
+  m.def("_C_sparse24_int8_mm_sm80(Tensor x, Tensor x_scale, Tensor values, Tensor meta, Tensor w_scale, "
+        "Tensor? bias, ScalarType out_dtype) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(kernelswap, CompositeExplicitAutograd, m) {

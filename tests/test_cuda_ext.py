@@ -15,16 +15,10 @@ from kernelswap import _ext, packing
 from kernelswap.ops import cuda_ext, use_backend
 from kernelswap.ops.int8 import int8_linear_ref, int8_scaled_mm_ref
 from kernelswap.ops.sparse24 import sparse24_int8_linear_ref
-from utils import assert_close_to_ref, assert_exact, needs_cuda
+from utils import CUTLASS, assert_close_to_ref, assert_exact, needs_cuda, needs_cutlass, needs_ext, raises_safely
 
-pytestmark = pytest.mark.skipif(not _ext.load(), reason="kernelswap._C is not built (KERNELSWAP_BUILD_CUDA=off)")
+pytestmark = needs_ext
 C = torch.ops.kernelswap
-CUTLASS = _ext.load() and _ext.build_info().get("cutlass") == "1"
-needs_cutlass = pytest.mark.skipif(not CUTLASS, reason="kernelswap._C built without CUTLASS")
-# A build against old torch headers crashes instead of raising (kernelswap._ext.errors_raise):
-# its error tests cannot run in this process; `python -m kernelswap info` says so too.
-ERRORS_RAISE, ERRORS_WHY = _ext.errors_raise() if _ext.load() else (False, "no _C")
-raises_safely = pytest.mark.skipif(not ERRORS_RAISE, reason=ERRORS_WHY)
 ON_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 needs_sm90 = pytest.mark.skipif(not (ON_SM90 and CUTLASS), reason="needs an sm_90 GPU and a CUTLASS build")
 

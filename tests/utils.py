@@ -79,5 +79,16 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# The CUDA extension kernelswap._C (tests/test_cuda_ext.py, tests/test_sparse24_sm80.py).
+from kernelswap import _ext  # noqa: E402 - after the helpers that need no kernelswap
+
+needs_ext = pytest.mark.skipif(not _ext.load(), reason="kernelswap._C is not built (KERNELSWAP_BUILD_CUDA=off)")
+CUTLASS = _ext.load() and _ext.build_info().get("cutlass") == "1"
+needs_cutlass = pytest.mark.skipif(not CUTLASS, reason="kernelswap._C built without CUTLASS")
+# A build against old torch headers crashes instead of raising (kernelswap._ext.errors_raise):
+# its error tests cannot run in this process; `python -m kernelswap info` says so too.
+ERRORS_RAISE, ERRORS_WHY = _ext.errors_raise() if _ext.load() else (False, "no _C")
+raises_safely = pytest.mark.skipif(not ERRORS_RAISE, reason=ERRORS_WHY)
 needs_sm80 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
                                 reason="needs a CUDA device of sm_80 or newer")

@@ -5,12 +5,16 @@
   int8_linear              _C_quantize_per_token_int8 + _C_int8_mm
   sparse24_linear          _C_sparse24_mm: CUTLASS Hopper 2:4 sparse GEMM (sparse wgmma)
   sparse24_int8_linear     _C_quantize_per_token_int8 + _C_sparse24_int8_mm
+  sparse24_linear          _C_sparse24_mm_sm80: CUTLASS Ampere 2:4 GEMM (mma.sp), sm_80 / 86 / 89
+  sparse24_int8_linear     _C_quantize_per_token_int8 + _C_sparse24_int8_mm_sm80
 
-The GEMMs are sm_90a code (csrc/sm90): each `supports` predicate returns why a call
-cannot be served (GPU, build, dtype, shape, alignment) so the dispatcher falls back
-before the extension would raise. Sparse weights are converted once per weight buffer
-from the public format (kernelswap.ops.sparse24) to CUTLASS's layout by
-_C_sparse24_prepare and kept in a PreparedWeights cache.
+The first five GEMMs are sm_90a code (csrc/sm90); the two *_sm80 ones (csrc/sm80) run on
+any GPU from sm_80 and serve the 2:4 ops where the sm_90a ones cannot (an Ampere or Ada
+GPU, or a build without 9.0a). Each `supports` predicate returns why a call cannot be
+served (GPU, build, dtype, shape, alignment) so the dispatcher falls back before the
+extension would raise. Sparse weights are converted once per weight buffer from the
+public format (kernelswap.ops.sparse24) to each kernel's layout (_C_sparse24_prepare for
+sm_90a, kernelswap.ops.sparse24_sm80 for sm_80) and kept in a PreparedWeights cache.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import functools
 import torch
 
 from .. import _ext
+from . import sparse24_sm80
 from ._prepared import PreparedWeights
 from .backend import Preference, register
 from .sparse24 import check_meta_valid, decompress_24_ref
@@ -31,6 +36,7 @@ ALIGN_K_SPARSE_INT8 = 32
 _OUT_DTYPES = (torch.bfloat16, torch.float16)
 
 _SPARSE = PreparedWeights("sparse24 -> CUTLASS sm90 layout")
+_SPARSE_SM80 = PreparedWeights("sparse24 -> CUTLASS sm80 layout")
 _BIAS = PreparedWeights("bias -> fp32")
 
 
@@ -59,6 +65,10 @@ def _sm90_reason(device_index: int) -> str | None:
     return None
 
 
+def _device_index(x: torch.Tensor) -> int:
+    return x.device.index if x.device.index is not None else torch.cuda.current_device()
+
+
 def _aligned(*tensors: torch.Tensor) -> bool:
     return all(t.data_ptr() % 16 == 0 for t in tensors)
 
@@ -69,7 +79,7 @@ def _gemm_reason(x: torch.Tensor, k: int, n: int, *tensors: torch.Tensor) -> str
         return f"K={k} and N={n} must be multiples of {ALIGN_KN} (TMA moves 16-byte rows)"
     if not _aligned(x, *tensors):
         return "an input is not 16-byte aligned (an offset view); TMA needs aligned rows"
-    return _sm90_reason(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    return _sm90_reason(_device_index(x))
 
 
 def _out_reason(dtype: torch.dtype) -> str | None:
@@ -160,3 +170,82 @@ def _sparse24_int8_linear_cuda(x, values, meta, w_scale, bias):
     v, e = _prepared("sparse24_int8_linear", values, meta, x.shape[1])
     q, s = torch.ops.kernelswap._C_quantize_per_token_int8(x)
     return torch.ops.kernelswap._C_sparse24_int8_mm(q, s, v, e, w_scale, _bias32(bias), x.dtype)
+
+
+# ---------------------------------------------------------------- 2:4 sparse, sm_80+ (mma.sp)
+def runs_here(arch_list: str, major: int, minor: int) -> bool:
+    """Does a build for `arch_list` carry code a GPU of compute capability major.minor runs?
+    SASS runs on its own major at an equal or higher minor ("9.0a" only on 9.0); "+PTX" is
+    JIT-compiled for any later GPU."""
+    for entry in arch_list.replace(" ", ";").split(";"):
+        arch = entry.split("+")[0].strip()
+        if not arch:
+            continue
+        a_major, a_minor = int(arch.split(".")[0]), int(arch.split(".")[1].rstrip("a"))
+        if arch.endswith("a"):
+            sass = (a_major, a_minor) == (major, minor)
+        else:
+            sass = a_major == major and a_minor <= minor
+        if sass or ("+PTX" in entry and (a_major, a_minor) <= (major, minor)):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _sm80_reason(device_index: int) -> str | None:
+    """Why the Ampere 2:4 GEMMs should not serve this device (None: they should)."""
+    info = _ext.build_info()
+    if info.get("cutlass") != "1":
+        return "kernelswap._C was built without CUTLASS (pip install nvidia-cutlass, rebuild)"
+    major, minor = torch.cuda.get_device_capability(device_index)
+    if major < 8:
+        return f"mma.sp needs an sm_80 or later GPU; this one is sm_{major}{minor}"
+    if not runs_here(info.get("archs", ""), major, minor):
+        return f"kernelswap._C carries no code for sm_{major}{minor} (built for {info.get('archs')!r})"
+    if _sm90_reason(device_index) is None:
+        return "the sm_90a 2:4 GEMM serves this GPU"
+    return None
+
+
+def _sm80_shape_reason(x, values) -> str | None:
+    n, rows = values.shape[0], sparse24_sm80.row_block(values.dtype)
+    if n % rows:
+        return f"N={n} is not a multiple of {rows} (the Ampere GEMM's metadata row groups)"
+    if not _aligned(x):
+        return "x is not 16-byte aligned (an offset view); the Ampere GEMM reads 16-byte vectors"
+    return None
+
+
+def _prepared_sm80(op: str, values: torch.Tensor, meta: torch.Tensor):
+    """(values, meta) in the Ampere GEMM's layout, made once per weight buffer."""
+    def make():
+        check_meta_valid(op, meta)
+        return sparse24_sm80.prepare(values, meta)
+    return _SPARSE_SM80.get((values, meta), make)
+
+
+def _sparse24_sm80_supports(x, values, meta, bias):
+    if x.dtype not in _OUT_DTYPES:
+        return f"x is {x.dtype}; the sparse tensor cores take bfloat16 / float16"
+    if values.dtype != x.dtype:
+        return f"values are {values.dtype} but x is {x.dtype}; the tensor cores multiply one dtype"
+    return _sm80_shape_reason(x, values) or _sm80_reason(_device_index(x))
+
+
+@register("sparse24_linear", "cuda", supports=_sparse24_sm80_supports)
+def _sparse24_linear_sm80(x, values, meta, bias):
+    v, e = _prepared_sm80("sparse24_linear", values, meta)
+    return torch.ops.kernelswap._C_sparse24_mm_sm80(x, v, e, _bias32(bias))
+
+
+def _sparse24_int8_sm80_supports(x, values, meta, w_scale, bias):
+    return (_out_reason(x.dtype) or _sm80_shape_reason(x, values)
+            or (None if _aligned(w_scale) else "w_scale is not 16-byte aligned")
+            or _sm80_reason(_device_index(x)))
+
+
+@register("sparse24_int8_linear", "cuda", supports=_sparse24_int8_sm80_supports)
+def _sparse24_int8_linear_sm80(x, values, meta, w_scale, bias):
+    v, e = _prepared_sm80("sparse24_int8_linear", values, meta)
+    q, s = torch.ops.kernelswap._C_quantize_per_token_int8(x)
+    return torch.ops.kernelswap._C_sparse24_int8_mm_sm80(q, s, v, e, w_scale, _bias32(bias), x.dtype)

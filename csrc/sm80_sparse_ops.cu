@@ -1,0 +1,168 @@
+// Entry points of the sm_80+ (mma.sp) CUTLASS 2:4 GEMMs (csrc/sm80): argument checks
+// (shared by the CUDA and Meta implementations), padding, the choice of instantiation, and
+// the transpose of the GEMM's (N, M) result into out (M, N).
+//
+//   _C_sparse24_mm_sm80(x, values, meta, bias)
+//       x (M, K) bf16 / fp16, values (N, K_pad / 2) x.dtype and meta (N, K_pad / 8) uint8 in
+//       CUTLASS's Ampere layout (kernelswap.ops.sparse24_sm80.prepare), bias (N,) fp32 or None
+//       -> (M, N) x.dtype = x @ w.T + bias
+//   _C_sparse24_int8_mm_sm80(x, x_scale, values, meta, w_scale, bias, out_dtype)
+//       x (M, K) int8, x_scale (M,) fp32, w_scale (N,) fp32 -> (M, N) out_dtype (bf16 / fp16)
+//       = (x @ w.T * x_scale[m]) * w_scale[n] + bias[n]
+//
+// Limits, each with its own error: a GPU of sm_80 or later and a build with CUTLASS;
+// N a multiple of 32 (16-bit) / 16 (int8), the row groups of the metadata layout; K <= K_pad,
+// K_pad a multiple of the K tile (64 / 128); contiguous, 16-byte aligned inputs.
+// x is copied into a zero-padded buffer when M is not a multiple of 8 (16-bit) / 16 (int8)
+// or K < K_pad: CUTLASS 2.x checks M and K against its vector widths.
+#include "common.h"
+
+#include "sm80/sparse_gemm.h"
+
+#include <torch/csrc/stable/accelerator.h>
+
+#include <optional>
+
+#ifndef KERNELSWAP_WITH_CUTLASS
+#define KERNELSWAP_WITH_CUTLASS 0
+#endif
+
+namespace kernelswap {
+namespace {
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+void check_tensor(const char* op, const char* name, const Tensor& t, ScalarType dt, const char* dt_name,
+                  int64_t dim) {
+  STD_TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D");
+  STD_TORCH_CHECK(t.scalar_type() == dt, op, ": ", name, " must be ", dt_name);
+  STD_TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+  STD_TORCH_CHECK(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0, op, ": ", name,
+                  " must be 16-byte aligned (vector loads); pass a fresh tensor, not an offset view");
+}
+
+void check_vector(const char* op, const char* name, const Tensor& t, int64_t n) {
+  check_tensor(op, name, t, ScalarType::Float, "float32", 1);
+  STD_TORCH_CHECK(t.size(0) == n, op, ": ", name, " must have ", n, " elements, got ", t.size(0));
+}
+
+// The layout of kernelswap.ops.sparse24_sm80.prepare; returns K_pad.
+int64_t check_sparse(const char* op, const Tensor& x, const Tensor& values, const Tensor& meta, ScalarType dt,
+                     const char* dt_name, bool int8) {
+  check_tensor(op, "values", values, dt, dt_name, 2);
+  check_tensor(op, "meta", meta, ScalarType::Byte, "uint8", 2);
+  const int64_t N = values.size(0), K = x.size(1), k_pad = values.size(1) * 2;
+  const int64_t rows = int8 ? 16 : 32, k_tile = int8 ? 128 : 64;
+  STD_TORCH_CHECK(N % rows == 0 && N > 0, op, ": N must be a positive multiple of ", rows,
+                  " (the metadata's row groups), got N=", N);
+  STD_TORCH_CHECK(k_pad % k_tile == 0, op, ": values hold K_pad=", k_pad, ", not a multiple of the K tile ",
+                  k_tile, ". Make values and meta with kernelswap.ops.sparse24_sm80.prepare");
+  STD_TORCH_CHECK(K <= k_pad && K > 0, op, ": x has K=", K, " but values hold K_pad=", k_pad);
+  STD_TORCH_CHECK(meta.size(0) == N && meta.size(1) * 8 == k_pad, op, ": meta is (", meta.size(0), ", ",
+                  meta.size(1), "), expected (", N, ", ", k_pad / 8, "). Make values and meta with "
+                  "kernelswap.ops.sparse24_sm80.prepare");
+  STD_TORCH_CHECK(N < (1LL << 31) && k_pad < (1LL << 31) && x.size(0) < (1LL << 31), op,
+                  ": M, N and K must be below 2^31");
+  return k_pad;
+}
+
+void check_device(const char* op, const Tensor& x) {
+#if !KERNELSWAP_WITH_CUTLASS
+  STD_TORCH_CHECK(false, op, ": kernelswap._C was built without CUTLASS (pip install nvidia-cutlass, then "
+                  "rebuild); the 2:4 GEMMs are not in this build");
+#endif
+  int major = 0, dev = x.get_device_index();
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  STD_TORCH_CHECK(major >= 8, op, ": mma.sp needs an sm_80 or later GPU; device ", dev, " is sm_", major, "x");
+}
+
+// src (rows, cols) -> a zero-filled (rows_pad, cols_pad) copy, or src itself when no padding is needed.
+Tensor padded(Tensor src, int64_t rows_pad, int64_t cols_pad) {
+  const int64_t rows = src.size(0), cols = src.dim() == 2 ? src.size(1) : 1;
+  if (rows == rows_pad && cols == cols_pad) return src;
+  Tensor out = src.dim() == 2 ? torch::stable::new_zeros(src, {rows_pad, cols_pad})
+                              : torch::stable::new_zeros(src, {rows_pad});
+  Tensor window = torch::stable::narrow(out, 0, 0, rows);
+  if (src.dim() == 2) window = torch::stable::narrow(window, 1, 0, cols);
+  torch::stable::copy_(window, src);
+  return out;
+}
+
+const float* opt_ptr(const std::optional<Tensor>& t) {
+  return t.has_value() ? static_cast<const float*>(t->const_data_ptr()) : nullptr;
+}
+
+template <DType In, DType Out>
+void launch(const GemmProblem& p) {
+#if KERNELSWAP_WITH_CUTLASS  // else check_device has already refused
+  p.M <= kSmallM ? sm80::run_sparse_gemm<In, Out, Tiles::kSmall>(p) : sm80::run_sparse_gemm<In, Out, Tiles::kLarge>(p);
+#endif
+}
+
+// The shared tail: pad x (and x_scale), run, transpose. x is int8 or x.dtype's.
+template <DType In>
+Tensor run(const char* op, const Tensor& x, const Tensor* x_scale, const Tensor& values, const Tensor& meta,
+           const Tensor* w_scale, const std::optional<Tensor>& bias, ScalarType out_dtype, DType out, int64_t k_pad) {
+  const int64_t M = x.size(0), N = values.size(0);
+  if (!x.is_cuda() || M == 0) return torch::stable::new_empty(x, {M, N}, out_dtype);  // Meta: the shape
+  check_device(op, x);
+  const int64_t m_pad = round_up(M, In == DType::kI8 ? 16 : 8);
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
+  Tensor xp = padded(x, m_pad, k_pad);
+  std::optional<Tensor> sp;
+  if (x_scale) sp = padded(*x_scale, m_pad, 1);
+  Tensor d = torch::stable::new_empty(x, {N, m_pad}, out_dtype);  // the GEMM's (N, M) row-major result
+  GemmProblem p{values.const_data_ptr(), meta.const_data_ptr(), xp.const_data_ptr(),
+                sp ? static_cast<const float*>(sp->const_data_ptr()) : nullptr,
+                w_scale ? static_cast<const float*>(w_scale->const_data_ptr()) : nullptr, opt_ptr(bias),
+                d.mutable_data_ptr(), int(m_pad), int(N), int(k_pad), &x};
+  if (out == DType::kBF16) {
+    launch<In, In == DType::kI8 ? DType::kBF16 : In>(p);
+  } else {
+    launch<In, In == DType::kI8 ? DType::kFP16 : In>(p);
+  }
+  if (m_pad != M) d = torch::stable::narrow(d, 1, 0, M);
+  return torch::stable::contiguous(torch::stable::transpose(d, 0, 1));
+}
+
+}  // namespace
+
+Tensor sparse24_mm_sm80(const Tensor& x, const Tensor& values, const Tensor& meta, const std::optional<Tensor>& bias) {
+  constexpr const char* op = "_C_sparse24_mm_sm80";
+  const ScalarType dt = x.scalar_type();
+  STD_TORCH_CHECK(dt == ScalarType::BFloat16 || dt == ScalarType::Half, op, ": x must be bfloat16 or float16");
+  const char* dt_name = dt == ScalarType::BFloat16 ? "bfloat16 (like x)" : "float16 (like x)";
+  check_tensor(op, "x", x, dt, dt_name, 2);
+  const int64_t k_pad = check_sparse(op, x, values, meta, dt, dt_name, false);
+  if (bias.has_value()) check_vector(op, "bias", *bias, values.size(0));
+  const DType out = dt == ScalarType::BFloat16 ? DType::kBF16 : DType::kFP16;
+  return out == DType::kBF16 ? run<DType::kBF16>(op, x, nullptr, values, meta, nullptr, bias, dt, out, k_pad)
+                             : run<DType::kFP16>(op, x, nullptr, values, meta, nullptr, bias, dt, out, k_pad);
+}
+
+Tensor sparse24_int8_mm_sm80(const Tensor& x, const Tensor& x_scale, const Tensor& values, const Tensor& meta,
+                             const Tensor& w_scale, const std::optional<Tensor>& bias, ScalarType out_dtype) {
+  constexpr const char* op = "_C_sparse24_int8_mm_sm80";
+  check_tensor(op, "x", x, ScalarType::Char, "int8", 2);
+  const int64_t k_pad = check_sparse(op, x, values, meta, ScalarType::Char, "int8", true);
+  const int64_t N = values.size(0);
+  check_vector(op, "x_scale", x_scale, x.size(0));
+  check_vector(op, "w_scale", w_scale, N);
+  if (bias.has_value()) check_vector(op, "bias", *bias, N);
+  STD_TORCH_CHECK(out_dtype == ScalarType::BFloat16 || out_dtype == ScalarType::Half, op,
+                  ": out_dtype must be bfloat16 or float16 (float32 output is not instantiated)");
+  const DType out = out_dtype == ScalarType::BFloat16 ? DType::kBF16 : DType::kFP16;
+  return run<DType::kI8>(op, x, &x_scale, values, meta, &w_scale, bias, out_dtype, out, k_pad);
+}
+
+}  // namespace kernelswap
+
+STABLE_TORCH_LIBRARY_IMPL(kernelswap, CUDA, m) {
+  m.impl("_C_sparse24_mm_sm80", TORCH_BOX(&kernelswap::sparse24_mm_sm80));
+  m.impl("_C_sparse24_int8_mm_sm80", TORCH_BOX(&kernelswap::sparse24_int8_mm_sm80));
+}
+
+STABLE_TORCH_LIBRARY_IMPL(kernelswap, Meta, m) {
+  m.impl("_C_sparse24_mm_sm80", TORCH_BOX(&kernelswap::sparse24_mm_sm80));
+  m.impl("_C_sparse24_int8_mm_sm80", TORCH_BOX(&kernelswap::sparse24_int8_mm_sm80));
+}
