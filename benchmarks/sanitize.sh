@@ -5,8 +5,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 rc=0
+# racecheck: each hazard in full too (`--racecheck-report all`: the threads and, for a
+# write-write race, the value already there and the value written), the first 40.
 for tool in memcheck racecheck; do
   echo "== compute-sanitizer --tool $tool"
-  compute-sanitizer --tool "$tool" --error-exitcode 1 --target-processes all "$py" benchmarks/sanitize.py || rc=1
+  extra=()
+  [[ $tool == racecheck ]] && extra=(--racecheck-report all --print-limit 40)
+  compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 1 --target-processes all "$py" benchmarks/sanitize.py \
+    || rc=1
 done
 exit $rc

@@ -55,7 +55,11 @@ def _w4a16_gemv_kernel(
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, KP)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # Per-group partial sums stay 3-D across the loop and are reduced once at the end: a
+    # 2-D accumulator made Triton move every iteration's reduced tile through shared memory
+    # from a layout in which threads hold copies, and compute-sanitizer's racecheck reported
+    # those copies' same-address writes (write-write, one PC) as races.
+    acc = tl.zeros((BLOCK_M, BLOCK_N, GT), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         words = k0 // 8 + offs_w
         wv = tl.load(w_words + rn[:, None] * stride_wn + words[None, :], mask=words[None, :] < KP // 8, other=0)
@@ -77,14 +81,17 @@ def _w4a16_gemv_kernel(
             z = tl.full((BLOCK_N, GT), 8.0, tl.float32)
         else:
             z = tl.load(z_ptr + rn[:, None] * stride_sn + g[None, :], mask=g_ok, other=0).to(tl.float32)
-        acc += tl.sum(s[None, :, :] * (cx - z[None, :, :] * xs[:, None, :]), axis=2)
+        acc += s[None, :, :] * (cx - z[None, :, :] * xs[:, None, :])
 
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    out_mask = m_ok[:, None] & (offs_n[None, :] < N)
+    # Reduced with keep_dims and stored as (BLOCK_M, BLOCK_N, 1) pointers: the store then takes
+    # the reduction's own layout, with no trip through shared memory at all.
+    out = tl.sum(acc, axis=2, keep_dims=True)
+    out_ptrs = out_ptr + offs_m[:, None, None] * stride_om + offs_n[None, :, None]
+    out_mask = m_ok[:, None, None] & (offs_n[None, :, None] < N)
     if SPLIT_K == 1:
-        tl.store(out_ptrs, acc, mask=out_mask)
+        tl.store(out_ptrs, out, mask=out_mask)
     else:
-        tl.atomic_add(out_ptrs, acc, mask=out_mask)
+        tl.atomic_add(out_ptrs, out, mask=out_mask)
 
 
 def _cfg(bn, bk, split_k, warps=4, stages=3) -> triton.Config:
