@@ -377,6 +377,16 @@ def test_plan_puts_targets_first_and_runs_shared_cases_once():
     assert items[-1].dtype == torch.float16
 
 
+def test_conv_batches_keep_only_those_layers():
+    from kernelswap.bench.plan import plan
+    args = parser().parse_args(["--shapes", "resnet50", "--conv-batches", "1"])
+    items = plan(args.shapes, ["conv_bn_act"], [torch.bfloat16], [], args.conv_batches)
+    assert items and {it.shape.batch for it in items} == {1}
+    assert len(plan(["resnet50"], ["conv_bn_act"], [torch.bfloat16], [])) == 2 * len(items)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--conv-batches", "one"])
+
+
 def test_sigterm_still_writes_the_rows_measured(tmp_path):
     import os
     import signal

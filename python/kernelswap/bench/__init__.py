@@ -42,6 +42,13 @@ def _csv_list(choices):
     return parse
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     ops = P.ops()
     p = argparse.ArgumentParser(
@@ -60,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=_csv_list(MODEL_GROUPS + ("none",)), default=None,
                    help="model benchmarks: cnn (MobileNetV2, ResNet-50), llm (decoder stack), none "
                         "(default on a GPU: cnn,llm; on CPU: none)")
+    p.add_argument("--conv-batches", type=_int_list, default=None,
+                   help="comma-separated batch sizes of the conv layers to time (default: every one of the "
+                        "sets, N = 1 and 64)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: the quick shape set, bf16, shorter timings, no providers that compile")
     p.add_argument("--budget-s", type=float, default=None,
@@ -95,7 +105,7 @@ def run(args, timer=None) -> list[dict]:
     except ValueError:  # not the main thread: no handler, no partial write on SIGTERM
         old_handler = None
     try:
-        for item in plan(sets, args.ops, dtypes, models):
+        for item in plan(sets, args.ops, dtypes, models, args.conv_batches):
             runner.shape_set = item.shape_set
             if item.kind == "kernel":
                 runner.run_op(item.op, item.shape, item.dtype, P.providers(item.op))

@@ -41,10 +41,13 @@ def _priority(op: str, shape, dtype: torch.dtype, first: bool) -> int:
     return 4 if first else 5
 
 
-def plan(sets: list[str], ops: list[str], dtypes: list[torch.dtype], models: list[str]) -> list[Item]:
+def plan(sets: list[str], ops: list[str], dtypes: list[torch.dtype], models: list[str],
+         conv_batches: tuple[int, ...] | None = None) -> list[Item]:
+    """conv_batches: keep only the conv layers at these batch sizes (None: all)."""
     items, seen = [], set()
     for i, name in enumerate(sets):
         linear, conv = shape_set(name)
+        conv = tuple(s for s in conv if conv_batches is None or s.batch in conv_batches)
         for j, dtype in enumerate(dtypes):
             for op in ops:
                 for shape in (conv if P.family(op) == "conv" else linear):
