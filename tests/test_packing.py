@@ -105,6 +105,13 @@ def test_fold_bn_matches_eval_conv_bn(groups):
     assert_close_to_ref(out, ref, expected, factor=2.0, floor=1e-7, what="folded conv vs eval conv->bn")
 
 
+def test_fold_bn_is_detached_from_a_trainable_bn():
+    conv, bn = _conv_bn()
+    assert bn.weight.requires_grad and torch.is_grad_enabled()
+    w, b = P.fold_bn(conv.weight.detach(), None, bn)
+    assert not w.requires_grad and not b.requires_grad
+
+
 def test_unfold_bn_inverts_fold():
     conv, bn = _conv_bn()
     w, b = P.fold_bn(conv.weight.detach(), conv.bias.detach(), bn)

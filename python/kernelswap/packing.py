@@ -164,9 +164,10 @@ def _bn_factor(bn: torch.nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tenso
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("kernelswap.packing.fold_bn: the BatchNorm has no running statistics "
                          "(track_running_stats=False); it cannot be folded")
+    # detached: folded weights are inference constants, not part of the BatchNorm's autograd graph
     var = bn.running_var.double()
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
     return gamma / torch.sqrt(var + bn.eps), beta
 
 
@@ -174,7 +175,9 @@ def fold_bn(weight: Tensor, bias: Tensor | None, bn) -> tuple[Tensor, Tensor]:
     """Conv weight (C_out, ...) and bias, eval-mode BatchNorm -> folded (weight, bias).
 
     conv(x, w') + b' == bn(conv(x, w) + b) with w' = w * g / sqrt(var + eps) and
-    b' = (b - mean) * g / sqrt(var + eps) + beta; computed in float64, returned in w.dtype."""
+    b' = (b - mean) * g / sqrt(var + eps) + beta; computed in float64, returned in w.dtype,
+    detached from autograd (a trainable BatchNorm's affine parameters do not make the
+    folded weights require grad, which would send every op call through autograd)."""
     if bn.num_features != weight.shape[0]:
         raise ValueError(f"kernelswap.packing.fold_bn: BatchNorm has {bn.num_features} features but the conv "
                          f"has {weight.shape[0]} output channels")
