@@ -2,7 +2,7 @@
 
     python benchmarks/overhead_quick.py [--calls N] [--profile FILE]
 
-For layers whose GPU work is a few microseconds (decode-size linears, small conv layers,
+For layers whose GPU work is a few microseconds (decode-size linears at M = 1 and 16, small conv layers,
 batch-1 CNNs), the time Python and the dispatcher spend per call decides the speed. For
 each swapped module at a small shape this prints, per call:
   launch_us  host time to issue the call (the loop, no synchronization inside it)
@@ -49,14 +49,14 @@ def per_call_us(fn, calls: int) -> tuple[float, float]:
 
 
 def linear_cases(dtype):
-    for recipe, k, n in (("int8", 4096, 4096), ("int8-weight", 4096, 4096), ("int4", 4096, 4096),
-                         ("sparse24", 4096, 4096), ("sparse24-int8", 4096, 4096)):
+    for recipe, m, k, n in (("int8", 1, 4096, 4096), ("int8-weight", 1, 4096, 4096), ("int4", 1, 4096, 4096),
+                            ("int4", 16, 4096, 4096), ("sparse24", 1, 4096, 4096), ("sparse24-int8", 1, 4096, 4096)):
         dense = nn.Linear(k, n, bias=True).to(DEVICE, dtype).eval()
         model = nn.Sequential(nn.Linear(k, n, bias=True)).to(DEVICE, dtype).eval()
         model[0].load_state_dict(dense.state_dict())
         ks.swap(model, recipe, probe=False)
-        x = torch.randn(1, k, device=DEVICE, dtype=dtype)
-        yield f"{recipe} M=1 {k}x{n}", model[0], dense, (x,)
+        x = torch.randn(m, k, device=DEVICE, dtype=dtype)
+        yield f"{recipe} M={m} {k}x{n}", model[0], dense, (x,)
 
 
 def conv_cases(dtype):
