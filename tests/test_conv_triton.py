@@ -266,3 +266,30 @@ def test_cudnn_fused_keeps_nan(residual):
     out = conv._conv_bn_act_cudnn_fused(x, w, b, s, p, d, g, "relu", r)
     ref = _conv_bn_act_torch(x, w, b, s, p, d, g, "relu", r)
     assert torch.equal(out.isnan(), ref.isnan()), f"{int(out.isnan().sum())} NaNs vs {int(ref.isnan().sum())}"
+
+
+# cuDNN conv without the bias, then bias + residual + activation in place (ops/conv.py): on any
+# device (the function is plain torch; the dispatcher times it against conv-with-bias on CUDA).
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("activation,residual", EPILOGUES, ids=[f"{a}{'+res' if r else ''}" for a, r in EPILOGUES])
+def test_conv_then_epilogue(device, activation, residual):
+    from kernelswap.ops import conv
+
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    for case in ("1x1", "3x3_s2_odd", "dw3x3"):
+        args = _inputs(_FUSED_CASES[case], dtype, device, n=3, residual=residual)
+        out = conv._conv_then_epilogue(*args[:7], activation, args[7])
+        _check(out, *args[:7], activation, args[7], what=f"conv then epilogue {case} {activation} {device}")
+    x, w, _, s, p, d, g, r = args
+    out = conv._conv_then_epilogue(x, w, None, s, p, d, g, activation, r)  # no bias
+    _check(out, x, w, None, s, p, d, g, activation, r, what=f"conv then epilogue, no bias, {device}")
+
+
+def test_conv_then_epilogue_declines_without_cuda_or_with_a_wider_residual():
+    from kernelswap.ops import conv
+
+    x, w, b, s, p, d, g, r = _inputs(_FUSED_CASES["1x1"], torch.float32, "cpu", n=1, residual=True)
+    assert "CUDA tensors" in conv._split_supports(x, w, b, s, p, d, g, "relu", r)
+    if torch.cuda.is_available():
+        x, w, b, r = x.cuda().half(), w.cuda().half(), b.cuda().half(), r.cuda()
+        assert "residual dtype" in conv._split_supports(x, w, b, s, p, d, g, "relu", r)
