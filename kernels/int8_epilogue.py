@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 
 @triton.jit
 def store_scaled(
@@ -80,9 +81,9 @@ def splitk_reduce(part: torch.Tensor, a_scale: torch.Tensor | None, b_scale: tor
     block_n = 256
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     dummy = b_scale  # never read when the matching HAS_* flag is off
-    _splitk_reduce_kernel[grid](
-        part, a_scale if a_scale is not None else dummy, b_scale, bias if bias is not None else dummy,
-        out, m, n, out.stride(0), out.stride(1),
-        SPLIT_K=s, HAS_A_SCALE=a_scale is not None, HAS_BIAS=bias is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, **gpu_compile_options(part.device))
+    launch(_splitk_reduce_kernel, grid,
+           (part, a_scale if a_scale is not None else dummy, b_scale, bias if bias is not None else dummy,
+            out, m, n, out.stride(0), out.stride(1)),
+           dict(SPLIT_K=s, HAS_A_SCALE=a_scale is not None, HAS_BIAS=bias is not None,
+                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, **gpu_compile_options(part.device)))
     return out

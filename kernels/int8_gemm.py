@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tiles import grouped_tile
 from ._tuning import TileBytes, autotune, sm_count
 from .int8_epilogue import gpu_compile_options, splitk_reduce, store_scaled
@@ -228,14 +229,14 @@ def launch_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     if config is None:
         kernel = tuned[("small" if m <= SMALL_M else "large", use_tma)]
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split_k)  # noqa: E731
-        kernel[grid](*args, **flags)
+        launch(kernel, grid, args, flags)
     else:
         meta = dict(config)
         if use_tma:
             a_arg.block_shape = [meta["BLOCK_M"], meta["BLOCK_K"]]
             b_arg.block_shape = [meta["BLOCK_N"], meta["BLOCK_K"]]
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split_k)
-        gemm_kernel[grid](*args, **flags, **meta)
+        launch(gemm_kernel, grid, args, {**flags, **meta})
     if split_k > 1:
         splitk_reduce(target, a_scale, b_scale, bias, out)
     return out

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 # fp32 elements one program keeps in registers for the one-pass path: 16 warps x 32
 # threads x 64 values. K = 8192 (the TARGETS.md shapes) fits with room to spare.
 MAX_ONE_PASS_K = 32768
@@ -112,5 +113,5 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return q, scale
     p = quant_launch_params(m, k)
     grid = (triton.cdiv(m, p["ROWS"]),)
-    _quant_rows_kernel[grid](x, q, scale, m, k, x.stride(0), **p)
+    launch(_quant_rows_kernel, grid, (x, q, scale, m, k, x.stride(0)), p)
     return q, scale

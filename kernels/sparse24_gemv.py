@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tuning import TileBytes, autotune, interpreting
 
 
@@ -277,17 +278,16 @@ def _launch(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config)
         return (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"], triton.cdiv(m, block_m))
 
     if config is not None:
-        _sparse24_kernel[grid](*args, **meta_args, **config, **opts)
+        launch(_sparse24_kernel, grid, args, {**meta_args, **config, **opts})
         split_k = config.get("SPLIT_K", 1)
     else:
         tuned = _DOT if use_dot else _FMA
-        tuned[grid](*args, **meta_args, **opts)
-        split_k = tuned.best_config.kwargs["SPLIT_K"]
+        split_k = launch(tuned, grid, args, {**meta_args, **opts})["SPLIT_K"]
     if split_k > 1:
         bm, bn = min(16, triton.next_power_of_2(m)), 256
-        _splitk_reduce_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
-            part, out, dummy if bias is None else bias, a_scale if int8 else dummy, w_scale if int8 else dummy,
-            m, n, split_k, HAS_BIAS=bias is not None, INT8=int8, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, **opts)
+        launch(_splitk_reduce_kernel, (triton.cdiv(m, bm), triton.cdiv(n, bn)),
+               (part, out, dummy if bias is None else bias, a_scale if int8 else dummy, w_scale if int8 else dummy,
+                m, n, split_k), dict(HAS_BIAS=bias is not None, INT8=int8, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, **opts))
     return out
 
 

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tiles import grouped_tile
 from ._tuning import TileBytes, autotune, interpreting
 
@@ -201,9 +202,9 @@ def w4a16_gemm(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tensor, ze
     if config is not None:
         if not small_m:
             assert config.get("SPLIT_K", 1) == 1, "split-K accumulates in fp32: use small_m=True"
-        _w4a16_gemm_kernel[grid](*args, **meta, **config)
+        launch(_w4a16_gemm_kernel, grid, args, {**meta, **config})
     else:
-        (_SMALL if small_m else _LARGE)[grid](*args, **meta)
+        launch(_SMALL if small_m else _LARGE, grid, args, meta)
     if small_m:
         if bias is not None:
             out += bias.float()

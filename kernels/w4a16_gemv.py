@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tuning import autotune
 from .w4a16_gemm import MAGIC_F32, MAGIC_F32_BITS
 
@@ -138,9 +139,9 @@ def w4a16_gemv(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tensor, ze
 
     if config is not None:
         assert config["BLOCK_K"] % group_size == 0, "BLOCK_K must be a multiple of the group"
-        _w4a16_gemv_kernel[grid](*args, **meta, **config)
+        launch(_w4a16_gemv_kernel, grid, args, {**meta, **config})
     else:
-        _GEMV[grid](*args, **meta)
+        launch(_GEMV, grid, args, meta)
     if bias is not None:
         out += bias.float()
     return out.to(x.dtype)
