@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tuning import autotune
 from .activations import activation_code, apply_activation
 from .conv_implicit_gemm import new_output
@@ -109,12 +110,11 @@ def conv_depthwise(
         return out
     res = residual if residual is not None else out  # dummy pointer, never read
     grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
-    _conv_dw_kernel[grid](
-        x, w_prep, bias if bias is not None else out, res, out,
-        p, c, h, wd, ho, wo,
-        *x.stride(), *res.stride(), *out.stride(),
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-        ACTIVATION=activation_code(activation),
-    )
+    launch(_conv_dw_kernel, grid,
+           (x, w_prep, bias if bias is not None else out, res, out,
+            p, c, h, wd, ho, wo,
+            *x.stride(), *res.stride(), *out.stride(),
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]),
+           dict(KH=kh, KW=kw, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+                ACTIVATION=activation_code(activation)))
     return out

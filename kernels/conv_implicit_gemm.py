@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tiles import grouped_tile
 from ._tuning import TileBytes, autotune
 from .activations import activation_code, apply_activation
@@ -184,12 +185,11 @@ def conv_implicit_gemm(
         return out
     res = residual if residual is not None else out  # dummy pointer, never read
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(c_out_g, meta["BLOCK_N"]), groups)  # noqa: E731
-    _conv_igemm_kernel[grid](
-        x, w_prep, bias if bias is not None else out, res, out,
-        m, h, wd, ho, wo, c_in // groups, c_out_g, k,
-        *x.stride(), *res.stride(), *out.stride(),
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        KW=kw, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-        ACTIVATION=activation_code(activation), IEEE_FP32=x.dtype == torch.float32,
-    )
+    launch(_conv_igemm_kernel, grid,
+           (x, w_prep, bias if bias is not None else out, res, out,
+            m, h, wd, ho, wo, c_in // groups, c_out_g, k,
+            *x.stride(), *res.stride(), *out.stride(),
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]),
+           dict(KW=kw, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+                ACTIVATION=activation_code(activation), IEEE_FP32=x.dtype == torch.float32))
     return out

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 # Elementwise and memory-bound; the tile only changes how the bytes are cut. Measured on an
 # H100 (benchmarks/int4_triton_quick.py "dequant_only" rows, bf16 out, g128 asym; us and
 # GB/s of packed weight + scales + zeros read + bf16 written), the DEQUANT_SWEEP below:
@@ -83,8 +84,8 @@ def w4a16_dequant(w_packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
         return out
     c = dict(DEFAULT_CONFIG if config is None else config)
     grid = (triton.cdiv(n, c["BLOCK_N"]), triton.cdiv(k, c["BLOCK_K"]))
-    _w4a16_dequant_kernel[grid](
-        w_packed, scales, scales if zeros is None else zeros, out, n, k,
-        w_packed.stride(0), scales.stride(0), out.stride(0),
-        GROUP=group_size, SYMMETRIC=zeros is None, **c)
+    launch(_w4a16_dequant_kernel, grid,
+           (w_packed, scales, scales if zeros is None else zeros, out, n, k,
+            w_packed.stride(0), scales.stride(0), out.stride(0)),
+           dict(GROUP=group_size, SYMMETRIC=zeros is None, **c))
     return out
