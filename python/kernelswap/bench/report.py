@@ -86,7 +86,7 @@ def merge(runs: list[list[dict]]) -> list[dict]:
 
 def _header(rows: list[dict]) -> list[str]:
     first = rows[0] if rows else {}
-    runs = list(dict.fromkeys(_run_of(r) for r in rows))
+    runs = sorted(dict.fromkeys(_run_of(r) for r in rows), key=lambda run: str(run[-1]))  # by date
     lines = ["# kernelswap benchmarks", ""]
     if len(runs) > 1:
         lines += [f"Merged from {len(runs)} runs (`python -m kernelswap bench --merge`); where they overlap, the later "
