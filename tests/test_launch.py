@@ -98,6 +98,7 @@ def test_what_cannot_be_replayed_always_takes_the_full_path(gpu_free):
 # ---------------------------------------------------------------- GPU: the fast path's results
 def _gpu_cases():
     """(name, op call on fresh inputs of one layout, its reference, exact?) for every Triton launcher."""
+    import kernelswap as ks
     from kernelswap import packing
     from kernelswap.ops import conv, int4, int8, sparse24
 
