@@ -71,7 +71,7 @@ def int4_linear(x: Tensor, w_packed: Tensor, scales: Tensor, zeros: Tensor | Non
     y = _PLAN((x, w_packed, scales, zeros, group_size, bias), _check,
               lambda: (C.flatten_tokens(x), w_packed.contiguous(), scales.contiguous(),
                        None if zeros is None else zeros.contiguous(), group_size, bias))
-    return y.reshape(*x.shape[:-1], w_packed.shape[0])
+    return C.unflatten_tokens(y, x)
 
 
 @int4_linear.register_fake

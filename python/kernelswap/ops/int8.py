@@ -151,7 +151,7 @@ def _int8_weight_op(name: str, x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Te
     """The body both int8-weight linears share: check, flatten tokens, dispatch, restore dims."""
     y = _WEIGHT_PLANS[name]((x, w_q, w_scale, bias), lambda *a: _check_int8_weight(name, *a),
                             lambda: (C.flatten_tokens(x), w_q.contiguous(), w_scale.contiguous(), bias))
-    return y.reshape(*x.shape[:-1], w_q.shape[0])
+    return C.unflatten_tokens(y, x)
 
 
 def _int8_weight_fake(name: str):

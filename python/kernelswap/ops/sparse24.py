@@ -82,7 +82,7 @@ def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None
     """x (..., K) float -> (..., N) x.dtype. See the module docstring for the format."""
     y = _FLOAT_PLAN((x, values, meta, bias), _check_float,
                     lambda: (C.flatten_tokens(x), values.contiguous(), meta.contiguous(), bias))
-    return y.reshape(*x.shape[:-1], values.shape[0])
+    return C.unflatten_tokens(y, x)
 
 
 @sparse24_linear.register_fake
@@ -126,7 +126,7 @@ def sparse24_int8_linear(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tenso
     """2:4 W8A8: x (..., K) float, values (N, Kp // 2) int8, w_scale (N,) fp32 -> (..., N) x.dtype."""
     y = _INT8_PLAN((x, values, meta, w_scale, bias), _check_int8,
                    lambda: (C.flatten_tokens(x), values.contiguous(), meta.contiguous(), w_scale.contiguous(), bias))
-    return y.reshape(*x.shape[:-1], values.shape[0])
+    return C.unflatten_tokens(y, x)
 
 
 @sparse24_int8_linear.register_fake
