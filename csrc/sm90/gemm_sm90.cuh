@@ -2,7 +2,7 @@
 // dense int8 (TMA warp-specialized) and 2:4 sparse (sparse wgmma) with the same fused
 // epilogue. Included only by the generated csrc/sm90/inst_*.cu files (one instantiation
 // each, so they compile in parallel) and by sparse24_prepare.cu (for the sparse layouts).
-// See gemm_problem.h for the swapped orientation (weight = A, tokens = B).
+// See csrc/gemm_args.h for the swapped orientation (weight = A, tokens = B).
 #pragma once
 
 #include "sm90/gemm_problem.h"
