@@ -8,7 +8,8 @@ against 31 us for the nn.Linear it replaces (benchmarks/overhead_quick.py), most
 that path (its --profile listing): more than the kernels run.
 
 `launch(kernel, grid, args, consts)` does that once per argument layout and then calls
-the compiled kernel directly. The layout key holds what Triton specializes and tunes on:
+the compiled kernel directly (KERNELSWAP_FAST_LAUNCH=0, read at import, turns this off:
+every launch then takes Triton's own path). The layout key holds what Triton specializes and tunes on:
 every int and float argument's exact value (shapes, strides: the autotune keys, the
 `== 1` and `% 16` specializations, int32 vs int64), each tensor's dtype and 16-byte
 alignment, the constexpr values and the current device. A new layout takes the full
@@ -18,6 +19,7 @@ which returns no compiled kernel), or a Triton whose compiled kernels lack `run`
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import torch
@@ -25,6 +27,7 @@ import triton
 
 from ._tuning import interpreting
 
+ENABLED = os.environ.get("KERNELSWAP_FAST_LAUNCH", "1") != "0"
 _CACHE: dict[tuple, tuple | object] = {}
 LIMIT = 4096  # layouts kept (token counts vary); cleared when full
 _NOT_REPLAYABLE = object()  # cached "take the full path for this layout"
@@ -98,7 +101,7 @@ def _replay(fn, args: tuple, consts: dict, grid: Callable | tuple, compiled) -> 
 def launch(fn, grid: Callable | tuple, args: tuple, consts: dict) -> dict:
     """fn[grid](*args, **consts), through the fast path once this layout has been seen.
     Returns the meta-parameters the autotuner chose for this layout (empty without one)."""
-    if interpreting():  # the interpreter runs on CPU tensors and compiles nothing
+    if not ENABLED or interpreting():  # the interpreter runs on CPU tensors and compiles nothing
         fn[grid](*args, **consts)
         return _tuned(fn)
     layout = _layout(args, consts)

@@ -84,6 +84,14 @@ def test_a_new_layout_takes_the_full_path(gpu_free):
     assert len(slow) == 5 and not compiled.runs
 
 
+def test_turned_off_every_launch_takes_the_full_path(gpu_free, monkeypatch):
+    monkeypatch.setattr(_launch, "ENABLED", False)  # as KERNELSWAP_FAST_LAUNCH=0 at import
+    kernel, compiled, slow = _tuned_kernel()
+    for _ in range(3):
+        assert _launch.launch(kernel, (1,), (torch.zeros(4), 64), {}) == {"BLOCK": 32}
+    assert len(slow) == 3 and not compiled.runs and not _launch._CACHE
+
+
 def test_what_cannot_be_replayed_always_takes_the_full_path(gpu_free):
     kernel, compiled, slow = _tuned_kernel(pre_hook=lambda nargs: None)  # e.g. TMA block shapes
     for _ in range(3):
