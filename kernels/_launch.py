@@ -34,7 +34,7 @@ _NOT_REPLAYABLE = object()  # cached "take the full path for this layout"
 _PLAIN = (int, float, bool, str, type(None))
 
 
-def _layout(args: tuple, consts: dict) -> tuple | None:
+def _layout(device: int, args: tuple, consts: dict) -> tuple | None:
     """The key of this call's layout, or None when an argument is neither a tensor nor a
     plain value (e.g. a TMA descriptor, built per call): such calls always take the full path."""
     key = []
@@ -45,7 +45,7 @@ def _layout(args: tuple, consts: dict) -> tuple | None:
             key.append((type(a), a))  # exact: True and 1 differ
         else:
             return None
-    return (torch.cuda.current_device(), *key, *sorted(consts.items()))
+    return (device, *key, *sorted(consts.items()))
 
 
 def _chain(fn) -> tuple[list, Any]:
@@ -77,10 +77,12 @@ def _replay(fn, args: tuple, consts: dict, grid: Callable | tuple, compiled) -> 
                            and hasattr(compiled, "packed_metadata")):
         return _NOT_REPLAYABLE
     named = {**dict(zip(jit.arg_names, args)), **consts}
+    chosen = {}
     for w in wrappers:  # outermost first, as Triton applies them
         if isinstance(w, triton.runtime.Autotuner):
             if w.best_config.pre_hook is not None:
                 return _NOT_REPLAYABLE
+            chosen.update(w.best_config.kwargs)
             named.update(w.best_config.kwargs)
         else:
             for name, heuristic in w.values.items():
@@ -95,7 +97,7 @@ def _replay(fn, args: tuple, consts: dict, grid: Callable | tuple, compiled) -> 
             return _NOT_REPLAYABLE
     g = grid(named) if callable(grid) else grid
     g = tuple(g) + (1,) * (3 - len(g))
-    return compiled, g, tuple(values), _tuned(fn)
+    return compiled, g, tuple(values), chosen
 
 
 def launch(fn, grid: Callable | tuple, args: tuple, consts: dict) -> dict:
@@ -104,7 +106,8 @@ def launch(fn, grid: Callable | tuple, args: tuple, consts: dict) -> dict:
     if not ENABLED or interpreting():  # the interpreter runs on CPU tensors and compiles nothing
         fn[grid](*args, **consts)
         return _tuned(fn)
-    layout = _layout(args, consts)
+    device = torch.cuda.current_device()
+    layout = _layout(device, args, consts)
     if layout is None:
         fn[grid](*args, **consts)
         return _tuned(fn)
@@ -121,7 +124,7 @@ def launch(fn, grid: Callable | tuple, args: tuple, consts: dict) -> dict:
         return _tuned(fn)
     compiled, g, template, chosen = hit
     values = args + template[len(args):]  # this call's tensors; the rest is fixed for the layout
-    stream = torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())
+    stream = torch._C._cuda_getCurrentRawStream(device)
     hooks = getattr(getattr(triton, "knobs", None), "runtime", None)
     enter = getattr(hooks, "launch_enter_hook", None)
     exit_ = getattr(hooks, "launch_exit_hook", None)
