@@ -46,17 +46,28 @@ def _quantize_cuda(x):
 
 
 # ---------------------------------------------------------------- shared checks
+def _arch_entries(arch_list: str) -> list[tuple[str, bool]]:
+    """TORCH_CUDA_ARCH_LIST as built ("8.0;8.9;9.0a+PTX", or space-separated) -> [(arch, with PTX)]."""
+    return [(e.split("+")[0].strip(), "+PTX" in e) for e in arch_list.replace(" ", ";").split(";") if e.strip()]
+
+
 def built_archs(arch_list: str) -> set[str]:
-    """TORCH_CUDA_ARCH_LIST as built ("8.0;8.9;9.0a+PTX", or space-separated) -> {"8.0", "8.9", "9.0a"}."""
-    return {a.split("+")[0] for a in arch_list.replace(" ", ";").split(";") if a.strip()}
+    """TORCH_CUDA_ARCH_LIST as built -> {"8.0", "8.9", "9.0a"}."""
+    return {arch for arch, _ in _arch_entries(arch_list)}
+
+
+def _cutlass_reason(info: dict) -> str | None:
+    if info.get("cutlass") != "1":
+        return "kernelswap._C was built without CUTLASS (pip install nvidia-cutlass, rebuild)"
+    return None
 
 
 @functools.lru_cache(maxsize=None)
 def _sm90_reason(device_index: int) -> str | None:
     """Why the sm_90a GEMMs cannot run on this device (None: they can)."""
     info = _ext.build_info()
-    if info.get("cutlass") != "1":
-        return "kernelswap._C was built without CUTLASS (pip install nvidia-cutlass, rebuild)"
+    if (why := _cutlass_reason(info)) is not None:
+        return why
     if "9.0a" not in built_archs(info.get("archs", "")):
         return f"kernelswap._C carries no sm_90a code (built for {info.get('archs')!r}); rebuild with 9.0a"
     major, minor = torch.cuda.get_device_capability(device_index)
@@ -177,16 +188,13 @@ def runs_here(arch_list: str, major: int, minor: int) -> bool:
     """Does a build for `arch_list` carry code a GPU of compute capability major.minor runs?
     SASS runs on its own major at an equal or higher minor ("9.0a" only on 9.0); "+PTX" is
     JIT-compiled for any later GPU."""
-    for entry in arch_list.replace(" ", ";").split(";"):
-        arch = entry.split("+")[0].strip()
-        if not arch:
-            continue
+    for arch, ptx in _arch_entries(arch_list):
         a_major, a_minor = int(arch.split(".")[0]), int(arch.split(".")[1].rstrip("a"))
         if arch.endswith("a"):
             sass = (a_major, a_minor) == (major, minor)
         else:
             sass = a_major == major and a_minor <= minor
-        if sass or ("+PTX" in entry and (a_major, a_minor) <= (major, minor)):
+        if sass or (ptx and (a_major, a_minor) <= (major, minor)):
             return True
     return False
 
@@ -195,8 +203,8 @@ def runs_here(arch_list: str, major: int, minor: int) -> bool:
 def _sm80_reason(device_index: int) -> str | None:
     """Why the Ampere 2:4 GEMMs should not serve this device (None: they should)."""
     info = _ext.build_info()
-    if info.get("cutlass") != "1":
-        return "kernelswap._C was built without CUTLASS (pip install nvidia-cutlass, rebuild)"
+    if (why := _cutlass_reason(info)) is not None:
+        return why
     major, minor = torch.cuda.get_device_capability(device_index)
     if major < 8:
         return f"mma.sp needs an sm_80 or later GPU; this one is sm_{major}{minor}"
