@@ -21,20 +21,16 @@ from ._measure import Picks
 from .backend import Plan, register
 
 ACTIVATIONS = ("identity", "relu", "relu6", "silu", "hardswish")
+_ACTIVATION_FNS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish}
 
 
-def apply_activation(y: Tensor, activation: str) -> Tensor:
+def apply_activation(y: Tensor, activation: str, inplace: bool = False) -> Tensor:
     if activation == "identity":
         return y
-    if activation == "relu":
-        return F.relu(y)
-    if activation == "relu6":
-        return F.relu6(y)
-    if activation == "silu":
-        return F.silu(y)
-    if activation == "hardswish":
-        return F.hardswish(y)
-    raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+    fn = _ACTIVATION_FNS.get(activation)
+    if fn is None:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+    return fn(y, inplace=inplace)
 
 
 def output_memory_format(x: Tensor) -> torch.memory_format:
@@ -133,16 +129,7 @@ def _conv_then_epilogue(x, weight, bias, stride, padding, dilation, groups, acti
         y.add_(bias.to(x.dtype).reshape(1, -1, 1, 1))
     if residual is not None:
         y.add_(residual)
-    return _activation_(y, activation).contiguous(memory_format=output_memory_format(x))
-
-
-def _activation_(y: Tensor, activation: str) -> Tensor:
-    """apply_activation, in place."""
-    if activation == "identity":
-        return y
-    if activation == "relu6":
-        return F.relu6(y, inplace=True)
-    return {"relu": F.relu, "silu": F.silu, "hardswish": F.hardswish}[activation](y, inplace=True)
+    return apply_activation(y, activation, inplace=True).contiguous(memory_format=output_memory_format(x))
 
 
 # ---------------------------------------------------------------- cuDNN's fused conv + (add) + ReLU
