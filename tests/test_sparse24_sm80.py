@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from kernelswap import _ext, packing
 from kernelswap.ops import cuda_ext, sparse24_sm80
 from kernelswap.ops.sparse24 import sparse24_int8_linear_ref
-from utils import assert_close_to_ref, assert_exact, needs_cuda, needs_cutlass, needs_ext, raises_safely
+from utils import assert_close_to_ref, assert_exact, needs_ext, raises_safely
 
 C = torch.ops.kernelswap
 
@@ -163,14 +163,13 @@ def _on_sm80_plus() -> bool:
     return cuda_ext.runs_here(_ext.build_info().get("archs", ""), *torch.cuda.get_device_capability())
 
 
+# (a GPU, a CUTLASS build, and code in that build for the GPU's arch)
 needs_sm80 = pytest.mark.skipif(not _on_sm80_plus(), reason="needs an sm_80+ GPU this CUTLASS build runs on")
 M_SIZES = (1, 7, 16, 33, 4096)
 KN = [(16, 32), (200, 96), (8192, 8192)]  # smallest legal, awkward (K_pad 256), large
 KN_INT8 = [(32, 16), (224, 80), (8192, 8192)]
 
 
-@needs_cuda
-@needs_cutlass
 @needs_sm80
 @pytest.mark.parametrize("k,n", KN, ids=[f"K{k}N{n}" for k, n in KN])
 @pytest.mark.parametrize("m", M_SIZES)
@@ -187,8 +186,6 @@ def test_sparse24_sm80_close(m, k, n, dtype):
     assert_close_to_ref(out, ref64, F.linear(x, w, bias), what=f"sparse24 sm80 m={m} k={k} n={n} {dtype}")
 
 
-@needs_cuda
-@needs_cutlass
 @needs_sm80
 @pytest.mark.parametrize("k,n", KN_INT8, ids=[f"K{k}N{n}" for k, n in KN_INT8])
 @pytest.mark.parametrize("m", M_SIZES)
