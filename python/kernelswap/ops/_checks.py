@@ -74,7 +74,7 @@ def flatten_tokens(x: Tensor) -> Tensor:
     """(..., K) -> contiguous (M, K) with unit stride along K, also when M = 0
     (an empty tensor counts as contiguous whatever its strides, so .contiguous() keeps them).
     A contiguous 2-D x (a decode step's activations) is returned as it is: this runs per call."""
-    if x.dim() == 2 and x.is_contiguous() and (x.numel() or x.stride(-1) == 1):
+    if x.dim() == 2 and x.is_contiguous() and x.stride(-1) == 1:
         return x
     if x.numel() == 0:
         return x.new_empty((math.prod(x.shape[:-1]), x.shape[-1]))
