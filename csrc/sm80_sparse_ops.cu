@@ -17,6 +17,7 @@
 // or K < K_pad: CUTLASS 2.x checks M and K against its vector widths.
 #include "common.h"
 
+#include "op_checks.h"
 #include "sm80/sparse_gemm.h"
 
 #include <torch/csrc/stable/accelerator.h>
@@ -29,22 +30,6 @@
 
 namespace kernelswap {
 namespace {
-
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-void check_tensor(const char* op, const char* name, const Tensor& t, ScalarType dt, const char* dt_name,
-                  int64_t dim) {
-  STD_TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D");
-  STD_TORCH_CHECK(t.scalar_type() == dt, op, ": ", name, " must be ", dt_name);
-  STD_TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-  STD_TORCH_CHECK(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0, op, ": ", name,
-                  " must be 16-byte aligned (vector loads); pass a fresh tensor, not an offset view");
-}
-
-void check_vector(const char* op, const char* name, const Tensor& t, int64_t n) {
-  check_tensor(op, name, t, ScalarType::Float, "float32", 1);
-  STD_TORCH_CHECK(t.size(0) == n, op, ": ", name, " must have ", n, " elements, got ", t.size(0));
-}
 
 // The layout of kernelswap.ops.sparse24_sm80.prepare; returns K_pad.
 int64_t check_sparse(const char* op, const Tensor& x, const Tensor& values, const Tensor& meta, ScalarType dt,
@@ -88,10 +73,6 @@ Tensor padded(Tensor src, int64_t rows_pad, int64_t cols_pad) {
   return out;
 }
 
-const float* opt_ptr(const std::optional<Tensor>& t) {
-  return t.has_value() ? static_cast<const float*>(t->const_data_ptr()) : nullptr;
-}
-
 template <DType In, DType Out>
 void launch(const GemmProblem& p) {
 #if KERNELSWAP_WITH_CUTLASS  // else check_device has already refused
@@ -102,7 +83,7 @@ void launch(const GemmProblem& p) {
 // The shared tail: pad x (and x_scale), run, transpose. x is int8 or x.dtype's.
 template <DType In>
 Tensor run(const char* op, const Tensor& x, const Tensor* x_scale, const Tensor& values, const Tensor& meta,
-           const Tensor* w_scale, const std::optional<Tensor>& bias, ScalarType out_dtype, DType out, int64_t k_pad) {
+           const Tensor* w_scale, const std::optional<Tensor>& bias, ScalarType out_dtype, int64_t k_pad) {
   const int64_t M = x.size(0), N = values.size(0);
   if (!x.is_cuda() || M == 0) return torch::stable::new_empty(x, {M, N}, out_dtype);  // Meta: the shape
   check_device(op, x);
@@ -112,14 +93,15 @@ Tensor run(const char* op, const Tensor& x, const Tensor* x_scale, const Tensor&
   std::optional<Tensor> sp;
   if (x_scale) sp = padded(*x_scale, m_pad, 1);
   Tensor d = torch::stable::new_empty(x, {N, m_pad}, out_dtype);  // the GEMM's (N, M) row-major result
-  GemmProblem p{values.const_data_ptr(), meta.const_data_ptr(), xp.const_data_ptr(),
-                sp ? static_cast<const float*>(sp->const_data_ptr()) : nullptr,
-                w_scale ? static_cast<const float*>(w_scale->const_data_ptr()) : nullptr, opt_ptr(bias),
+  GemmProblem p{values.const_data_ptr(), meta.const_data_ptr(), xp.const_data_ptr(), opt_ptr(sp),
+                opt_ptr(w_scale), opt_ptr(bias),
                 d.mutable_data_ptr(), int(m_pad), int(N), int(k_pad), &x};
-  if (out == DType::kBF16) {
-    launch<In, In == DType::kI8 ? DType::kBF16 : In>(p);
+  if constexpr (In != DType::kI8) {
+    launch<In, In>(p);  // 16-bit inputs write their own type
+  } else if (out_type(op, out_dtype) == DType::kBF16) {
+    launch<In, DType::kBF16>(p);
   } else {
-    launch<In, In == DType::kI8 ? DType::kFP16 : In>(p);
+    launch<In, DType::kFP16>(p);
   }
   if (m_pad != M) d = torch::stable::narrow(d, 1, 0, M);
   return torch::stable::contiguous(torch::stable::transpose(d, 0, 1));
@@ -135,9 +117,8 @@ Tensor sparse24_mm_sm80(const Tensor& x, const Tensor& values, const Tensor& met
   check_tensor(op, "x", x, dt, dt_name, 2);
   const int64_t k_pad = check_sparse(op, x, values, meta, dt, dt_name, false);
   if (bias.has_value()) check_vector(op, "bias", *bias, values.size(0));
-  const DType out = dt == ScalarType::BFloat16 ? DType::kBF16 : DType::kFP16;
-  return out == DType::kBF16 ? run<DType::kBF16>(op, x, nullptr, values, meta, nullptr, bias, dt, out, k_pad)
-                             : run<DType::kFP16>(op, x, nullptr, values, meta, nullptr, bias, dt, out, k_pad);
+  return dt == ScalarType::BFloat16 ? run<DType::kBF16>(op, x, nullptr, values, meta, nullptr, bias, dt, k_pad)
+                                    : run<DType::kFP16>(op, x, nullptr, values, meta, nullptr, bias, dt, k_pad);
 }
 
 Tensor sparse24_int8_mm_sm80(const Tensor& x, const Tensor& x_scale, const Tensor& values, const Tensor& meta,
@@ -149,10 +130,8 @@ Tensor sparse24_int8_mm_sm80(const Tensor& x, const Tensor& x_scale, const Tenso
   check_vector(op, "x_scale", x_scale, x.size(0));
   check_vector(op, "w_scale", w_scale, N);
   if (bias.has_value()) check_vector(op, "bias", *bias, N);
-  STD_TORCH_CHECK(out_dtype == ScalarType::BFloat16 || out_dtype == ScalarType::Half, op,
-                  ": out_dtype must be bfloat16 or float16 (float32 output is not instantiated)");
-  const DType out = out_dtype == ScalarType::BFloat16 ? DType::kBF16 : DType::kFP16;
-  return run<DType::kI8>(op, x, &x_scale, values, meta, &w_scale, bias, out_dtype, out, k_pad);
+  out_type(op, out_dtype);  // checked here, also for Meta tensors
+  return run<DType::kI8>(op, x, &x_scale, values, meta, &w_scale, bias, out_dtype, k_pad);
 }
 
 }  // namespace kernelswap

@@ -15,6 +15,7 @@
 // values per row); 16-byte aligned, contiguous inputs; M, N, K < 2^31.
 #include "common.h"
 
+#include "op_checks.h"
 #include "sm90/gemm_problem.h"
 
 #include <torch/csrc/stable/accelerator.h>
@@ -32,32 +33,10 @@ namespace {
 using sm90::DType;
 using sm90::Tiles;
 
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-void check_tensor(const char* op, const char* name, const Tensor& t, ScalarType dt, const char* dt_name,
-                  int64_t dim) {
-  STD_TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D");
-  STD_TORCH_CHECK(t.scalar_type() == dt, op, ": ", name, " must be ", dt_name);
-  STD_TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-  STD_TORCH_CHECK(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0, op, ": ", name,
-                  " must be 16-byte aligned (TMA); pass a fresh tensor, not an offset view");
-}
-
-void check_vector(const char* op, const char* name, const Tensor& t, int64_t n) {
-  check_tensor(op, name, t, ScalarType::Float, "float32", 1);
-  STD_TORCH_CHECK(t.size(0) == n, op, ": ", name, " must have ", n, " elements, got ", t.size(0));
-}
-
 void check_kn(const char* op, int64_t K, int64_t N) {
   STD_TORCH_CHECK(K % 16 == 0 && K > 0, op, ": K must be a positive multiple of 16 (TMA moves 16-byte rows), got K=", K);
   STD_TORCH_CHECK(N % 16 == 0 && N > 0, op, ": N must be a positive multiple of 16 (TMA stores 16-byte rows), got N=", N);
   STD_TORCH_CHECK(K < (1LL << 31) && N < (1LL << 31), op, ": K and N must be below 2^31");
-}
-
-DType out_type(const char* op, ScalarType dt) {
-  STD_TORCH_CHECK(dt == ScalarType::BFloat16 || dt == ScalarType::Half, op,
-                  ": out_dtype must be bfloat16 or float16 (float32 output is not instantiated)");
-  return dt == ScalarType::BFloat16 ? DType::kBF16 : DType::kFP16;
 }
 
 // The GEMMs are sm_90a code: on any other GPU, or in a build without it, say so rather
@@ -114,12 +93,6 @@ void launch(DType out, sm90::GemmProblem& p) {
   }
 #endif
 }
-
-const float* opt_ptr(const std::optional<Tensor>& t) {
-  return t.has_value() ? static_cast<const float*>(t->const_data_ptr()) : nullptr;
-}
-
-const float* opt_ptr(const Tensor* t) { return t ? static_cast<const float*>(t->const_data_ptr()) : nullptr; }
 
 // What the three entry points check beyond their operands: M, and the epilogue's inputs
 // (x_scale per row and w_scale per column for int8, null for 2:4 bf16/fp16; bias per column).
