@@ -1,5 +1,5 @@
-// What the CUTLASS GEMMs of csrc/sm90 and csrc/sm80 share: element types, and the fp32
-// multiply / add the epilogues use as the ComputeFn of their visitor trees.
+// What the CUTLASS GEMMs of csrc/sm90 and csrc/sm80 share: element types, the fp32
+// multiply / add the epilogues use as the ComputeFn of their visitor trees, and the launch.
 #pragma once
 
 #include "gemm_args.h"
@@ -8,9 +8,33 @@
 #include <cutlass/cutlass.h>
 #include <cutlass/numeric_types.h>
 
+#include <torch/csrc/stable/ops.h>
+
 #include <cstdint>
 
 namespace kernelswap {
+
+// Check, set up and launch a CUTLASS device-level GEMM (2.x or 3.x adapter) on the
+// current stream of p.like's device, with a workspace allocated through torch; every
+// failure raises, naming `what` and the problem.
+template <class Device>
+void run_cutlass(const char* what, const typename Device::Arguments& args, const GemmProblem& p) {
+  cutlass::Status st = Device::can_implement(args);
+  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C ", what, ": CUTLASS cannot run M=", p.M,
+                  " N=", p.N, " K=", p.K, ": ", cutlassGetStatusString(st));
+  const size_t ws_bytes = Device::get_workspace_size(args);
+  Tensor ws = torch::stable::new_empty(*p.like, {static_cast<int64_t>(ws_bytes > 0 ? ws_bytes : 1)},
+                                       ScalarType::Byte);
+  cudaStream_t stream = current_stream(*p.like);
+  Device gemm;
+  st = gemm.initialize(args, ws.mutable_data_ptr(), stream);
+  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C ", what, ": initialize failed: ",
+                  cutlassGetStatusString(st));
+  st = gemm.run(stream);
+  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C ", what, ": launch failed: ",
+                  cutlassGetStatusString(st));
+  KS_CHECK_LAUNCH();
+}
 
 template <DType D> struct CutlassType;
 template <> struct CutlassType<DType::kBF16> { using type = cutlass::bfloat16_t; };

@@ -114,18 +114,7 @@ void run_sparse_gemm(const GemmProblem& p) {
        G::LayoutE::packed(cutlass::make_Coord(p.N, p.K / kMetaCols))},
       epilogue};
 
-  Device gemm;
-  cutlass::Status st = Device::can_implement(args);
-  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm80 2:4 GEMM: CUTLASS cannot run N=", p.N,
-                  " M=", p.M, " K=", p.K, ": ", cutlassGetStatusString(st));
-  cudaStream_t stream = current_stream(*p.like);
-  st = gemm.initialize(args, nullptr, stream);
-  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm80 2:4 GEMM: initialize failed: ",
-                  cutlassGetStatusString(st));
-  st = gemm.run(stream);
-  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm80 2:4 GEMM: launch failed: ",
-                  cutlassGetStatusString(st));
-  KS_CHECK_LAUNCH();
+  run_cutlass<Device>("sm80 2:4 GEMM", args, p);
 }
 
 }  // namespace kernelswap::sm80

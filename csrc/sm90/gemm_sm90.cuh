@@ -155,21 +155,7 @@ void run_gemm(const GemmProblem& p) {
   cutlass::KernelHardwareInfo hw{device, sm_count(device)};
   typename Device::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm, problem, mainloop, epilogue, hw};
 
-  Device gemm;
-  cutlass::Status st = gemm.can_implement(args);
-  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: CUTLASS cannot run M=", p.M,
-                  " N=", p.N, " K=", p.K, ": ", cutlassGetStatusString(st));
-  const size_t ws_bytes = Device::get_workspace_size(args);
-  Tensor ws = torch::stable::new_empty(*p.like, {static_cast<int64_t>(ws_bytes > 0 ? ws_bytes : 1)},
-                                       ScalarType::Byte);
-  cudaStream_t stream = current_stream(*p.like);
-  st = gemm.initialize(args, ws.mutable_data_ptr(), stream);
-  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: initialize failed: ",
-                  cutlassGetStatusString(st));
-  st = gemm.run(stream);
-  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: launch failed: ",
-                  cutlassGetStatusString(st));
-  KS_CHECK_LAUNCH();
+  run_cutlass<Device>("sm90 GEMM", args, p);
 }
 
 }  // namespace kernelswap::sm90
