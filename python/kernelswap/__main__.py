@@ -1,8 +1,9 @@
-"""Command line: `python -m kernelswap {info,demo,bench}`.
+"""Command line: `python -m kernelswap {info,demo,bench,evaluate}`.
 
   info   versions, GPU, extension status and which backend serves each op
   demo   swap a bundled real model with each recipe; accuracy, memory, latency
   bench  kernel and model microbenchmarks against the baselines
+  evaluate  the deployment report of each recipe on one model: speed, memory, size, accuracy, per layer
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ COMMANDS = {
     "info": ("kernelswap.info", "versions, GPU, extension status and which backend serves each op"),
     "demo": ("kernelswap.demo", "swap a bundled real model with each recipe and show what changed"),
     "bench": ("kernelswap.bench", "kernel and model benchmarks against the baselines"),
+    "evaluate": ("kernelswap.evaluate", "speed, memory, size, accuracy and per-layer table of each recipe"),
 }
 
 
 def _usage() -> str:
-    lines = ["usage: python -m kernelswap {info,demo,bench} [options]", ""]
-    lines += [f"  {name:<6} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines = ["usage: python -m kernelswap {info,demo,bench,evaluate} [options]", ""]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`python -m kernelswap COMMAND --help` for a command's options."]
     return "\n".join(lines)
 
