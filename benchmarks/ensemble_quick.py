@@ -1,0 +1,197 @@
+"""ks.ensemble against a Python loop over the same members: four MiniLM-sized encoders and four
+ResNet-18-sized CNNs, batch 1 and 16.
+
+    python benchmarks/ensemble_quick.py [--out DIR] [--iters N] [--dtype bf16] [--swap RECIPE]
+
+Each member has random weights (BatchNorm statistics randomized too); the members of one row are
+of one architecture, so the ensemble runs them as one vmapped computation (each layer one
+batched kernel). The loop is what a user writes without it: call each member, stack the
+outputs, take the mean. Both are timed with CUDA events after a warm-up (median, p20, p80 of
+--iters calls), and their outputs compared (max |difference|). Where kernelswap.capture exists,
+both are also timed replayed as CUDA graphs (ks.capture). --swap RECIPE adds rows where every
+member is swapped with RECIPE first: those members run one call each, on their own CUDA streams.
+
+Encoder: BERT with all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads, FFN 1536,
+vocab 30522), 128 tokens, mean-pooled; attention "eager" (matmul + softmax, which vmap batches;
+--attn sdpa tries scaled_dot_product_attention instead). CNN: torchvision ResNet-18, 224x224.
+Target (issue 19): the ensemble >= 2.5x faster than the loop at batch 1 and 16.
+
+Prints a table; with --out DIR writes DIR/ensemble_quick.csv (one row per case, tagged with the
+GPU, torch version, commit and date). --device cpu runs a smoke test (use a small --iters).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import subprocess
+
+import numpy as np
+import torch
+from torch import nn
+
+import kernelswap as ks
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Encoder(nn.Module):
+    """A MiniLM-shaped BertModel with random weights -> (B, 384) mean-pooled embedding."""
+
+    def __init__(self, attn: str, layers: int = 6):
+        super().__init__()
+        import transformers
+        cfg = transformers.BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=layers,
+                                      num_attention_heads=12, intermediate_size=1536, attn_implementation=attn)
+        self.bert = transformers.BertModel(cfg, add_pooling_layer=False)
+
+    def forward(self, input_ids):
+        return self.bert(input_ids=input_ids).last_hidden_state.mean(dim=1)
+
+
+def resnet18() -> nn.Module:
+    import torchvision
+    m = torchvision.models.resnet18()
+    with torch.no_grad():
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.normal_(0, 0.1)
+                bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def time_ms(fn, device, iters: int, warmup: int = 10) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        import time
+        out = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return out
+
+
+def captured(fn_module, x):
+    """ks.capture's replay of a module, or None where the capture API is not there."""
+    try:
+        from kernelswap.capture import capture
+    except ImportError:
+        return None
+    return capture(fn_module, x)
+
+
+class Loop(nn.Module):
+    """What a user writes without ks.ensemble: every member, then the mean."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x):
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def case(family: str, batch: int, args, device, dtype, swap: str | None) -> list[dict]:
+    torch.manual_seed(0)
+    if family == "minilm-encoder":
+        members = [Encoder(args.attn) for _ in range(args.members)]
+        x = torch.randint(0, 30522, (batch, args.tokens), device=device)
+    else:
+        members = [resnet18() for _ in range(args.members)]
+        x = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
+    members = [m.to(device=device, dtype=dtype).eval() for m in members]
+    if swap:
+        for m in members:
+            ks.swap(m, swap.split("+"), probe=False)
+    loop = Loop(members)
+    ens = ks.ensemble(members, "mean")
+    with torch.inference_mode():
+        want, got = loop(x), ens(x)
+        diff = float((want.float() - got.float()).abs().max())
+        scale = float(want.float().abs().max())
+        rows = []
+        runs = [("loop", loop), ("ensemble", ens)]
+        for name, mod in list(runs):
+            try:
+                g = captured(mod, x)
+            except Exception as e:  # noqa: BLE001 - report, keep going
+                print(f"  {family} b{batch} {name}: ks.capture failed: {type(e).__name__}: {e}")
+                g = None
+            if g is not None:
+                runs.append((f"{name}+capture", lambda x_, g=g: g(x_)))
+        for name, fn in runs:
+            t = time_ms(lambda: fn(x), device, args.iters)
+            rows.append({"family": family, "members": args.members, "batch": batch, "recipe": swap or "float",
+                         "dtype": args.dtype, "how": name, "median_ms": float(np.median(t)),
+                         "p20_ms": float(np.percentile(t, 20)), "p80_ms": float(np.percentile(t, 80)),
+                         "max_abs_diff_vs_loop": diff, "loop_max_abs": scale,
+                         "batched_groups": str(ens.batched_groups)})
+    base = {r["how"].replace("ensemble", "loop"): r["median_ms"] for r in rows if r["how"].startswith("loop")}
+    for r in rows:
+        r["speedup_vs_loop"] = base.get(r["how"].replace("ensemble", "loop"), float("nan")) / r["median_ms"]
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", metavar="DIR", help="write DIR/ensemble_quick.csv")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--members", type=int, default=4)
+    p.add_argument("--batches", default="1,16")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
+    p.add_argument("--attn", choices=("eager", "sdpa"), default="eager")
+    p.add_argument("--families", default="minilm-encoder,resnet18")
+    p.add_argument("--swap", metavar="RECIPE", help="also time members swapped with RECIPE ('+' combines)")
+    p.add_argument("--device", default="cuda")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    rows = []
+    for family in args.families.split(","):
+        for batch in map(int, args.batches.split(",")):
+            for swap in [None] + ([args.swap] if args.swap else []):
+                rows += case(family, batch, args, device, dtype, swap)
+    env = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "torch": torch.__version__, "commit": _commit(),
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+    head = ("family", "batch", "recipe", "how", "median_ms", "p20_ms", "p80_ms", "speedup_vs_loop",
+            "max_abs_diff_vs_loop")
+    print(f"{env['gpu']}, torch {env['torch']}, commit {env['commit']}, {args.members} members, {args.dtype}")
+    print("  ".join(f"{h:>14}" for h in head))
+    for r in rows:
+        print("  ".join(f"{r[h]:>14.4g}" if isinstance(r[h], float) else f"{r[h]!s:>14}" for h in head))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, "ensemble_quick.csv")
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[*rows[0], *env])
+            w.writeheader()
+            w.writerows({**r, **env} for r in rows)
+        print(f"wrote {path}")
+    return 0
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
