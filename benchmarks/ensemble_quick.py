@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import kernelswap as ks
+from kernelswap.evaluate._measure import time_calls
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -62,26 +63,8 @@ def resnet18() -> nn.Module:
 
 
 def time_ms(fn, device, iters: int, warmup: int = 10) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    if device.type != "cuda":
-        import time
-        out = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
-        return out
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return out
+    """ms per call: CUDA events on the GPU, perf_counter on the CPU (ks.evaluate's timer)."""
+    return time_calls(fn, device, iters, warmup)
 
 
 def captured(fn_module, x):

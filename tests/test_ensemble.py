@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import kernelswap as ks
+from tests.utils import needs_cuda
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,3 +166,15 @@ def test_float_ensemble_state_dict_copy_and_dtype():
     assert wide.batched_groups == [[0, 1, 2]]
     with torch.no_grad():
         torch.testing.assert_close(wide(x.double()), _loop(members, "max", x).double(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("combine", ["mean", "vote"])
+def test_cuda_streams_match_loop(combine):
+    swapped = _cnn()
+    ks.swap(swapped, "int8", probe=False)
+    members = [m.cuda() for m in (_cnn(), _cnn(), SmallMLP().eval(), swapped)]
+    ens = ks.ensemble(members, combine)
+    assert ens.batched_groups == [[0, 1]] and len(ens._streams) == 3
+    _check(ens, members, combine, torch.randn(6, 3, 5, 5, device="cuda"))

@@ -11,6 +11,7 @@ from torch import nn
 
 import kernelswap as ks
 from kernelswap.evaluate import CPU_NOTE, _cli, _models
+from tests.utils import needs_cuda
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -178,3 +179,16 @@ def test_cli(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             _cli.main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_fields():
+    model = _net().cuda()
+    r = ks.evaluate(model, torch.randn(4, 3, 8, 8, device="cuda"), ["fuse+int8"], repeats=3, progress=False)
+    row = r["results"][0]
+    assert row["memory"]["peak_bytes"] >= row["memory"]["forward_bytes"] > 0
+    captured = row["latency"]["captured"]
+    assert "median_ms" in captured or captured["skipped"].startswith("ks.capture failed")
+    assert r["env"]["gpu"] and "CPU smoke run" not in r["env"]["note"]
+    assert all(x["backend"] in ks.ops.BACKENDS for x in row["per_layer"]["layers"])
