@@ -34,15 +34,17 @@ def _lat(r: dict, kind: str) -> str:
 def format_markdown(data: dict) -> str:
     env = data["env"]
     out = [f"# kernelswap evaluate: {data['model']}", "",
-           f"**{env['note']}**", "",
-           f"batch {data['batch']} ({data['batches']} batch{'es' if data['batches'] > 1 else ''} for accuracy), "
-           f"{data['repeats']} timed forwards after {data['warmup']} warm-up; accuracy against "
-           f"{data['reference']}.", "",
-           "| " + " | ".join(f"{k}: {v}" for k, v in env.items() if k != "note") + " |", "",
-           "## Summary", "",
-           "| recipe | eager ms median (p20-p80) | graph ms | items/s | peak fwd MiB | weights MiB | file MiB "
-           "| cosine mean / min | max abs err | SQNR dB | top-1 agree % | layers swapped / left |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           f"**{env['note']}**", ""]
+    if data.get("model_note"):
+        out += [f"Model: {data['model_note']}" + (f" ({data['dtype']})" if data.get("dtype") else "") + ".", ""]
+    out += [f"batch {data['batch']} ({data['batches']} batch{'es' if data['batches'] > 1 else ''} for accuracy), "
+            f"{data['repeats']} timed forwards after {data['warmup']} warm-up; accuracy against "
+            f"{data['reference']}.", "",
+            "| " + " | ".join(f"{k}: {v}" for k, v in env.items() if k != "note") + " |", "",
+            "## Summary", "",
+            "| recipe | eager ms median (p20-p80) | graph ms | items/s | peak fwd MiB | weights MiB | file MiB "
+            "| cosine mean / min | max abs err | SQNR dB | top-1 agree % | layers swapped / left |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in _rows(data):
         a = r["accuracy"] or {}
         mem = r["memory"]
@@ -138,22 +140,24 @@ def plot_report(json_path: str, out_dir: str) -> list[str]:
     paths.append(_save(fig, out_dir, "time_vs_accuracy.png"))
 
     results = data["results"]
-    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 0.35 * _TOP_LAYERS + 2), squeeze=False)
-    for ax, r in zip(axes[0], results):
+    prefix = _common_prefix([x["name"] for r in results for x in r["per_layer"]["layers"]])
+    fig, axes = plt.subplots(len(results), 1, figsize=(9, (0.28 * _TOP_LAYERS + 1.3) * len(results)), squeeze=False)
+    for ax, r in zip(axes[:, 0], results):
         layers = sorted(r["per_layer"]["layers"], key=lambda x: -x["time_ms"])[:_TOP_LAYERS][::-1]
         backends = sorted({x["backend"] or "?" for x in layers})
         colors = {b: f"C{i}" for i, b in enumerate(backends)}
-        ax.barh([x["name"] for x in layers], [100 * (x["share"] or 0) for x in layers],
+        ax.barh([x["name"][len(prefix):] or x["name"] for x in layers], [100 * (x["share"] or 0) for x in layers],
                 color=[colors[x["backend"] or "?"] for x in layers])
         for b, c in colors.items():
             ax.barh([], [], color=c, label=f"backend: {b}")
         ax.set_xlabel("share of the forward's time, %")
         ax.set_title(f"{r['recipe']}: {len(r['per_layer']['layers'])} swapped layers, "
                      f"{100 * (r['per_layer']['swapped_share'] or 0):.0f}% of the time", fontsize=10)
-        ax.tick_params(axis="y", labelsize=7)
+        ax.tick_params(axis="y", labelsize=8)
         if layers:
             ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"slowest swapped layers\n{sub}", fontsize=10)
+    fig.suptitle(f"slowest swapped layers" + (f" (names after {prefix!r})" if prefix else "") + f"\n{sub}",
+                 fontsize=10)
     paths.append(_save(fig, out_dir, "layer_breakdown.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -168,6 +172,20 @@ def plot_report(json_path: str, out_dir: str) -> list[str]:
     ax.legend()
     paths.append(_save(fig, out_dir, "sizes.png"))
     return paths
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The dotted prefix every name shares ('inner.0.model.encoder.'), so plot labels stay short."""
+    if len(names) < 2:
+        return ""
+    parts = [n.split(".") for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    common = common[:min(len(p) for p in parts) - 1]  # keep at least one part of every name
+    return ".".join(common) + "." if common else ""
 
 
 def _save(fig, out_dir: str, name: str) -> str:
