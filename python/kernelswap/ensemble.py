@@ -210,6 +210,8 @@ class Ensemble(nn.Module):
                                    "stacked weights must be rebuilt, which cannot happen under CUDA-graph capture; "
                                    "run one forward before capturing")
             self._build()
+        if len(self._groups) == 1 and isinstance(self._groups[0], _Batched):  # all of one build: already stacked
+            return self._reduce(self._check_tensor(0, self._groups[0](args, kwargs)))
         outs: list = [None] * len(self.members)
         if self._streams is None:
             for g in self._groups:
@@ -222,8 +224,9 @@ class Ensemble(nn.Module):
                     self._run(g, args, kwargs, outs)
             for s in self._streams:
                 main.wait_stream(s)
-            for o in outs:  # made on a side stream, read on this one: keep the allocator from reusing them early
-                o.record_stream(main)
+            if not torch.cuda.is_current_stream_capturing():  # under capture the graph's pool owns them
+                for o in outs:  # made on a side stream, read on this one: keep the allocator from reusing them early
+                    o.record_stream(main)
         return self._combine(outs)
 
     def _run(self, group, args, kwargs, outs: list) -> None:
@@ -248,7 +251,10 @@ class Ensemble(nn.Module):
             if o.shape != first.shape:
                 raise ValueError(f"ks.ensemble: member 0 gives an output of shape {tuple(first.shape)} but member "
                                  f"{i} gives {tuple(o.shape)}; an ensemble combines outputs of one shape")
-        y = torch.stack(outs)
+        return self._reduce(torch.stack(outs))
+
+    def _reduce(self, y: torch.Tensor) -> torch.Tensor:
+        """(members, ...) outputs -> the combined output."""
         if self.combine == "mean":
             return y.mean(0)
         if self.combine == "softmax-mean":
