@@ -160,7 +160,12 @@ def file_size(model: nn.Module, swapped: bool) -> tuple[int | None, str | None]:
         if swapped:
             save(model, path)
         else:
-            tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+            tensors, seen = {}, set()
+            for k, v in model.state_dict().items():  # a tied weight is stored once, as save_pretrained does
+                key = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+                if key not in seen:
+                    seen.add(key)
+                    tensors[k] = v.detach().to("cpu", copy=True).contiguous()
             safetensors.torch.save_file(tensors, path)
         return os.path.getsize(path), None
 

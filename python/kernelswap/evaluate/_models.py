@@ -143,7 +143,14 @@ def _minilm(batch: int) -> Loaded:
 def _causal_lm(model, tok, batch: int, note: str) -> Loaded:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    tokenize = lambda s: tok(s, return_tensors="pt", padding=True)  # noqa: E731
+    tok.padding_side = "right"
+
+    def tokenize(sentences):
+        # Cut every sentence to the batch's shortest: no padding, so every position's logits count.
+        enc = tok(sentences, return_tensors="pt", padding=True)
+        n = int(enc["attention_mask"].sum(1).min())
+        return {k: v[:, :n] for k, v in enc.items()}
+
     return Loaded(LogitsOf(model, "logits").eval(), _text_batches(tokenize, batch), True,
                   ["int8", "int8-weight", "int4"], note, metric=kl_div)
 
