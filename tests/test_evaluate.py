@@ -192,3 +192,16 @@ def test_gpu_fields():
     assert "median_ms" in captured or captured["skipped"].startswith("ks.capture failed")
     assert r["env"]["gpu"] and "CPU smoke run" not in r["env"]["note"]
     assert all(x["backend"] in ks.ops.BACKENDS for x in row["per_layer"]["layers"])
+
+
+def test_cli_hf_checkpoint(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
+    assert _cli.main(["--hf", str(tmp_path / "tiny"), "--recipes", "int8", "--batch", "3", "--repeats", "2",
+                      "--out", str(tmp_path / "out"), "--no-progress", "--no-plots"]) == 0
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["model"] == "tiny" and data["results"][0]["layers_swapped"] == 8  # 7 per layer + lm_head
+    assert data["results"][0]["metric"]["kl_nats_per_token"] >= 0

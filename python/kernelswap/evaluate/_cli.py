@@ -3,6 +3,7 @@ report.json and PNG plots to --out."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = load(args.model, args.hf, args.batch)
     except (ImportError, FileNotFoundError) as e:
-        print(f"python -m kernelswap evaluate: {e}", file=sys.stderr)
+        print(e, file=sys.stderr)  # one line naming the pip install (or the missing folder)
         return 2
     model = loaded.model.to(device=device, dtype=dtype)
     batches = [_to(b, device, dtype) for b in loaded.batches]
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
     print(f"kernelswap evaluate: {loaded.note}", file=sys.stderr)
     report = evaluate(model, batches, specs or loaded.recipes, metric=loaded.metric, logits=loaded.logits,
-                      repeats=args.repeats, name=args.model or args.hf, progress=not args.no_progress)
+                      repeats=args.repeats, name=args.model or os.path.basename(args.hf.rstrip("/")), progress=not args.no_progress)
     report.data["model_note"] = loaded.note
     report.data["dtype"] = str(dtype).replace("torch.", "")
     print(report)
