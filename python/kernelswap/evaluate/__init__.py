@@ -168,8 +168,8 @@ def evaluate(model: nn.Module, inputs, recipes: Iterable = ("int8",), metric: Ca
     refs = _references(reference, model, batches)
     base, float_outs = _measure(model, batches, refs, device, opts, swapped=False)
     refs = float_outs if refs is None else refs
-    base_acc_given = reference is not None
-    if not base_acc_given:
+    given_reference = reference is not None
+    if not given_reference:
         base["accuracy"] = M.accuracy(float_outs, refs, logits)
         base["metric"] = M.user_metric(metric, float_outs, refs)
     bar.update()
@@ -192,7 +192,7 @@ def evaluate(model: nn.Module, inputs, recipes: Iterable = ("int8",), metric: Ca
     bar.close()
     data = {"model": name or type(model).__name__, "batch": M.batch_size(batches[0]), "batches": len(batches),
             "env": _env(device), "repeats": opts["repeats"], "warmup": opts["warmup"],
-            "reference": "the float model" if not base_acc_given else "the given reference",
+            "reference": "the float model" if not given_reference else "the given reference",
             "float": base, "results": results}
     return EvalReport(data)
 

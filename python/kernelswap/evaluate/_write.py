@@ -156,7 +156,7 @@ def plot_report(json_path: str, out_dir: str) -> list[str]:
         ax.tick_params(axis="y", labelsize=8)
         if layers:
             ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"slowest swapped layers" + (f" (names after {prefix!r})" if prefix else "") + f"\n{sub}",
+    fig.suptitle("slowest swapped layers" + (f" (names after {prefix!r})" if prefix else "") + f"\n{sub}",
                  fontsize=10)
     paths.append(_save(fig, out_dir, "layer_breakdown.png"))
 
