@@ -178,3 +178,11 @@ def test_cuda_streams_match_loop(combine):
     ens = ks.ensemble(members, combine)
     assert ens.batched_groups == [[0, 1]] and len(ens._streams) == 3
     _check(ens, members, combine, torch.randn(6, 3, 5, 5, device="cuda"))
+
+
+def test_same_shapes_other_hyperparameters_are_not_stacked():
+    a, b, c = _cnn(), _cnn(), _cnn()
+    b.conv2.stride = (1, 1)  # same parameter shapes, another computation: must not share a's forward
+    ens = ks.ensemble([a, b, c])
+    assert ens.batched_groups == [[0, 2]]
+    _check(ens, [a, b, c], "mean", torch.randn(2, 3, 6, 6))

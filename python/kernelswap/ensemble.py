@@ -76,11 +76,22 @@ def _install_hooks() -> None:
 _SCALARS = (bool, int, float, str, tuple, type(None))
 
 
+def _plain(v) -> bool:
+    """A scalar-like attribute that two builds of one architecture must share (hashable, comparable)."""
+    if not isinstance(v, _SCALARS):
+        return False
+    try:
+        hash(v)
+    except TypeError:  # a tuple holding a list
+        return False
+    return True
+
+
 def _fingerprint(model: nn.Module) -> tuple:
     """Equal for two models only if one forward computes both: module types and their plain
     attributes (stride, eps, heads...), and every parameter's and buffer's name, shape, dtype, device."""
     mods = tuple((n, type(m).__module__, type(m).__qualname__,
-                  tuple(sorted((k, v) for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, _SCALARS))))
+                  tuple(sorted((k, v) for k, v in vars(m).items() if not k.startswith("_") and _plain(v))))
                  for n, m in model.named_modules(remove_duplicate=False))
     tensors = tuple((n, tuple(t.shape), t.dtype, t.device) for n, t in _state(model).items())
     return mods, tensors
