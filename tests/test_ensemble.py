@@ -80,7 +80,7 @@ def _check(ens, members, combine, x):
 def test_same_architecture_runs_batched_and_matches_loop(combine):
     members = [_cnn() for _ in range(4)]
     x = torch.randn(5, 3, 9, 7)
-    ens = ks.ensemble(members, combine)
+    ens = ks.ensemble(members, combine, batched=True)
     assert ens.batched_groups == [[0, 1, 2, 3]]
     _check(ens, members, combine, x)
 
@@ -91,17 +91,27 @@ def test_mixed_architectures_match_loop(combine):
     ks.swap(swapped, "int8", probe=False)
     members = [_cnn(), SmallMLP().eval(), _cnn(), swapped, _cnn(width=4)]
     x = torch.randn(3, 3, 5, 5)
-    ens = ks.ensemble(members, combine)
+    ens = ks.ensemble(members, combine, batched=True)
     assert ens.batched_groups == [[0, 2]]  # same type and shapes; width 4 and the swapped one run alone
     _check(ens, members, combine, x)
 
 
 def test_members_hold_views_of_the_stacked_weights():
     members = [_cnn() for _ in range(3)]
-    ens = ks.ensemble(members)
+    ens = ks.ensemble(members, batched=True)
     with torch.no_grad():
         members[1].fc.weight.mul_(-2.0)  # written through the member: the batched forward sees it
     _check(ens, members, "mean", torch.randn(2, 3, 6, 6))
+
+
+def test_cpu_default_runs_members_plainly():
+    members = [_cnn() for _ in range(3)]
+    ens = ks.ensemble(members, "vote")
+    assert ens.batched_groups == [] and not ens.batched
+    _check(ens, members, "vote", torch.randn(4, 3, 6, 6))
+    assert ks.ensemble([_cnn(), _cnn()], batched=False).batched_groups == []
+    with pytest.raises(TypeError, match="batched must be None"):
+        ks.ensemble([_cnn()], batched="yes")
 
 
 def test_refuses_members_with_different_output_shapes():
@@ -131,7 +141,8 @@ class _Pair(nn.Module):
 
 def test_swap_in_place_is_noticed():
     members = [_cnn() for _ in range(3)]
-    ens = ks.ensemble(members, "softmax-mean")
+    ens = ks.ensemble(members, "softmax-mean", batched=True)
+    assert ens.batched_groups == [[0, 1, 2]]
     ks.swap(ens, "int8", probe=False)  # swaps the members' Linear layers through the ensemble
     x = torch.randn(4, 3, 6, 6)
     _check(ens, members, "softmax-mean", x)
@@ -153,9 +164,9 @@ def test_save_load_swapped_ensemble(tmp_path):
 
 def test_float_ensemble_state_dict_copy_and_dtype():
     members = [_cnn() for _ in range(3)]
-    ens = ks.ensemble(members, "max")
+    ens = ks.ensemble(members, "max", batched=True)
     x = torch.randn(2, 3, 6, 6)
-    fresh = ks.ensemble([_cnn() for _ in range(3)], "max")
+    fresh = ks.ensemble([_cnn() for _ in range(3)], "max", batched=True)
     fresh.load_state_dict(ens.state_dict())  # restacked after the load
     clone = copy.deepcopy(ens)
     with torch.no_grad():
@@ -175,7 +186,7 @@ def test_cuda_streams_match_loop(combine):
     swapped = _cnn()
     ks.swap(swapped, "int8", probe=False)
     members = [m.cuda() for m in (_cnn(), _cnn(), SmallMLP().eval(), swapped)]
-    ens = ks.ensemble(members, combine)
+    ens = ks.ensemble(members, combine)  # batched=None: stacked on the GPU
     assert ens.batched_groups == [[0, 1]] and len(ens._streams) == 3
     _check(ens, members, combine, torch.randn(6, 3, 5, 5, device="cuda"))
 
@@ -183,6 +194,6 @@ def test_cuda_streams_match_loop(combine):
 def test_same_shapes_other_hyperparameters_are_not_stacked():
     a, b, c = _cnn(), _cnn(), _cnn()
     b.conv2.stride = (1, 1)  # same parameter shapes, another computation: must not share a's forward
-    ens = ks.ensemble([a, b, c])
+    ens = ks.ensemble([a, b, c], batched=True)
     assert ens.batched_groups == [[0, 2]]
     _check(ens, [a, b, c], "mean", torch.randn(2, 3, 6, 6))
