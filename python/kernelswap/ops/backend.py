@@ -50,6 +50,9 @@ class Impl:
     backend: str
     fn: Callable
     supports: Callable[..., str | None]
+    # prepare(*weights): make the kernel-specific weight layouts this implementation reads
+    # (PreparedWeights caches), called outside any forward (see prepare_weights).
+    prepare: Callable[..., None] | None = None
 
 
 _REGISTRY: dict[str, list[Impl]] = {}
@@ -59,14 +62,19 @@ def _always(*args, **kwargs) -> None:
     return None
 
 
-def register(op: str, backend: str, supports: Callable[..., str | None] = _always):
-    """Decorator: `fn` serves `op` on `backend` whenever `supports(*args)` is None."""
+def register(op: str, backend: str, supports: Callable[..., str | None] = _always,
+             prepare: Callable[..., None] | None = None):
+    """Decorator: `fn` serves `op` on `backend` whenever `supports(*args)` is None.
+
+    `prepare(*weights)`, when given, makes the weight layouts `fn` reads from a cache
+    (the op's arguments after x, e.g. (w_q, w_scale, bias)); `prepare_weights` calls it at
+    swap time, on `.to(device)` and after a load, so no forward has to."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
     def deco(fn):
         impls = _REGISTRY.setdefault(op, [])
-        impls.append(Impl(backend, fn, supports))
+        impls.append(Impl(backend, fn, supports, prepare))
         impls.sort(key=lambda i: BACKENDS.index(i.backend))  # stable: cuda, triton, torch, reference
         _candidates.cache_clear()
         clear_plans()
@@ -253,6 +261,20 @@ def clear_plans() -> None:
     what a `supports` predicate answers)."""
     for plan in _PLANS:
         plan.clear()
+
+
+def prepare_weights(op: str, *weights) -> None:
+    """Make every weight layout that an implementation of `op` able to run here reads, for
+    these weight buffers (the op's arguments after x). Graph-safe layers call this when
+    their buffers are made or moved, so a forward (possibly under CUDA-graph capture)
+    finds the layouts ready and allocates nothing that outlives it."""
+    tensors = [w for w in weights if isinstance(w, torch.Tensor)]
+    if not tensors:
+        return
+    device_type = tensors[0].device.type
+    for impl in _candidates(op, device_type, None, triton_interpreting()):
+        if impl.prepare is not None:
+            impl.prepare(*weights)
 
 
 def serving_backends(op: str, device: torch.device) -> list[str]:
