@@ -21,7 +21,7 @@ from torch import nn
 
 from .fuse import Fused, Journal, fuse_model
 from .nn import KernelswapModule
-from .ops.conv import apply_activation
+from .ops.activations import apply_activation
 from .recipes import Recipe, resolve
 
 Filter = Callable[[str, nn.Module], bool]

@@ -71,6 +71,11 @@ def _usable(x, w_packed, group_size) -> str | None:
         return "tinygemm runs on CUDA only"
     if x.dtype != torch.bfloat16:
         return f"tinygemm takes bf16 activations only, got {x.dtype}"
+    return _usable_weights(w_packed, group_size)
+
+
+def _usable_weights(w_packed, group_size) -> str | None:
+    """Why tinygemm cannot take these (CUDA) weights (None: it can)."""
     if group_size not in TINYGEMM_GROUPS:
         return f"tinygemm has no group size {group_size} (it has {TINYGEMM_GROUPS})"
     n, kp = w_packed.shape[0], w_packed.shape[1] * 2
@@ -80,7 +85,7 @@ def _usable(x, w_packed, group_size) -> str | None:
         return f"Kp={kp} is not a multiple of 32 (tinygemm's smallest k packing)"
     if not _TORCH_OK:
         return f"torch {torch.__version__}: the uint8 tinygemm layout is tested on torch >= 2.11 only"
-    if torch.cuda.get_device_capability(x.device) < (8, 0):
+    if torch.cuda.get_device_capability(w_packed.device) < (8, 0):
         return "tinygemm needs sm_80 or later"
     return None
 
@@ -91,6 +96,14 @@ def supports(x, w_packed, scales, zeros, group_size, bias) -> str | None:
     if not 1 <= m <= TINYGEMM_M_MAX:
         return f"M={m} outside tinygemm's range 1..{TINYGEMM_M_MAX}"
     return _usable(x, w_packed, group_size)
+
+
+def prepare(w_packed, scales, zeros, group_size, bias) -> None:
+    """Make the tinygemm layout of these weights where tinygemm can serve them (register's prepare)."""
+    if not w_packed.is_cuda or _usable_weights(w_packed, group_size) is not None:
+        return
+    sources = tuple(t for t in (w_packed, scales, zeros) if t is not None)
+    _PREPARED.get(sources, lambda: _prepare(w_packed, scales, zeros))
 
 
 def _prepare(w_packed: Tensor, scales: Tensor, zeros: Tensor | None) -> tuple[Tensor, Tensor]:
