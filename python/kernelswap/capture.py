@@ -199,9 +199,16 @@ class _LayerStack:
         if isinstance(model, nn.Module):
             for name, module in model.named_modules():
                 label = f"{name or '<model>'} ({type(module).__name__})"
-                self._handles.append(module.register_forward_pre_hook(
-                    lambda m, a, label=label: self.names.append(label)))
-                self._handles.append(module.register_forward_hook(lambda m, a, o: self.names.pop()))
+                self._handles.append(module.register_forward_pre_hook(self._enter_hook(label)))
+                self._handles.append(module.register_forward_hook(self._exit_hook))
+
+    def _enter_hook(self, label: str) -> Callable:
+        def hook(module, args) -> None:  # returns None: the inputs are left alone
+            self.names.append(label)
+        return hook
+
+    def _exit_hook(self, module, args, output) -> None:  # returns None: the output is left alone
+        self.names.pop()
 
     def __enter__(self):
         return self
@@ -272,6 +279,7 @@ class CapturedModel:
         sig, leaves, spec = signature(args, kwargs)
         entry = self.graphs.get(sig)
         if entry is None:
+            device_of(args, kwargs, leaves)  # a CPU tensor is named before anything else is said
             if not self.capture_new:
                 raise CaptureError(f"ks.capture: no graph for inputs {describe(sig)} and capture_new=False "
                                    f"(captured: {'; '.join(self.signatures) or 'none'}); call with a captured "
@@ -316,7 +324,7 @@ class CapturedModel:
             torch.cuda.synchronize()
             versions = [t._version if isinstance(t, torch.Tensor) else None for t in static]
             graph = torch.cuda.CUDAGraph()
-            where = None
+            where, stream = None, torch.cuda.current_stream()
             try:
                 with _LayerStack(self.model) as stack:
                     try:
@@ -325,6 +333,7 @@ class CapturedModel:
                     finally:
                         where = stack.names[-1] if stack.names else None
             except Exception as e:  # noqa: BLE001 - re-raised with the cause and the layer
+                torch.cuda.set_stream(stream)  # torch.cuda.graph leaves its capture stream current when its end fails
                 inside = f" (raised inside layer {where})" if where else ""
                 raise CaptureError(f"ks.capture: the forward could not be captured in a CUDA graph{inside}: "
                                    f"{_first_line(_root_cause(e))}; {UNSAFE_HINT}") from e
