@@ -12,6 +12,7 @@ from torch import nn
 
 import kernelswap as ks
 from kernelswap.capture import CaptureError
+from test_fuse import _randomize_bn
 from utils import needs_cuda, rel_err
 
 pytestmark = [needs_cuda, pytest.mark.gpu]
@@ -67,13 +68,7 @@ def cnn(fuse: bool, dtype=torch.bfloat16, device="cuda") -> nn.Module:
         nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
         nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.2)
-    model = model.to(device, dtype).to(memory_format=torch.channels_last).eval()
+    model = _randomize_bn(model).to(device, dtype).to(memory_format=torch.channels_last).eval()
     if fuse:
         report = ks.swap(model, "fuse", probe=False)
         assert len(report.swapped) == 4, str(report)
