@@ -127,7 +127,8 @@ def verdicts(rows: list[dict]) -> list[str]:
     for r in rows:
         if r["part"] == "latency" and r["variant"] == "fuse+capture":
             met = "met" if r["vs_base"] <= P11_TARGET else "missed"
-            out.append(f"P11 {r['model']} b1: fuse+capture {r['vs_base']:.3f}x of eager (target <= {P11_TARGET}x): {met}")
+            out.append(f"P11 {r['model']} b1: fuse+capture {r['vs_base']:.3f}x of eager "
+                       f"(target <= {P11_TARGET}x): {met}")
         if r["part"] == "throughput" and r["variant"] == "pipeline":
             met = "met" if r["vs_base"] >= PIPELINE_TARGET else "missed"
             out.append(f"pipeline: {r['vs_base']:.2f} of GPU-resident throughput (target >= {PIPELINE_TARGET}): {met}")

@@ -367,10 +367,11 @@ def capture(model: Callable, *example_args, cache_size: int = DEFAULT_CACHE_SIZE
     not seen before is captured on first use: `warmup` eager calls on a side stream (they run the
     forward's side effects), then the capture; with capture_new=False (settable later as
     runner.capture_new) it is refused with a CaptureError instead. The example call is captured
-    here, on copies of the example inputs (they are not modified). A tensor input the forward writes in place is copied back into the caller's tensor after
-    each replay, as eager would have left it; keep large state that a forward updates (a KV cache)
-    in the model's buffers, or in an object passed as an argument (matched by identity), so the
-    graph updates it in place with no copy.
+    here, on copies of the example inputs (they are not modified). A tensor input the forward
+    writes in place is copied back into the caller's tensor after each replay, as eager would have
+    left it; keep large state that a forward updates (a KV cache) in the model's buffers, or in an
+    object passed as an argument (matched by identity, unless it is a registered pytree node), so
+    the graph updates it in place with no copy.
 
     The model runs under torch.no_grad() (inference only), after ks.prepare(model). Refused with
     a CaptureError: no CUDA, a layer in training mode, a parameter or a tensor input not on the GPU
