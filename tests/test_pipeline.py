@@ -1,5 +1,7 @@
 """ks.pipeline returns exactly what the plain loop returns, in order: on the CPU (where it is the
 plain loop) and on the GPU (overlapped copies: pinned memory, a copy stream, events, record_stream)."""
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -72,6 +74,67 @@ def test_cuda_requested_without_cuda_is_an_error_at_the_call():
 def test_prefetch_must_be_positive_int(prefetch):
     with pytest.raises(ValueError, match="prefetch must be a positive int"):
         ks.pipeline(lambda b: b, [], device="cpu", prefetch=prefetch)
+
+
+# ---------------------------------------------------------------- the overlapped schedule, on the CPU
+@pytest.fixture
+def logged_streams(monkeypatch):
+    """torch.cuda's streams and events as no-ops that log what waits for what."""
+    log = []
+
+    class Event:
+        def record(self, stream):
+            self.n = sum(1 for e in log if e.startswith("take"))  # the batch just staged
+            log.append(f"copied {self.n - 1}")
+
+    class Stream:
+        def __init__(self, *a):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+        def wait_event(self, event):
+            log.append(f"wait {event.n - 1}")
+
+    stream = Stream()
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    return log
+
+
+@pytest.mark.parametrize("prefetch", [1, 2])
+def test_overlapped_schedule(logged_streams, prefetch):
+    """Batch i+1's copy is issued after batch i's compute and before output i is handed out; the
+    compute of batch i waits for its own copy's event; outputs in order; prefetch bounds the lookahead."""
+    from kernelswap.pipeline import _overlapped
+    log = logged_streams
+    n = 5
+
+    def batches():
+        for i in range(n):
+            log.append(f"take {i}")
+            yield torch.full((2,), float(i))
+
+    def model(b):
+        log.append(f"compute {int(b[0])}")
+        return b + 100
+
+    outs = []
+    for out in _overlapped(model, batches(), torch.device("cpu"), prefetch, pin=False):
+        log.append(f"yield {int(out[0]) - 100}")
+        outs.append(out)
+    assert [int(o[0]) - 100 for o in outs] == list(range(n))
+    expected, staged = ["take 0", "copied 0"], 1
+    for i in range(n):
+        expected += [f"wait {i}", f"compute {i}"]
+        for j in range(staged, min(i + 1 + prefetch, n)):  # top up to `prefetch` batches ahead
+            expected += [f"take {j}", f"copied {j}"]
+        staged = max(staged, min(i + 1 + prefetch, n))
+        expected.append(f"yield {i}")
+    assert log == expected
 
 
 # ---------------------------------------------------------------- GPU: overlapped copies
