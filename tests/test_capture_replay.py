@@ -220,3 +220,11 @@ def test_prepare_runs_before_warm_up(stand_in):
     assert order == ["prepare", "forward", "forward", "forward", "forward"]
     x = torch.randn(3, 32)
     torch.testing.assert_close(runner(x), eager(model, x), rtol=0, atol=0)  # a swapped model replays too
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script is deprecated, yet models still hold it
+def test_scripted_submodules_are_captured(stand_in):
+    model = nn.Sequential(nn.Linear(4, 4), torch.jit.script(nn.Sequential(nn.ReLU(), nn.Linear(4, 2)))).eval()
+    runner = ks.capture(model, torch.randn(3, 4))  # no Python hooks on the ScriptModule: still captured
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(runner(x), eager(model, x), rtol=0, atol=0)

@@ -199,7 +199,10 @@ class _LayerStack:
         if isinstance(model, nn.Module):
             for name, module in model.named_modules():
                 label = f"{name or '<model>'} ({type(module).__name__})"
-                self._handles.append(module.register_forward_pre_hook(self._enter_hook(label)))
+                try:
+                    self._handles.append(module.register_forward_pre_hook(self._enter_hook(label)))
+                except RuntimeError:  # a ScriptModule takes no Python hooks: an error inside names its caller
+                    continue
                 self._handles.append(module.register_forward_hook(self._exit_hook))
 
     def _enter_hook(self, label: str) -> Callable:
