@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .fuse import Fused, Journal, fuse_model
+from .fuse import Fused, fuse_model
+from .journal import Journal
 from .nn import KernelswapModule
 from .ops.conv import apply_activation
 from .recipes import Recipe, resolve
@@ -120,7 +121,8 @@ def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
     return 20.0 * torch.log10(torch.tensor(ref.norm().item() / noise)).item()
 
 
-def _check_eval(model: nn.Module) -> None:
+def check_eval(model: nn.Module) -> None:
+    """RuntimeError naming the first submodule in training mode (swap and load need eval mode)."""
     for name, m in model.named_modules():
         if m.training:
             where = f"its submodule {name!r} is" if name else "it is"
@@ -191,7 +193,7 @@ def _linear_reason(model: nn.Module, name: str, linear: nn.Linear) -> str | None
 
 
 # ---------------------------------------------------------------- swap
-def swap_(model: nn.Module, recipes: list[Recipe], filter: Filter | None, journal: Journal,
+def swap_journaled(model: nn.Module, recipes: list[Recipe], filter: Filter | None, journal: Journal,
           probe: bool = True, example_inputs=None) -> SwapReport:
     """swap's work, every replacement recorded in `journal` (kernelswap.load undoes on failure)."""
     captured = _capture_inputs(model, example_inputs) if probe and example_inputs is not None else {}
@@ -240,8 +242,8 @@ def swap(model: nn.Module, recipe: str | Recipe | Iterable[str | Recipe], filter
     The model must be in eval mode.
     """
     recipes = resolve(recipe)
-    _check_eval(model)
-    return swap_(model, recipes, filter, Journal(), probe, example_inputs)
+    check_eval(model)
+    return swap_journaled(model, recipes, filter, Journal(), probe, example_inputs)
 
 
-__all__ = ["LayerSwap", "SwapReport", "swap", "tensor_bytes"]
+__all__ = ["LayerSwap", "SwapReport", "check_eval", "swap", "swap_journaled", "tensor_bytes"]
