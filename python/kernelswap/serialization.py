@@ -20,6 +20,7 @@ import os
 import torch
 from torch import nn
 
+from ._version import __version__
 from .journal import Journal
 from .nn import KernelswapModule
 from .recipes import recipe_from_config
@@ -75,7 +76,6 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _version() -> str:
-    from . import __version__
     return __version__
 
 
