@@ -55,3 +55,16 @@ def test_version_is_written_once():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == kernelswap.__version__
+
+
+def test_csrc_defaults_and_device_check_have_one_home():
+    """The KERNELSWAP_WITH_CUTLASS default and check_device live in csrc/common.h only."""
+    homes = {"#define KERNELSWAP_WITH_CUTLASS": [], "void check_device(": []}
+    for folder, _, files in os.walk(os.path.join(ROOT, "csrc")):
+        for f in files:
+            if f.endswith((".h", ".cuh", ".cu", ".cpp")):
+                text = open(os.path.join(folder, f)).read()
+                for needle, found in homes.items():
+                    if needle in text:
+                        found.append(os.path.relpath(os.path.join(folder, f), ROOT))
+    assert homes == {k: [os.path.join("csrc", "common.h")] for k in homes}
