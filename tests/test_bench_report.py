@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from kernelswap.bench import parser
+from kernelswap.bench.cli import parser
 from kernelswap.bench.report import COLUMNS, markdown, read_csv, write_csv
 from kernelswap.bench.targets import evaluate
 
@@ -87,7 +87,7 @@ def test_merge_keeps_the_later_run_unless_it_skipped(tmp_path):
         write_csv(rows, paths[-1])
     out = tmp_path / "merged"
     parser().parse_args(["--merge", *paths, "--out", str(out)])  # the CLI takes it
-    from kernelswap.bench import write_merged
+    from kernelswap.bench.cli import write_merged
     merged = write_merged(paths, str(out))
     back = read_csv(str(out / "bench.csv"))
     assert len(back) == len(merged) == 5
