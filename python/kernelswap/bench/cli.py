@@ -12,6 +12,7 @@ decoder; the rest; last, the compile pass (torch.compile'd baselines and peers).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import sys
@@ -74,8 +75,9 @@ def parser() -> argparse.ArgumentParser:
                    help="smoke run: the quick shape set, bf16, shorter timings, no providers that compile")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new cases after this many seconds; the rest are written as skipped")
-    p.add_argument("--out", default=os.path.join("benchmarks", "results"),
-                   help="folder for bench.csv and bench.md (default: benchmarks/results)")
+    p.add_argument("--out", default=None,
+                   help="folder for bench.csv and bench.md (default: a new folder ./kernelswap-bench-DATE-TIME; "
+                        "the committed results are replaced only when named: --out benchmarks/results)")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None,
                    help="default: cuda when present; cpu runs the reference paths (a smoke test of the harness)")
     p.add_argument("--list", action="store_true", help="print every shape of every set and exit")
@@ -85,8 +87,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def new_out_dir(now: float | None = None) -> str:
+    """The default --out: a new folder made in the current directory,
+    ./kernelswap-bench-YYYYMMDD-HHMMSS (with -2, -3, ... when taken), so that a run never
+    writes over earlier results, benchmarks/results included."""
+    base = "kernelswap-bench-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    for n in itertools.count(1):
+        path = base if n == 1 else f"{base}-{n}"
+        try:
+            os.makedirs(path)  # made now, so a second run started meanwhile picks another name
+            return path
+        except FileExistsError:
+            continue
+
+
 def run(args, timer=None) -> list[dict]:
-    """The whole benchmark; returns the rows (also written to args.out)."""
+    """The whole benchmark; returns the rows (also written to args.out, a new folder when None)."""
+    args.out = args.out or new_out_dir()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     timer = timer or default_timer(device, args.quick)
     budget = Budget(args.budget_s)
@@ -165,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(describe())
         return 0
+    args.out = args.out or new_out_dir()
     rows = write_merged(args.merge, args.out) if args.merge else run(args)
     print(f"\nwrote {len(rows)} rows to {os.path.join(args.out, 'bench.csv')} and bench.md\n")
     print(short_table(rows))
