@@ -7,9 +7,10 @@
 
 Linear recipes take every nn.Linear the filter admits; "fuse" takes conv -> bn [-> add]
 [-> act] chains (kernelswap.fuse). A layer a recipe cannot take stays as it is and is
-listed in the report with the reason. Each swapped layer is probed: its output on a
-probe input (the layer's real input when example_inputs is given, else a seeded
-Gaussian) against the float layer's, as SQNR in dB.
+listed in the report with the reason; so is a layer an earlier swap made (there is no
+unswap: a second swap leaves it). Rows are in model order. Each swapped layer is probed:
+its output on a probe input (the layer's real input when example_inputs is given, else a
+seeded Gaussian) against the float layer's, as SQNR in dB.
 """
 from __future__ import annotations
 
