@@ -97,7 +97,9 @@ class SwapReport:
             summary = "nothing changed: the model has no layer these recipes apply to"
         elif not self.swapped:
             summary = f"nothing changed: {summary} (why: the after column)"
-        lines = [f"kernelswap.swap {' + '.join(self.recipes)}: {summary}"] + ([fmt(head), *map(fmt, rows)] if rows else [])
+        lines = [f"kernelswap.swap {' + '.join(self.recipes)}: {summary}"]
+        if rows:
+            lines += [fmt(head), *map(fmt, rows)]
         if self.swapped:
             lines.append(f"weights of the swapped layers: {self.bytes_before:,} -> {self.bytes_after:,} bytes "
                          f"({self.bytes_after / max(self.bytes_before, 1):.2f}x)")
