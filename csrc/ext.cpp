@@ -5,9 +5,6 @@
 #include <cstring>
 #include <string>
 
-#ifndef KERNELSWAP_WITH_CUTLASS
-#define KERNELSWAP_WITH_CUTLASS 0
-#endif
 #ifndef KERNELSWAP_TORCH_HEADERS
 #define KERNELSWAP_TORCH_HEADERS "unknown"
 #endif

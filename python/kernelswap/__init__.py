@@ -20,7 +20,7 @@ from .swap import LayerSwap, SwapReport, swap  # noqa: E402
 from .capture import capture, prepare  # noqa: E402
 from .pipeline import pipeline  # noqa: E402
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = ["Fuse", "Int4", "Int8", "Int8Weight", "LayerSwap", "Recipe", "Sparse24", "Sparse24Int8", "SwapReport",
            "__version__", "load", "nn", "ops", "packing", "register_recipe", "save", "swap", "use_backend"]
