@@ -156,13 +156,16 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, steps: int, reps: int,
-        log: Callable[[str], None] = print) -> list[dict]:
+        log: Callable[[str], None] = print, measures: tuple[str, ...] = ("L1", "L2", "L3"),
+        only: tuple[str, ...] = ()) -> list[dict]:
     dtype = torch.bfloat16
     base = build_model(layers, shape, device, dtype)
     ids = torch.randint(0, shape["vocab_size"], (1, PROMPT), device=device)
     compile_mode = "reduce-overhead" if device == "cuda" else None
     rows, ref_logits = [], None
     for name, build in variants(base):
+        if only and name != "bf16" and not any(o in name for o in only):
+            continue
         row = {"variant": name, "layers": layers, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
         try:
             with torch.no_grad():
@@ -173,10 +176,13 @@ def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, st
                     ref_logits = logits
                 row["cosine_vs_bf16"] = float(torch.nn.functional.cosine_similarity(logits, ref_logits, dim=0))
                 row["top1_agrees"] = int(logits.argmax() == ref_logits.argmax())
-                row["L1_ms_per_token"] = l1_eager_generate_ms(model, ids, new_tokens, device, reps)
-                row["L3_prefill_ms"] = l3_prefill_ms(model, prefill, shape["vocab_size"], device, reps)
-                torch._dynamo.reset()
-                row["L2_ms_per_step"] = l2_static_compiled_step_ms(model, ids, steps, device, compile_mode)
+                if "L1" in measures:
+                    row["L1_ms_per_token"] = l1_eager_generate_ms(model, ids, new_tokens, device, reps)
+                if "L3" in measures:
+                    row["L3_prefill_ms"] = l3_prefill_ms(model, prefill, shape["vocab_size"], device, reps)
+                if "L2" in measures:
+                    torch._dynamo.reset()
+                    row["L2_ms_per_step"] = l2_static_compiled_step_ms(model, ids, steps, device, compile_mode)
         except Exception as e:  # noqa: BLE001 - record the failure, keep going
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         finally:
@@ -243,11 +249,14 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--measures", default="L1,L2,L3", help="which of L1, L2, L3 to time")
+    ap.add_argument("--variants", default="", help="comma-separated substrings: only these variants (and bf16)")
     ap.add_argument("--tiny", action="store_true", help="a small config of the same model (CPU smoke run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     shape = TINY if a.tiny else LLAMA_8B
-    rows = run(a.layers, shape, a.device, a.new_tokens, a.prefill, a.steps, a.reps)
+    rows = run(a.layers, shape, a.device, a.new_tokens, a.prefill, a.steps, a.reps,
+               measures=tuple(a.measures.split(",")), only=tuple(v for v in a.variants.split(",") if v))
     import kernelswap
     header = (f"HF LlamaForCausalLM, {a.layers} layers, {'tiny config' if a.tiny else 'Llama-3-8B layer shapes'}, "
               f"bf16, {rows[0]['device']}, torch {torch.__version__}, kernelswap {kernelswap.__version__}")
