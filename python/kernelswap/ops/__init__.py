@@ -11,6 +11,7 @@ from .int8 import int8_linear, int8_scaled_mm, int8_weight_linear, quantize_per_
 from .sparse24 import sparse24_int8_linear, sparse24_linear
 
 # Fast paths, registered after the references; each imports its kernels lazily.
+from . import gemv_cuda  # noqa: F401,E402 - before cuda_ext, so its decode GEMVs are tried first
 from . import conv_triton, cuda_ext, int4_triton, int8_triton, sparse24_triton  # noqa: F401,E402
 
 PUBLIC_OPS = (
