@@ -68,11 +68,15 @@ struct Int4 : FloatBase {
   __device__ static void load_aux(const Args& a, int tile, int b, int g, Aux& aux) {
     const int64_t base = (static_cast<int64_t>(tile) * a.batches + b) * kGroups * 8 + g;
     const auto* s = static_cast<const unsigned int*>(a.scales) + base;
-    const auto* z = static_cast<const unsigned short*>(a.zeros) + base;
 #pragma unroll
-    for (int i = 0; i < kGroups; ++i) {
-      aux.s[i] = __ldg(s + i * 8);
-      aux.z[i] = a.zeros ? static_cast<uint32_t>(__ldg(z + i * 8)) : 0x0808u;
+    for (int i = 0; i < kGroups; ++i) aux.s[i] = __ldg(s + i * 8);
+    if (a.zeros) {
+      const auto* z = static_cast<const unsigned short*>(a.zeros) + base;
+#pragma unroll
+      for (int i = 0; i < kGroups; ++i) aux.z[i] = __ldg(z + i * 8);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kGroups; ++i) aux.z[i] = 0x0808u;  // symmetric: zero point 8
     }
   }
 
@@ -154,9 +158,6 @@ struct Int8W16 : FloatBase {
   }
 };
 
-// max that keeps a NaN once it has seen one (as csrc/quantize_per_token.cu does).
-__device__ __forceinline__ float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
-
 // One value of quantize_per_token_ref: round_half_even(x / s) clamped to [-127, 127];
 // 0 for an all-zero row (s == 0) and where the quotient is NaN (nan_to_num).
 __device__ __forceinline__ int quantize_one(float x, float s) {
@@ -181,29 +182,42 @@ struct Int8W8 {
   static constexpr int row_stride(int k_range) { return k_range + 16; }  // 16: no bank conflicts
   static constexpr int smem_bytes(int k_range, int mp) { return kScaleBytes + mp * row_stride(k_range); }
 
-  // Per-token amax over all of K (warp per token), the scales, then this block's K range of x
-  // quantized into shared memory (zero past M and K). Ends with a barrier.
+  // Per-token amax over all of K, then this block's K range of x quantized into shared memory
+  // (zero past M and K). The amax pass walks all M rows as one flat range of 16-byte vectors,
+  // so every thread has independent loads in flight at any M; a thread keeps a running max
+  // for its current row and folds it into the row's shared max with an integer atomicMax on
+  // the bits (|x| >= 0 orders like its bits, and a NaN's bits exceed inf's: NaN propagates,
+  // as in the reference's amax). Ends with a barrier.
   template <int NT>
   __device__ static void setup(const Args& a, int b0, int b1, unsigned char* smem, Block& blk) {
     constexpr int kMp = 8 * NT;
     auto* scale = reinterpret_cast<float*>(smem);
+    auto* amax_bits = reinterpret_cast<unsigned int*>(smem);  // the same words, before they hold scales
     auto* q = reinterpret_cast<int8_t*>(smem + kScaleBytes);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const T* x = static_cast<const T*>(a.x);
+    if (threadIdx.x < kMp) amax_bits[threadIdx.x] = 0u;
+    __syncthreads();
     const int64_t kv = a.K / 8;  // 16-byte vectors a row (K % 8 == 0)
-    for (int m = warp; m < a.M; m += kWarps) {
-      const uint4* row = reinterpret_cast<const uint4*>(x + m * a.K);
-      float amax = 0.f;
-      for (int64_t v = lane; v < kv; v += 32) {
-        const uint4 r = __ldg(row + v);
-        const T* e = reinterpret_cast<const T*>(&r);
+    int row = -1;
+    unsigned int run = 0u;
+#pragma unroll 4
+    for (int64_t i = threadIdx.x; i < a.M * kv; i += kThreads) {
+      const int m = static_cast<int>(i / kv);
+      const uint4 r = __ldg(reinterpret_cast<const uint4*>(x) + i);
+      const T* e = reinterpret_cast<const T*>(&r);
+      unsigned int v = 0u;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) amax = nan_max(fabsf(Act::to_float(e[i])), amax);
+      for (int j = 0; j < 8; ++j) v = max(v, __float_as_uint(fabsf(Act::to_float(e[j]))));
+      if (m != row) {
+        if (row >= 0) atomicMax(amax_bits + row, run);
+        row = m;
+        run = 0u;
       }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) amax = nan_max(__shfl_xor_sync(0xffffffffu, amax, off), amax);
-      if (lane == 0) scale[m] = __fdiv_rn(amax, 127.f);
+      run = max(run, v);
     }
+    if (row >= 0) atomicMax(amax_bits + row, run);
+    __syncthreads();
+    if (threadIdx.x < a.M) scale[threadIdx.x] = __fdiv_rn(__uint_as_float(amax_bits[threadIdx.x]), 127.f);
     __syncthreads();
     const int k_range = (b1 - b0) * kBatchK, stride = row_stride(k_range);
     const int64_t k_begin = static_cast<int64_t>(b0) * kBatchK;
