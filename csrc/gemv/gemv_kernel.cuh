@@ -21,6 +21,19 @@ __device__ __forceinline__ void load_weights(const uint4* p, uint64_t policy, ui
   for (int u = 0; u < F::kLoads; ++u) w[u] = ld_stream(p + u * 32, policy);
 }
 
+// fn(nt, i, m, n) for each accumulator acc[nt][i] of this lane whose output (m, n) exists
+// (C fragment: token m = 8 nt + 2 t + i % 2, row n = n0 + 8 (i / 2)).
+template <int NT, class Fn>
+__device__ __forceinline__ void for_outputs(const Args& a, int n0, int t, Fn&& fn) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int m = nt * 8 + 2 * t + (i & 1), n = n0 + 8 * (i >> 1);
+      if (m < a.M && n < a.N) fn(nt, i, m, n);
+    }
+}
+
 template <class Act, class F, int NT>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const Args a) {
   using Acc = typename F::Acc;
@@ -66,13 +79,9 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Args a) {
   if (gridDim.y > 1) {
     Acc* ws = static_cast<Acc*>(a.ws);
     if (rows) {
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int m = nt * 8 + 2 * t + (i & 1), n = n0 + 8 * (i >> 1);
-          if (m < a.M && n < a.N) ws[(static_cast<int64_t>(blockIdx.y) * a.M + m) * a.N + n] = acc[nt][i];
-        }
+      for_outputs<NT>(a, n0, t, [&](int nt, int i, int m, int n) {
+        ws[(static_cast<int64_t>(blockIdx.y) * a.M + m) * a.N + n] = acc[nt][i];
+      });
     }
     __threadfence();
     __syncthreads();
@@ -85,29 +94,20 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Args a) {
     if (!last_block) return;
     __threadfence();
     if (rows) {
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int m = nt * 8 + 2 * t + (i & 1), n = n0 + 8 * (i >> 1);
-          if (m >= a.M || n >= a.N) continue;
-          Acc sum = Acc(0);
-          for (int s = 0; s < static_cast<int>(gridDim.y); ++s)
-            sum += s == static_cast<int>(blockIdx.y) ? acc[nt][i]
-                                                     : __ldcg(ws + (static_cast<int64_t>(s) * a.M + m) * a.N + n);
-          acc[nt][i] = sum;
-        }
+      for_outputs<NT>(a, n0, t, [&](int nt, int i, int m, int n) {
+        Acc sum = Acc(0);
+        for (int s = 0; s < static_cast<int>(gridDim.y); ++s)
+          sum += s == static_cast<int>(blockIdx.y) ? acc[nt][i]
+                                                   : __ldcg(ws + (static_cast<int64_t>(s) * a.M + m) * a.N + n);
+        acc[nt][i] = sum;
+      });
     }
   }
   if (!rows) return;
   auto* out = static_cast<typename Act::T*>(a.out);
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int m = nt * 8 + 2 * t + (i & 1), n = n0 + 8 * (i >> 1);
-      if (m < a.M && n < a.N) out[static_cast<int64_t>(m) * a.N + n] = Act::cast(F::epilogue(a, blk, acc[nt][i], m, n));
-    }
+  for_outputs<NT>(a, n0, t, [&](int nt, int i, int m, int n) {
+    out[static_cast<int64_t>(m) * a.N + n] = Act::cast(F::epilogue(a, blk, acc[nt][i], m, n));
+  });
 }
 
 }  // namespace gemv

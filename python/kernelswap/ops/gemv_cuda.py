@@ -7,8 +7,8 @@
 
 One templated kernel (csrc/gemv) streams weights in the layouts of kernelswap.ops.gemv_layout,
 made once per weight buffer at swap time (`prepare`, through kernelswap.ops.backend.
-prepare_weights) and kept in PreparedWeights caches with an fp32 copy of the scales and bias
-and the split-K counters. They run on any sm_80+ GPU the build carries code for, with bf16 /
+prepare_weights) and kept in PreparedWeights caches, with the scales in the kernel's order
+(int4) or as fp32 (int8), an fp32 bias and the split-K counters. They run on any sm_80+ GPU the build carries code for, with bf16 /
 fp16 activations, K a multiple of 8 and a 16-byte aligned x; every other call falls back to
 the next backend with the reason. This module registers before kernelswap.ops.cuda_ext, so
 at decode sizes these GEMVs are tried before the CUTLASS GEMMs.
@@ -52,12 +52,20 @@ _W8A8 = PreparedWeights("int8 -> W8A8 decode GEMV layout")
 
 
 @functools.lru_cache(maxsize=None)
-def _device_reason(device_index: int) -> str | None:
-    """Why the GEMVs cannot run on this device (None: they can)."""
+def _build_reason() -> str | None:
+    """Why this process has no GEMVs at all (None: _C carries them)."""
     if not _ext.load():
         return "kernelswap._C is not loaded"
     if not hasattr(torch.ops.kernelswap, "_C_int4_gemv"):
         return "kernelswap._C predates the decode GEMVs (csrc/gemv); rebuild it"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _device_reason(device_index: int) -> str | None:
+    """Why the GEMVs cannot run on this device (None: they can)."""
+    if (why := _build_reason()) is not None:
+        return why
     from .cuda_ext import runs_here  # imported here: cuda_ext registers after this module
 
     major, minor = torch.cuda.get_device_capability(device_index)
@@ -82,10 +90,12 @@ def _reason(x: Tensor) -> str | None:
         return f"K={k} is not a multiple of {ALIGN_K} (the GEMVs read x in aligned vectors)"
     if m > MAX_M:
         return f"M={m} > {MAX_M}: the GEMVs serve decode sizes"
+    if (why := _build_reason()) is not None:
+        return why
+    if x.device.type != "cuda":
+        return "x is not a CUDA tensor"
     if x.data_ptr() % 16:
         return "x is not 16-byte aligned (an offset view)"
-    if not x.is_cuda:
-        return "x is not a CUDA tensor"
     why = _device_reason(_device_index(x))
     if why is None and m > GEMV_UP_TO_M:
         return Preference(f"M={m} > {GEMV_UP_TO_M}: the GEMMs are faster here")
