@@ -63,27 +63,32 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], const uint4& a, uint32_t b0,
       : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
 }
 
+// D += A * B, m16n8k16 with 16-bit inputs of PTX type TY ("bf16" / "f16"), fp32 accumulators.
+#define KS_GEMV_MMA_16BIT(TY, d, a, b0, b1)                                                                 \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TY "." TY                                          \
+               ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                       \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                             \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+
+// a - b on two packed pairs of V2 (__half2 / __nv_bfloat162).
+template <class V2>
+__device__ __forceinline__ uint32_t sub2_as(uint32_t a, uint32_t b) {
+  V2 r = __hsub2(*reinterpret_cast<const V2*>(&a), *reinterpret_cast<const V2*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
 // The activation types. Each names its MMA and turns small integers held in packed
 // registers into exact pairs of its own type:
 //   kMagic4 | nibble   = (magic + nibble) exactly (128 + q for bf16, 1024 + q for fp16);
-//   from_biased_bytes: two bytes holding q + 128 -> the pair (q, q) exactly.
+//   from_biased_bytes: two bytes holding q0 + 128, q1 + 128 -> the pair (q0, q1) exactly.
 struct BF16 {
   using T = __nv_bfloat16;
   static constexpr uint32_t kMagic4 = 0x43004300u;  // bf16x2 (128, 128)
-  static constexpr uint32_t kMagicOne = 0x4300u;
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    KS_GEMV_MMA_16BIT("bf16", d, a, b0, b1);
   }
   // a - b on packed pairs; exact here (both are small integers plus the same magic).
-  __device__ static uint32_t sub2(uint32_t a, uint32_t b) {
-    __nv_bfloat162 r = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&a),
-                               *reinterpret_cast<const __nv_bfloat162*>(&b));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
+  __device__ static uint32_t sub2(uint32_t a, uint32_t b) { return sub2_as<__nv_bfloat162>(a, b); }
   // bytes (2 * hi, 2 * hi + 1) of w, each q + 128, -> (q0, q1): through fp32, where 2^23 + byte
   // is exact (bf16 has too few mantissa bits for a byte).
   __device__ static uint32_t from_biased_bytes(uint32_t w, int hi) {
@@ -99,18 +104,10 @@ struct BF16 {
 struct FP16 {
   using T = __half;
   static constexpr uint32_t kMagic4 = 0x64006400u;  // fp16x2 (1024, 1024)
-  static constexpr uint32_t kMagicOne = 0x6400u;
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    KS_GEMV_MMA_16BIT("f16", d, a, b0, b1);
   }
-  __device__ static uint32_t sub2(uint32_t a, uint32_t b) {
-    __half2 r = __hsub2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
+  __device__ static uint32_t sub2(uint32_t a, uint32_t b) { return sub2_as<__half2>(a, b); }
   // 0x64XX is 1024 + XX exactly: one PRMT and one subtraction of 1152 = 1024 + 128.
   __device__ static uint32_t from_biased_bytes(uint32_t w, int hi) {
     return sub2(prmt(w, 0x64646464u, hi ? 0x7362u : 0x5140u), 0x64806480u);
