@@ -4,8 +4,9 @@
 
 Needs a GPU and a kernelswap._C built with csrc/gemv. Kernels: W4A16 (group 128 asymmetric and
 group 32 symmetric), W8A16, W8A8 (per-token quantization inside), each through the public op with
-the cuda backend forced (so host time is the op's real per-call path); --with-triton adds the
-Triton backend of the same ops. At M in {1, 4, 16, 64} on (K, N) in {(4096, 4096),
+the cuda backend forced (so host time is the op's real per-call path), and on an sm_90 GPU the
+CUTLASS W8A8 GEMM (quantize kernel + int8 GEMM) it displaces; --with-triton adds the Triton
+backend of the same ops. At M in {1, 4, 16, 64} on (K, N) in {(4096, 4096),
 (4096, 14336), (14336, 4096), (8192, 28672)}. Each provider cycles through enough copies of its
 weights that they cannot sit in L2 (and triton.testing.do_bench clears L2 before each call
 too); time = do_bench's median. GB/s counts the weight bytes the kernel must read (codes +
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 import triton
 
 import kernelswap
-from kernelswap.ops import backend
+from kernelswap.ops import backend, cuda_ext
 from kernelswap.packing import quantize_int4
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]
@@ -85,6 +86,9 @@ def main() -> None:
     bw = copy_bandwidth()
     print(f"copy bandwidth: {bw / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
     backends = ["cuda"] + (["triton"] if opts.with_triton else [])
+    cutlass_ok = cuda_ext._int8_linear_supports(torch.empty(1, 4096, device="cuda", dtype=dtype),
+                                                torch.empty(4096, 4096, device="cuda", dtype=torch.int8),
+                                                torch.empty(4096, device="cuda"), None) is None
     rows = []
     for k, n in SHAPES:
         dense_bytes = n * k * 2
@@ -111,6 +115,12 @@ def main() -> None:
                     continue
                 rows.append(dict(kernel=kind, backend=be, M=m, K=k, N=n, us=ms * 1e3, GBps=nbytes / (ms * 1e-3) / 1e9,
                                  pct_copy=100 * nbytes / (ms * 1e-3) / bw, x_bf16=ms / bf16_ms[m]))
+            if kind == "w8a8" and cutlass_ok:  # the CUTLASS GEMM the GEMV displaces at decode M
+                for m in MS:
+                    ms = time_rotating(lambda w, x=xs[m]: cuda_ext._int8_linear_cuda(x, *w), weights)
+                    rows.append(dict(kernel=kind, backend="cutlass", M=m, K=k, N=n, us=ms * 1e3,
+                                     GBps=nbytes / (ms * 1e-3) / 1e9, pct_copy=100 * nbytes / (ms * 1e-3) / bw,
+                                     x_bf16=ms / bf16_ms[m]))
             del weights, probe
             torch.cuda.empty_cache()
     with open(opts.out, "w", newline="") as f:
