@@ -102,8 +102,8 @@ def int4_linear_ref(x, w_packed, scales, zeros, group_size, bias):
 #                   call no faster kernel serves (fp32 activations, fp16 past the GEMM...)
 from . import int4_tinygemm  # noqa: E402
 
-register("int4_linear", "torch", supports=int4_tinygemm.supports,
-         prepare=int4_tinygemm.prepare)(int4_tinygemm.tinygemm_linear)
+register("int4_linear", "torch", supports=int4_tinygemm.supports, prepare=int4_tinygemm.prepare,
+         bind=int4_tinygemm.tinygemm_bind)(int4_tinygemm.tinygemm_linear)
 
 
 def dequantize_int4_to(w_packed: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int, k: int,

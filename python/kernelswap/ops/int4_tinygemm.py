@@ -102,6 +102,9 @@ def prepare(w_packed, scales, zeros, group_size, bias) -> None:
     """Make the tinygemm layout of these weights where tinygemm can serve them (register's prepare)."""
     if not w_packed.is_cuda or _usable_weights(w_packed, group_size) is not None:
         return
+    from . import gemv_cuda
+    if gemv_cuda.serves(w_packed, group_size):
+        return  # the decode GEMV (cuda backend, tried first) takes every M tinygemm would: no copy
     sources = tuple(t for t in (w_packed, scales, zeros) if t is not None)
     _PREPARED.get(sources, lambda: _prepare(w_packed, scales, zeros))
 
@@ -110,6 +113,20 @@ def _prepare(w_packed: Tensor, scales: Tensor, zeros: Tensor | None) -> tuple[Te
     kp = w_packed.shape[1] * 2
     w_tg = torch._convert_weight_to_int4pack(tinygemm_codes(w_packed), inner_k_tiles(kp))
     return w_tg, tinygemm_scales_and_zeros(scales, zeros)
+
+
+def tinygemm_bind(w_packed, scales, zeros, group_size, bias):
+    """tinygemm_linear as a function of x alone: the converted weight, padding and bias looked up once."""
+    sources = tuple(t for t in (w_packed, scales, zeros) if t is not None)
+    w_tg, sz = _PREPARED.get(sources, lambda: _prepare(w_packed, scales, zeros))
+    kp, mm = w_packed.shape[1] * 2, torch.ops.aten._weight_int4pack_mm.default
+    b = None if bias is None else bias.to(torch.bfloat16)
+
+    def run(x):
+        x = F.pad(x, (0, kp - x.shape[1])) if x.shape[1] != kp else x
+        out = mm(x, w_tg, group_size, sz)
+        return out if b is None else out.add_(b)
+    return run
 
 
 def tinygemm_linear(x, w_packed, scales, zeros, group_size, bias):

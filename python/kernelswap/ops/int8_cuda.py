@@ -38,7 +38,17 @@ def _prepare_bias(w_q, w_scale, bias):
         bias32(bias)  # the fp32 bias the epilogue reads
 
 
-@register("int8_linear", "cuda", supports=_int8_linear_supports, prepare=_prepare_bias)
+def _int8_linear_bind(w_q, w_scale, bias):
+    quantize, mm, b = (torch.ops.kernelswap._C_quantize_per_token_int8.default, torch.ops.kernelswap._C_int8_mm.default,
+                       bias32(bias))
+
+    def run(x):
+        q, s = quantize(x)
+        return mm(q, s, w_q, w_scale, b, x.dtype)
+    return run
+
+
+@register("int8_linear", "cuda", supports=_int8_linear_supports, prepare=_prepare_bias, bind=_int8_linear_bind)
 def _int8_linear_cuda(x, w_q, w_scale, bias):
     q, s = torch.ops.kernelswap._C_quantize_per_token_int8(x)
     return torch.ops.kernelswap._C_int8_mm(q, s, w_q, w_scale, bias32(bias), x.dtype)

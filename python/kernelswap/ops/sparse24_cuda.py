@@ -93,7 +93,24 @@ def _sparse24_supports(x, values, meta, bias):
     return why
 
 
-@register("sparse24_linear", "cuda", supports=_sparse24_supports,
+def _sparse24_bind(values, meta, bias):
+    v, e = _sm90_layout("sparse24_linear", values, meta)
+    mm, b = torch.ops.kernelswap._C_sparse24_mm.default, bias32(bias)
+    return lambda x: mm(x, v, e, b)
+
+
+def _sparse24_int8_bind(values, meta, w_scale, bias):
+    v, e = _sm90_layout("sparse24_int8_linear", values, meta)
+    quantize, mm, b = (torch.ops.kernelswap._C_quantize_per_token_int8.default,
+                       torch.ops.kernelswap._C_sparse24_int8_mm.default, bias32(bias))
+
+    def run(x):
+        q, s = quantize(x)
+        return mm(q, s, v, e, w_scale, b, x.dtype)
+    return run
+
+
+@register("sparse24_linear", "cuda", supports=_sparse24_supports, bind=_sparse24_bind,
           prepare=_prepare_for("sparse24_linear", _sm90_weights_reason, _sm90_layout))
 def _sparse24_linear_cuda(x, values, meta, bias):
     v, e = _prepared("sparse24_linear", values, meta, x.shape[1])
@@ -107,7 +124,7 @@ def _sparse24_int8_supports(x, values, meta, w_scale, bias):
     return out_reason(x.dtype) or _sparse_reason(x, values, meta, w_scale)
 
 
-@register("sparse24_int8_linear", "cuda", supports=_sparse24_int8_supports,
+@register("sparse24_int8_linear", "cuda", supports=_sparse24_int8_supports, bind=_sparse24_int8_bind,
           prepare=_prepare_for("sparse24_int8_linear", _sm90_weights_reason, _sm90_layout))
 def _sparse24_int8_linear_cuda(x, values, meta, w_scale, bias):
     v, e = _prepared("sparse24_int8_linear", values, meta, x.shape[1])
