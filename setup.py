@@ -22,10 +22,10 @@ The extension uses PyTorch's stable ABI (torch/csrc/stable, TORCH_TARGET_VERSION
 import glob
 import importlib.util
 import os
+import re
 
 from setuptools import find_packages, setup
 
-VERSION = "0.1.0"
 BUILD_CUDA = os.environ.get("KERNELSWAP_BUILD_CUDA", "auto").lower()
 DEFAULT_ARCHS = "8.0;8.9;9.0a"
 DEBUG = os.environ.get("KERNELSWAP_DEBUG", "0") == "1"
@@ -33,6 +33,9 @@ DEBUG = os.environ.get("KERNELSWAP_DEBUG", "0") == "1"
 TORCH_TARGET_VERSION = "0x020b000000000000"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The version lives in python/kernelswap/_version.py alone; read as text, so the build imports no kernelswap code.
+with open(os.path.join(HERE, "python", "kernelswap", "_version.py")) as _f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"$', _f.read(), re.M).group(1)
 # python/kernelswap/** -> kernelswap.**, and kernels/ -> kernelswap.kernels.
 PACKAGES = ["kernelswap." + p for p in find_packages("python/kernelswap")] + ["kernelswap", "kernelswap.kernels"]
 PACKAGE_DIR = {"kernelswap": "python/kernelswap", "kernelswap.kernels": "kernels"}

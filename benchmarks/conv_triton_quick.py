@@ -34,7 +34,7 @@ import torch.nn as nn
 import kernelswap as ks
 from kernelswap import packing
 from kernelswap.ops import conv, conv_triton
-from kernelswap.ops.conv import _conv_bn_act_torch
+from kernelswap.ops.conv_torch import _conv_bn_act_torch
 
 # The same shapes as tests/test_conv_triton.py LAYERS (first eight), plus two deeper ResNet-50 layers.
 LAYERS = {

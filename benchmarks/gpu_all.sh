@@ -13,7 +13,11 @@
 #                                            last, so they win: e.g. "--shapes llm --models none" for a
 #                                            second session on what the first one's budget cut
 #                           PYTHON           interpreter (default python3)
+#                           SANITIZE         0: skip the compute-sanitizer step
 #                           TESTS            what pytest runs (default: tests), e.g. "tests/test_bench.py"
+#                           GPU_BENCH        a shell command run instead of the default bench step (e.g.
+#                                            "python3 benchmarks/overhead_quick.py --csv \$OUT/host.csv"),
+#                                            its output in bench.log
 set -uo pipefail  # no -e: every step runs and reports, whatever the one before did
 
 export PYTHONUNBUFFERED=1  # logs stay complete up to the moment a timeout stops a step
@@ -75,7 +79,7 @@ SANITIZER=""
 for f in tests/*sanitiz*.sh benchmarks/*sanitiz*.sh tests/*sanitiz*.py benchmarks/*sanitiz*.py; do
   [[ -f $f && $(basename "$f") != test_* ]] && { SANITIZER=$f; break; }
 done
-if [[ -n $SANITIZER ]]; then
+if [[ -n $SANITIZER && ${SANITIZE:-1} != 0 ]]; then
   SAN_SECS=$(( $(left) / 4 < 90 ? $(left) / 4 : 90 ))
   case $SANITIZER in
     *.sh) step "compute-sanitizer ($SANITIZER)" "$OUT/sanitizer.log" "$SAN_SECS" bash "$SANITIZER" ;;
@@ -89,6 +93,12 @@ fi
 # ---- 6. benchmarks: the harness stops starting cases when its budget is spent and still
 #         writes every case (as skipped); the timeout is only the backstop.
 BENCH_SECS=$(( $(left) - 20 ))
+if [[ -n ${GPU_BENCH:-} ]]; then
+  step "bench (GPU_BENCH)" "$OUT/bench.log" "$BENCH_SECS" bash -c "$GPU_BENCH"
+  note "done; files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
+  tail -n 60 "$OUT/bench.log"
+  exit 0
+fi
 # shellcheck disable=SC2086
 step "bench" "$OUT/bench.log" "$BENCH_SECS" \
   $PY -m kernelswap bench --shapes targets,llm,resnet50,mobilenetv2 --budget-s $(( BENCH_SECS - 45 )) --out "$OUT" ${BENCH_ARGS:-}

@@ -1,21 +1,24 @@
-"""Host time per call: how much a kernelswap layer costs the CPU, against the layer it replaces.
+"""Host time per call: what a kernelswap layer costs the CPU, against the layer it replaced.
 
-    python benchmarks/overhead_quick.py [--calls N] [--profile FILE]
+    python benchmarks/overhead_quick.py [--calls 2000] [--csv FILE] [--profile FILE]
 
-For layers whose GPU work is a few microseconds (decode-size linears at M = 1 and 16, small conv layers,
-batch-1 CNNs), the time Python and the dispatcher spend per call decides the speed. For
-each swapped module at a small shape this prints, per call:
-  launch_us  host time to issue the call (the loop, no synchronization inside it)
-  total_us   the same loop including waiting for the GPU at the end
-for the kernelswap module, the backend function it dispatches to called directly (the
-kernel and its launcher, no checks or dispatch), and the PyTorch layer it replaced. With
---profile, a cProfile listing (top functions by own time) of the kernelswap calls is
-written to FILE, so the remaining overhead can be read function by function.
+For every swapped module (Int8Linear in both modes, Int4Linear, Sparse24Linear in both
+modes at M = 1, 16 and 128, bf16, K = N = 4096; ConvBNAct2d on a ResNet-50 1x1 and a
+MobileNetV2 depthwise layer at batch 1), next to the module it replaced, in one run:
+  host_us    wall time per call of a loop of --calls eager calls, without waiting for the
+             GPU inside the loop: the CPU time a call costs (the GPU work is small enough at
+             these shapes that the launch queue does not fill and stall the loop; gpu_us says
+             how small)
+  gpu_us     the same call replayed from a CUDA graph, per replay (no host time at all)
+  ratio      ours / the replaced layer's host_us: the target is <= 1
+With --profile, a cProfile listing of each kernelswap module's calls (top functions by own
+time) is written to FILE, so what is left can be read function by function.
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import csv
 import io
 import pstats
 import time
@@ -24,113 +27,136 @@ import torch
 from torch import nn
 
 import kernelswap as ks
-from kernelswap.ops import backend
+
+RECIPES = ("int8", "int8-weight", "int4", "sparse24", "sparse24-int8")
 
 
-DEVICE = "cuda"
-
-
-def sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def per_call_us(fn, calls: int) -> tuple[float, float]:
-    for _ in range(20):
+def host_us(fn, calls: int) -> float:
+    for _ in range(50):
         fn()
-    sync()
+    torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
     t1 = time.perf_counter()
-    sync()
-    t2 = time.perf_counter()
-    return (t1 - t0) / calls * 1e6, (t2 - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
 
 
-def linear_cases(dtype):
-    for recipe, m, k, n in (("int8", 1, 4096, 4096), ("int8-weight", 1, 4096, 4096), ("int4", 1, 4096, 4096),
-                            ("int4", 16, 4096, 4096), ("sparse24", 1, 4096, 4096), ("sparse24-int8", 1, 4096, 4096)):
-        dense = nn.Linear(k, n, bias=True).to(DEVICE, dtype).eval()
-        model = nn.Sequential(nn.Linear(k, n, bias=True)).to(DEVICE, dtype).eval()
-        model[0].load_state_dict(dense.state_dict())
-        ks.swap(model, recipe, probe=False)
-        x = torch.randn(m, k, device=DEVICE, dtype=dtype)
-        yield f"{recipe} M={m} {k}x{n}", model[0], dense, (x,)
+def graph_us(fn, reps: int = 200) -> float:
+    """Per-replay time of a CUDA graph of 10 calls of fn (so launch gaps are amortised)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(10):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        g.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / reps / 10
+
+
+def linear_cases(dtype, k=4096, n=4096):
+    for m in (1, 16, 128):
+        dense = nn.Linear(k, n, bias=True).to("cuda", dtype).eval()
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        for recipe in RECIPES:
+            model = nn.Sequential(nn.Linear(k, n, bias=True)).to("cuda", dtype).eval()
+            model[0].load_state_dict(dense.state_dict())
+            ks.swap(model, recipe, probe=False)
+            yield f"{recipe} M={m} {k}x{n}", model[0], dense, (x,)
 
 
 def conv_cases(dtype):
     # A ResNet-50 bottleneck layer (1x1, 256 -> 64) and a MobileNetV2 depthwise 3x3, batch 1.
-    for label, c_in, c_out, k, groups, hw in (("conv 1x1 256->64 56x56", 256, 64, 1, 1, 56),
-                                               ("conv dw3x3 144 56x56", 144, 144, 3, 144, 56)):
+    for label, c_in, c_out, k, groups, hw in (("fuse 1x1 256->64 56x56 b1", 256, 64, 1, 1, 56),
+                                               ("fuse dw3x3 144 56x56 b1", 144, 144, 3, 144, 56)):
         conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups, bias=False)
         bn = nn.BatchNorm2d(c_out)
-        model = nn.Sequential(conv, bn, nn.ReLU()).to(DEVICE, dtype).eval()
-        model = model.to(memory_format=torch.channels_last)
-        folded = torch.nn.utils.fusion.fuse_conv_bn_eval(model[0], model[1])
-        baseline = nn.Sequential(folded, nn.ReLU())
+        eager = nn.Sequential(conv, bn, nn.ReLU()).to("cuda", dtype).eval().to(memory_format=torch.channels_last)
+        model = nn.Sequential(conv, bn, nn.ReLU())
+        model.load_state_dict(eager.state_dict())
+        model = model.to("cuda", dtype).eval().to(memory_format=torch.channels_last)
         ks.swap(model, "fuse", probe=False)
-        x = torch.randn(1, c_in, hw, hw, device=DEVICE, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        layer = next(m for m in model.modules() if isinstance(m, ks.nn.ConvBNAct2d))
-        yield label, layer, baseline, (x,)
+        x = torch.randn(1, c_in, hw, hw, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+        yield label, model, eager, (x,)
 
 
-def direct(layer, args):
-    """(the backend function the dispatcher picks for this layer's call, bound to its arguments, backend)."""
-    captured = []
+def served_by(layer, inputs) -> str:
+    """The backend(s) whose implementation this layer's call runs (first runner it bound)."""
+    from kernelswap.ops import backend
+    seen = []
     real = backend._choose
 
-    def spy(op, device, op_args):
-        impl, lasting = real(op, device, op_args)
-        captured.append((impl, op_args))
+    def spy(op, device, args):
+        impl, lasting = real(op, device, args)
+        seen.append(impl.backend)
         return impl, lasting
 
-    backend.clear_plans()  # so the call below chooses again, through the spy
-    backend._choose = spy
+    from kernelswap.ops import _runner
+    for m in layer.modules():
+        if isinstance(m, ks.nn.KernelswapModule):
+            m.prepare()  # forget runners, so the call below binds (and chooses) again
+    _runner._choose = spy
     try:
-        layer(*args)
+        layer(*inputs)
     finally:
-        backend._choose = real
-    if not captured:
-        return None, "none"
-    calls = list(captured)  # int8: quantize, then the GEMM; run them all
-    return (lambda: [impl.fn(*a) for impl, a in calls]), "+".join(impl.backend for impl, _ in calls)
+        _runner._choose = real
+    return "+".join(seen) or "-"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=500)
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--csv", default="")
     ap.add_argument("--profile", default="")
-    ap.add_argument("--device", default="cuda", help="cpu: a smoke run of this script (reference path)")
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = args.device
     dtype = torch.bfloat16
     rows, profiled = [], []
     with torch.no_grad():
         for label, layer, baseline, inputs in list(linear_cases(dtype)) + list(conv_cases(dtype)):
-            ours = per_call_us(lambda: layer(*inputs), args.calls)
-            fn, backend = direct(layer, inputs)
-            kernel = per_call_us(fn, args.calls) if fn else (float("nan"), float("nan"))
-            base = per_call_us(lambda: baseline(*inputs), args.calls)
-            rows.append((label, backend, ours, kernel, base))
+            backend = served_by(layer, inputs)
+            ours, base = host_us(lambda: layer(*inputs), args.calls), host_us(lambda: baseline(*inputs), args.calls)
+            g_ours, g_base = graph_us(lambda: layer(*inputs)), graph_us(lambda: baseline(*inputs))
+            rows.append(dict(layer=label, backend=backend, ours_host_us=ours, replaced_host_us=base,
+                             ratio=ours / base, ours_gpu_us=g_ours, replaced_gpu_us=g_base))
             profiled.append((label, lambda layer=layer, inputs=inputs: layer(*inputs)))
-    print(f"{'layer':28s} {'backend':14s} {'ours launch/total':>20s} {'direct':>16s} {'replaced layer':>16s}  (us/call)")
-    for label, backend, ours, kernel, base in rows:
-        print(f"{label:28s} {backend:14s} {ours[0]:9.1f} {ours[1]:9.1f} {kernel[0]:7.1f} {kernel[1]:7.1f}"
-              f" {base[0]:7.1f} {base[1]:7.1f}")
+            del layer, baseline
+    print(f"{'layer':30s} {'backend':14s} {'host us: ours':>14s} {'replaced':>9s} {'ratio':>6s} "
+          f"{'graph us: ours':>15s} {'replaced':>9s}")
+    for r in rows:
+        print(f"{r['layer']:30s} {r['backend']:14s} {r['ours_host_us']:14.1f} {r['replaced_host_us']:9.1f} "
+              f"{r['ratio']:6.2f} {r['ours_gpu_us']:15.1f} {r['replaced_gpu_us']:9.1f}")
+    meets = sum(r["ratio"] <= 1.0 for r in rows)
+    print(f"host time at or below the replaced layer's: {meets} of {len(rows)}  "
+          f"({torch.cuda.get_device_name()}, torch {torch.__version__}, {args.calls} calls)")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
     if args.profile:
         out = io.StringIO()
         with torch.no_grad():
             for label, fn in profiled:
                 prof = cProfile.Profile()
                 prof.enable()
-                for _ in range(args.calls):
+                for _ in range(500):
                     fn()
                 prof.disable()
-                sync()
-                out.write(f"==== {label}: {args.calls} calls\n")
-                pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+                torch.cuda.synchronize()
+                out.write(f"==== {label}: 500 calls\n")
+                pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(14)
         with open(args.profile, "w") as f:
             f.write(out.getvalue())
 

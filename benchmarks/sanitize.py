@@ -21,7 +21,7 @@ os.environ.setdefault("KERNELSWAP_AUTOTUNE", "0")
 import torch  # noqa: E402
 
 from kernelswap import packing  # noqa: E402
-from kernelswap.ops import cuda_ext, use_backend  # noqa: E402
+from kernelswap.ops import sparse24_cuda, use_backend  # noqa: E402
 from kernelswap.ops.backend import backend_status  # noqa: E402
 
 C = torch.ops.kernelswap
@@ -59,8 +59,8 @@ def sm80_cases(m: int, k: int, n: int, dtype: torch.dtype):
     vals, meta = packing.compress_24(sp.to(dtype))
     spq, spq_s = packing.quantize_int8(sp)
     q_vals, q_meta = packing.compress_24(spq)
-    yield "sparse24_linear", lambda: cuda_ext._sparse24_linear_sm80(x, vals, meta, bias)
-    yield "sparse24_int8_linear", lambda: cuda_ext._sparse24_int8_linear_sm80(x, q_vals, q_meta, spq_s, bias)
+    yield "sparse24_linear", lambda: sparse24_cuda._sparse24_linear_sm80(x, vals, meta, bias)
+    yield "sparse24_int8_linear", lambda: sparse24_cuda._sparse24_int8_linear_sm80(x, q_vals, q_meta, spq_s, bias)
 
 
 def conv_cases(dtype: torch.dtype):

@@ -5,9 +5,6 @@
 #include <cstring>
 #include <string>
 
-#ifndef KERNELSWAP_WITH_CUTLASS
-#define KERNELSWAP_WITH_CUTLASS 0
-#endif
 #ifndef KERNELSWAP_TORCH_HEADERS
 #define KERNELSWAP_TORCH_HEADERS "unknown"
 #endif
@@ -44,6 +41,12 @@ STABLE_TORCH_LIBRARY_FRAGMENT(kernelswap, m) {
   m.def("_C_sparse24_mm_sm80(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
   m.def("_C_sparse24_int8_mm_sm80(Tensor x, Tensor x_scale, Tensor values, Tensor meta, Tensor w_scale, "
         "Tensor? bias, ScalarType out_dtype) -> Tensor");
+  // Decode GEMVs, M <= 64, any sm_80+ GPU (csrc/gemv); layouts from kernelswap.ops.gemv_layout. counters is
+  // scratch that every launch leaves as it found it (all zero), so it is not declared as mutated.
+  m.def("_C_int4_gemv(Tensor x, Tensor w, Tensor scales, Tensor? zeros, Tensor? bias, Tensor counters, "
+        "int group_size, int n) -> Tensor");
+  m.def("_C_int8_weight_gemv(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, Tensor counters, int n) -> Tensor");
+  m.def("_C_int8_gemv(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, Tensor counters, int n) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(kernelswap, CompositeExplicitAutograd, m) {

@@ -2,11 +2,17 @@
 template per file, so a parallel build (MAX_JOBS) compiles them at once. Run it after
 changing the lists below:
     python csrc/generate.py
-The files are committed, so building needs no Python step.
+The files are committed, so building needs no Python step;
+    python csrc/generate.py --check
+writes nothing and exits 1 with a diff when they are not what this script writes.
 """
+import argparse
+import difflib
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FOLDERS = ("sm90", "sm80")
 TILES = ["kSmall", "kLarge"]
 SHORT = {"kBF16": "bf16", "kFP16": "fp16", "kSmall": "small", "kLarge": "large"}
 
@@ -42,26 +48,68 @@ template void run_sparse_gemm<DType::{inp}, DType::{out}, Tiles::{tiles}>(const 
 """
 
 
-def _clear(folder: str) -> None:
-    for old in os.listdir(folder):
-        if old.startswith("inst_") and old.endswith(".cu"):
-            os.remove(os.path.join(folder, old))
-
-
-def main() -> None:
-    sm90, sm80 = os.path.join(HERE, "sm90"), os.path.join(HERE, "sm80")
-    _clear(sm90)
-    _clear(sm80)
+def expected() -> dict[str, str]:
+    """{path relative to csrc/: the text generate.py writes there}."""
+    files = {}
     for tiles in TILES:
         for name, sparse, inp, outs in SM90:
             for out in outs:
-                with open(os.path.join(sm90, f"inst_{name}_{SHORT[out]}_{SHORT[tiles]}.cu"), "w") as f:
-                    f.write(SM90_TEMPLATE.format(sparse=sparse, inp=inp, out=out, tiles=tiles))
+                files[f"sm90/inst_{name}_{SHORT[out]}_{SHORT[tiles]}.cu"] = SM90_TEMPLATE.format(
+                    sparse=sparse, inp=inp, out=out, tiles=tiles)
         for name, inp, outs in SM80:
             for out in outs:
-                with open(os.path.join(sm80, f"inst_{name}_{SHORT[out]}_{SHORT[tiles]}.cu"), "w") as f:
-                    f.write(SM80_TEMPLATE.format(inp=inp, out=out, tiles=tiles))
+                files[f"sm80/inst_{name}_{SHORT[out]}_{SHORT[tiles]}.cu"] = SM80_TEMPLATE.format(
+                    inp=inp, out=out, tiles=tiles)
+    return files
+
+
+def committed() -> dict[str, str]:
+    """{path relative to csrc/: text} of the inst_*.cu files now in csrc/sm90 and csrc/sm80."""
+    files = {}
+    for folder in FOLDERS:
+        for name in sorted(os.listdir(os.path.join(HERE, folder))):
+            if name.startswith("inst_") and name.endswith(".cu"):
+                with open(os.path.join(HERE, folder, name)) as f:
+                    files[f"{folder}/{name}"] = f.read()
+    return files
+
+
+def differences(want: dict[str, str], have: dict[str, str]) -> list[str]:
+    """Unified-diff lines (csrc/ paths) that turn `have` into `want`; empty when they agree."""
+    lines = []
+    for path in sorted(set(want) | set(have)):
+        old, new = have.get(path), want.get(path)
+        if old != new:
+            lines += difflib.unified_diff((old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),
+                                          f"a/csrc/{path}" if old is not None else "/dev/null",
+                                          f"b/csrc/{path}" if new is not None else "/dev/null")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    args.add_argument("--check", action="store_true",
+                      help="write nothing; exit 1 with a diff when the committed files differ from what "
+                           "this script writes (CI runs it through tests/test_generated_sources.py)")
+    check = args.parse_args(argv).check
+    want = expected()
+    if check:
+        diff = differences(want, committed())
+        if diff:
+            sys.stdout.writelines(diff)
+            print("csrc/generate.py --check: the committed csrc/sm90, csrc/sm80 inst_*.cu files differ from what "
+                  "csrc/generate.py writes (diff above: committed -> generated); run python csrc/generate.py "
+                  "and commit the result", file=sys.stderr)
+            return 1
+        print(f"csrc/generate.py --check: {len(want)} inst_*.cu files match")
+        return 0
+    for path in committed():
+        os.remove(os.path.join(HERE, path))
+    for path, text in want.items():
+        with open(os.path.join(HERE, path), "w") as f:
+            f.write(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,10 +24,6 @@
 
 #include <optional>
 
-#ifndef KERNELSWAP_WITH_CUTLASS
-#define KERNELSWAP_WITH_CUTLASS 0
-#endif
-
 namespace kernelswap {
 namespace {
 
@@ -51,15 +47,8 @@ int64_t check_sparse(const char* op, const Tensor& x, const Tensor& values, cons
   return k_pad;
 }
 
-void check_device(const char* op, const Tensor& x) {
-#if !KERNELSWAP_WITH_CUTLASS
-  STD_TORCH_CHECK(false, op, ": kernelswap._C was built without CUTLASS (pip install nvidia-cutlass, then "
-                  "rebuild); the 2:4 GEMMs are not in this build");
-#endif
-  int major = 0, dev = x.get_device_index();
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  STD_TORCH_CHECK(major >= 8, op, ": mma.sp needs an sm_80 or later GPU; device ", dev, " is sm_", major, "x");
-}
+// mma.sp exists from sm_80 on; these kernels also run on sm_90 (H100).
+constexpr GpuNeed kMmaSp{"the 2:4 GEMMs", nullptr, 80, 1000, "an sm_80 or later GPU (mma.sp)"};
 
 // src (rows, cols) -> a zero-filled (rows_pad, cols_pad) copy, or src itself when no padding is needed.
 Tensor padded(Tensor src, int64_t rows_pad, int64_t cols_pad) {
@@ -86,7 +75,7 @@ Tensor run(const char* op, const Tensor& x, const Tensor* x_scale, const Tensor&
            const Tensor* w_scale, const std::optional<Tensor>& bias, ScalarType out_dtype, int64_t k_pad) {
   const int64_t M = x.size(0), N = values.size(0);
   if (!x.is_cuda() || M == 0) return torch::stable::new_empty(x, {M, N}, out_dtype);  // Meta: the shape
-  check_device(op, x);
+  check_device(op, x, kMmaSp);
   const int64_t m_pad = round_up(M, In == DType::kI8 ? 16 : 8);
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
   Tensor xp = padded(x, m_pad, k_pad);

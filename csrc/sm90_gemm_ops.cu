@@ -20,12 +20,7 @@
 
 #include <torch/csrc/stable/accelerator.h>
 
-#include <cstring>
 #include <optional>
-
-#ifndef KERNELSWAP_WITH_CUTLASS
-#define KERNELSWAP_WITH_CUTLASS 0
-#endif
 
 namespace kernelswap {
 namespace {
@@ -39,21 +34,8 @@ void check_kn(const char* op, int64_t K, int64_t N) {
   STD_TORCH_CHECK(K < (1LL << 31) && N < (1LL << 31), op, ": K and N must be below 2^31");
 }
 
-// The GEMMs are sm_90a code: on any other GPU, or in a build without it, say so rather
-// than launching a kernel that traps.
-void check_device(const char* op, const Tensor& x) {
-#if !KERNELSWAP_WITH_CUTLASS
-  STD_TORCH_CHECK(false, op, ": kernelswap._C was built without CUTLASS (pip install nvidia-cutlass, then "
-                  "rebuild); the sm_90a GEMMs are not in this build");
-#endif
-  STD_TORCH_CHECK(std::strstr(KERNELSWAP_ARCHS, "9.0a") != nullptr, op, ": kernelswap._C was built for \"",
-                  KERNELSWAP_ARCHS, "\", without 9.0a; rebuild with TORCH_CUDA_ARCH_LIST including 9.0a");
-  int major = 0, minor = 0, dev = x.get_device_index();
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  STD_TORCH_CHECK(major == 9 && minor == 0, op, ": needs an sm_90 (Hopper) GPU; device ", dev, " is sm_", major,
-                  minor);
-}
+// The GEMMs are sm_90a code: refused on any other GPU, and by a build without 9.0a.
+constexpr GpuNeed kSm90a{"the sm_90a GEMMs", "9.0a", 90, 90, "an sm_90 (Hopper) GPU"};
 
 // The sparse layouts of _C_sparse24_prepare (CUTLASS's Sm90GemmSparseConfig): values pad K
 // to 16 bytes of compressed data (K_a = K rounded up to 16 for 16-bit, 32 for int8);
@@ -111,7 +93,7 @@ std::optional<sm90::GemmProblem> problem(const char* op, const Tensor& x, const 
                                          const Tensor* x_scale, const Tensor* w_scale,
                                          const std::optional<Tensor>& bias, Tensor& y) {
   if (!x.is_cuda() || x.size(0) == 0) return std::nullopt;
-  check_device(op, x);
+  check_device(op, x, kSm90a);
   return sm90::GemmProblem{b, meta, x.const_data_ptr(), opt_ptr(x_scale), opt_ptr(w_scale), opt_ptr(bias),
                            y.mutable_data_ptr(), int(x.size(0)), int(y.size(1)), int(x.size(1)), &x};
 }

@@ -97,7 +97,14 @@ def _replay(fn, args: tuple, consts: dict, grid: Callable | tuple, compiled) -> 
             return _NOT_REPLAYABLE
     g = grid(named) if callable(grid) else grid
     g = tuple(g) + (1,) * (3 - len(g))
-    return compiled, g, tuple(values), chosen
+    fixed = values[len(args):]
+    if any(isinstance(v, torch.Tensor) for v in fixed):
+        return _NOT_REPLAYABLE
+    # The positional arguments are the call's own (each replay passes its own): the template
+    # keeps no tensor of this first call alive. Keeping them made the tensors of a call made
+    # during a torch.compile cudagraph warm-up outlive it ("tensors in the cudagraph pool not
+    # tracked as outputs").
+    return compiled, g, (None,) * len(args) + tuple(fixed), chosen
 
 
 def launch(fn, grid: Callable | tuple, args: tuple, consts: dict) -> dict:

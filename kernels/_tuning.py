@@ -20,8 +20,14 @@ from typing import Callable
 import triton
 
 
+# Read once: Triton itself binds kernels to the interpreter when they are defined, and a
+# per-call os.environ lookup sat on every launch's host path.
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """TRITON_INTERPRET=1 at import."""
+    return _INTERPRETING
 
 
 def tuning_off() -> bool:

@@ -2,8 +2,9 @@
 
 A kernel takes `ACTIVATION: tl.constexpr` and calls `apply_activation(acc, ACTIVATION)` on
 its fp32 accumulator; the branch is resolved at compile time, so each activation costs
-only its own few instructions and no kernel is copied per activation. Launchers map
-the op-level name to the code with `activation_code(name)`.
+only its own few instructions and no kernel is copied per activation. The code is the
+activation's index in kernelswap.ops.activations.ACTIVATIONS (identity 0, relu 1, relu6 2,
+silu 3, hardswish 4), the one list of names; launchers take the code.
 
 Everything is plain arithmetic and tl.sigmoid (no libdevice, no inline asm), so it
 runs under TRITON_INTERPRET=1 too.
@@ -13,21 +14,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Names as in kernelswap.ops.conv.ACTIVATIONS; the codes are what kernels compile against.
-ACTIVATION_CODES = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3, "hardswish": 4}
-
-
-def activation_code(name: str) -> int:
-    try:
-        return ACTIVATION_CODES[name]
-    except KeyError:
-        raise ValueError(f"kernelswap.kernels.activations: unknown activation {name!r}; "
-                         f"choose one of {tuple(ACTIVATION_CODES)}") from None
-
 
 @triton.jit
 def apply_activation(y, ACTIVATION: tl.constexpr):
-    """y: fp32 tile of any shape -> act(y), fp32. ACTIVATION: a code from ACTIVATION_CODES."""
+    """y: fp32 tile of any shape -> act(y), fp32. ACTIVATION: the code (module docstring)."""
     # NaN must stay NaN as in torch.relu; PTX max/min would otherwise drop it.
     if ACTIVATION == 1:  # relu
         y = tl.maximum(y, 0.0, propagate_nan=tl.PropagateNan.ALL)

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ._launch import launch
 from ._tuning import autotune
-from .activations import activation_code, apply_activation
+from .activations import apply_activation
 from .conv_implicit_gemm import new_output
 
 
@@ -96,7 +96,7 @@ def conv_depthwise(
     bias: torch.Tensor | None,  # (C,)
     residual: torch.Tensor | None,  # (N, C, Ho, Wo), any strides
     stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-    activation: str,
+    activation: int,   # code: index in kernelswap.ops.activations.ACTIVATIONS
     memory_format: torch.memory_format = torch.channels_last,
 ) -> torch.Tensor:
     """act(depthwise_conv2d(x, w) + bias + residual) -> (N, C, Ho, Wo) x.dtype in `memory_format`."""
@@ -116,5 +116,5 @@ def conv_depthwise(
             *x.stride(), *res.stride(), *out.stride(),
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]),
            dict(KH=kh, KW=kw, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-                ACTIVATION=activation_code(activation)))
+                ACTIVATION=activation))
     return out

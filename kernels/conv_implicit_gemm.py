@@ -32,7 +32,7 @@ import triton.language as tl
 from ._launch import launch
 from ._tiles import grouped_tile
 from ._tuning import TileBytes, autotune
-from .activations import activation_code, apply_activation
+from .activations import apply_activation
 
 
 def _configs() -> list[triton.Config]:
@@ -170,7 +170,7 @@ def conv_implicit_gemm(
     bias: torch.Tensor | None,  # (C_out,)
     residual: torch.Tensor | None,  # (N, C_out, Ho, Wo), any strides
     stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-    activation: str,
+    activation: int,   # code: index in kernelswap.ops.activations.ACTIVATIONS
     memory_format: torch.memory_format = torch.channels_last,
 ) -> torch.Tensor:
     """act(conv2d(x, w) + bias + residual) -> (N, C_out, Ho, Wo) x.dtype in `memory_format`."""
@@ -191,5 +191,5 @@ def conv_implicit_gemm(
             *x.stride(), *res.stride(), *out.stride(),
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]),
            dict(KW=kw, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-                ACTIVATION=activation_code(activation), IEEE_FP32=x.dtype == torch.float32))
+                ACTIVATION=activation, IEEE_FP32=x.dtype == torch.float32))
     return out

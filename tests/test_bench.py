@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kernelswap import packing
-from kernelswap.bench import parser, run
+from kernelswap.bench.cli import parser, run
 from kernelswap.bench import shapes as S
 from kernelswap.bench.providers import Absent, Case, Provider
 from kernelswap.bench.providers.int4 import to_tinygemm
@@ -239,7 +239,7 @@ def test_cpu_run_writes_every_case(tmp_path):
 def test_cli_rejects_unknown_names_and_lists_sets(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["--ops", "int9_linear"])
-    from kernelswap.bench import main
+    from kernelswap.bench.cli import main
     assert main(["--list"]) == 0
     assert "resnet50" in capsys.readouterr().out
     assert isinstance(parser(), argparse.ArgumentParser)

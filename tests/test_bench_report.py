@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from kernelswap.bench import parser
+from kernelswap.bench.cli import parser
 from kernelswap.bench.report import COLUMNS, markdown, read_csv, write_csv
 from kernelswap.bench.targets import evaluate
 
@@ -87,7 +87,7 @@ def test_merge_keeps_the_later_run_unless_it_skipped(tmp_path):
         write_csv(rows, paths[-1])
     out = tmp_path / "merged"
     parser().parse_args(["--merge", *paths, "--out", str(out)])  # the CLI takes it
-    from kernelswap.bench import write_merged
+    from kernelswap.bench.cli import write_merged
     merged = write_merged(paths, str(out))
     back = read_csv(str(out / "bench.csv"))
     assert len(back) == len(merged) == 5
@@ -115,3 +115,22 @@ def test_plots_are_drawn_from_the_csv(tmp_path):
     assert plot["main"]([str(tmp_path / "bench.csv")]) == 0
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == ["conv_speedup.png", "models.png", "roofline.png", "speedup_int4_linear.png"]
+
+
+def test_default_out_is_a_new_folder_not_the_committed_results(tmp_path, monkeypatch, capsys):
+    from kernelswap.bench.cli import main
+    assert parser().parse_args([]).out is None  # benchmarks/results only when named with --out
+    src = tmp_path / "run.csv"
+    write_csv([_row("int8_linear", "ours-auto", "1x8x8", 20.0)], str(src))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    said = []
+    for _ in range(2):  # a second run (within the same second, too) makes a second folder
+        assert main(["--merge", str(src)]) == 0
+        said.append(capsys.readouterr().out)
+    made = sorted(p.name for p in work.iterdir())
+    assert len(made) == 2 and all(m.startswith("kernelswap-bench-") for m in made), made
+    for m in made:
+        assert len(read_csv(str(work / m / "bench.csv"))) == 1 and (work / m / "bench.md").exists()
+        assert sum(f"wrote 1 rows to {m}/bench.csv" in out for out in said) == 1

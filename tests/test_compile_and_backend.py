@@ -43,13 +43,21 @@ def test_compile_fullgraph_cpu():
 
 
 def test_env_var_forces_backend(monkeypatch):
-    monkeypatch.setenv("KERNELSWAP_BACKEND", "reference")
-    assert backend.forced_backend() == "reference"
-    with ks.use_backend(None):  # automatic inside, env var outside
-        assert backend.forced_backend() == "reference"  # None in the context falls back to the env var
-    monkeypatch.setenv("KERNELSWAP_BACKEND", "nonsense")
-    with pytest.raises(ValueError, match="KERNELSWAP_BACKEND / use_backend: unknown backend 'nonsense'"):
-        backend.forced_backend()
+    # The variable is read at import (and by read_environment), not per call.
+    try:
+        monkeypatch.setenv("KERNELSWAP_BACKEND", "reference")
+        assert backend.forced_backend() is None
+        backend.read_environment()
+        assert backend.forced_backend() == "reference"
+        with ks.use_backend(None):  # automatic inside, env var outside
+            assert backend.forced_backend() == "reference"  # None in the context falls back to the env var
+        monkeypatch.setenv("KERNELSWAP_BACKEND", "nonsense")
+        backend.read_environment()  # a bad name does not break the read (or the import) ...
+        with pytest.raises(ValueError, match="KERNELSWAP_BACKEND / use_backend: unknown backend 'nonsense'"):
+            backend.forced_backend()  # ... it is raised by the first call that asks
+    finally:
+        monkeypatch.undo()
+        backend.read_environment()
 
 
 def test_use_backend_nests_and_restores():
@@ -93,7 +101,7 @@ def test_extension_reports_build_when_present():
 
 
 def test_built_archs_reads_every_spelling_of_the_arch_list():
-    from kernelswap.ops.cuda_ext import built_archs
+    from kernelswap._ext import built_archs
 
     # "+PTX" on the last arch (the wheel's list) once hid sm_90a from the GEMMs' check.
     assert built_archs("8.0;8.9;9.0a+PTX") == {"8.0", "8.9", "9.0a"}

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import kernelswap as ks
 from kernelswap.ops import conv_triton
 from kernelswap.ops.backend import choose, use_backend
-from kernelswap.ops.conv import _conv_bn_act_torch, apply_activation
+from kernelswap.ops.activations import activation_code, apply_activation
+from kernelswap.ops.conv_torch import _conv_bn_act_torch
 
 from utils import assert_close_to_ref, interpreting, needs_cuda
 
@@ -98,8 +99,8 @@ def test_launchers_any_strides(device, first_config_only):
     x = x.contiguous()
     res = torch.randn(2, 10, 6, 10, device=device).to(dtype)[..., :5].transpose(2, 3)  # (2, 10, 5, 6) strided
     assert res.shape == (2, 10, 5, 6) and not res.is_contiguous()
-    out = ig.conv_implicit_gemm(x, ig.prepare_weight(weight, g, dtype), (3, 3), None, res, s, p, d, "silu",
-                                torch.contiguous_format)
+    out = ig.conv_implicit_gemm(x, ig.prepare_weight(weight, g, dtype), (3, 3), None, res, s, p, d,
+                                activation_code("silu"), torch.contiguous_format)
     assert out.is_contiguous()
     y64 = F.silu(F.conv2d(x.double(), weight.double(), None, s, p, d, g) + res.double())
     base = F.silu(F.conv2d(x, weight, None, s, p, d, g) + res)
@@ -107,8 +108,8 @@ def test_launchers_any_strides(device, first_config_only):
 
     x, weight, bias, s, p, d, g, _ = _inputs(TINY["dw3x3_s2_odd"], dtype, device)
     x = x.contiguous()
-    out = dw.conv_depthwise(x, dw.prepare_weight(weight), (3, 3), bias, None, s, p, d, "relu6",
-                            torch.contiguous_format)
+    out = dw.conv_depthwise(x, dw.prepare_weight(weight), (3, 3), bias, None, s, p, d,
+                            activation_code("relu6"), torch.contiguous_format)
     y64 = F.relu6(F.conv2d(x.double(), weight.double(), bias.double(), s, p, d, g))
     base = F.relu6(F.conv2d(x, weight, bias, s, p, d, g))
     assert_close_to_ref(out, y64, base, what="depthwise, NCHW")
@@ -237,7 +238,7 @@ _FUSED_CASES = {
 @pytest.mark.parametrize("case", list(_FUSED_CASES))
 @pytest.mark.parametrize("residual", [False, True], ids=["relu", "relu+res"])
 def test_cudnn_fused_relu(dtype, case, residual):
-    from kernelswap.ops import conv
+    from kernelswap.ops import conv_torch as conv
 
     args = _inputs(_FUSED_CASES[case], dtype, "cuda", n=3, residual=residual)
     out = conv._conv_bn_act_cudnn_fused(*args[:7], "relu", args[7])
@@ -245,7 +246,7 @@ def test_cudnn_fused_relu(dtype, case, residual):
 
 
 def test_cudnn_fused_declines_what_it_cannot_fuse():
-    from kernelswap.ops import conv
+    from kernelswap.ops import conv_torch as conv
 
     x, w, b, s, p, d, g, _ = _inputs(_FUSED_CASES["1x1"], torch.float32, "cpu", n=1)
     assert "CUDA tensors" in conv._fused_supports(x, w, b, s, p, d, g, "relu", None)
@@ -259,7 +260,7 @@ def test_cudnn_fused_declines_what_it_cannot_fuse():
 @pytest.mark.parametrize("residual", [False, True], ids=["relu", "relu+res"])
 def test_cudnn_fused_keeps_nan(residual):
     """relu(NaN) is NaN in torch; a fused epilogue computing max(y, 0) would return 0."""
-    from kernelswap.ops import conv
+    from kernelswap.ops import conv_torch as conv
 
     x, w, b, s, p, d, g, r = _inputs(_FUSED_CASES["1x1"], torch.bfloat16, "cuda", n=2, residual=residual)
     x[0, :, 2, 3] = float("nan")
@@ -273,7 +274,7 @@ def test_cudnn_fused_keeps_nan(residual):
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("activation,residual", EPILOGUES, ids=[f"{a}{'+res' if r else ''}" for a, r in EPILOGUES])
 def test_conv_then_epilogue(device, activation, residual):
-    from kernelswap.ops import conv
+    from kernelswap.ops import conv_torch as conv
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     for case in ("1x1", "3x3_s2_odd", "dw3x3"):
@@ -286,7 +287,7 @@ def test_conv_then_epilogue(device, activation, residual):
 
 
 def test_conv_then_epilogue_declines_without_cuda_or_with_a_wider_residual():
-    from kernelswap.ops import conv
+    from kernelswap.ops import conv_torch as conv
 
     x, w, b, s, p, d, g, r = _inputs(_FUSED_CASES["1x1"], torch.float32, "cpu", n=1, residual=True)
     assert "CUDA tensors" in conv._split_supports(x, w, b, s, p, d, g, "relu", r)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelswap import _ext, packing
-from kernelswap.ops import cuda_ext, use_backend
+from kernelswap.ops import int8_cuda, sparse24_cuda, use_backend
 from kernelswap.ops.int8 import int8_linear_ref, int8_scaled_mm_ref
 from kernelswap.ops.sparse24 import sparse24_int8_linear_ref
 from utils import CUTLASS, assert_close_to_ref, assert_exact, needs_cuda, needs_cutlass, needs_ext, raises_safely
@@ -130,17 +130,17 @@ def test_supports_reasons_without_gpu():
     x = torch.randn(4, 24, dtype=torch.bfloat16)
     w = torch.zeros(32, 24, dtype=torch.int8)
     s = torch.ones(32)
-    assert "multiples of 16" in cuda_ext._int8_linear_supports(x, w, s, None)
-    assert "not instantiated" in cuda_ext._int8_linear_supports(x.float(), w, s, None)
-    assert "not instantiated" in cuda_ext._scaled_mm_supports(w[:4], s[:4], w, s, None, torch.float32)
+    assert "multiples of 16" in int8_cuda._int8_linear_supports(x, w, s, None)
+    assert "not instantiated" in int8_cuda._int8_linear_supports(x.float(), w, s, None)
+    assert "not instantiated" in int8_cuda._scaled_mm_supports(w[:4], s[:4], w, s, None, torch.float32)
     values, meta = packing.compress_24(packing.prune_24(torch.randn(32, 32)).to(torch.bfloat16))
-    assert "bfloat16 / float16" in cuda_ext._sparse24_supports(torch.randn(4, 32), values.float(), meta, None)
-    assert "values are" in cuda_ext._sparse24_supports(torch.randn(4, 32, dtype=torch.float16), values, meta, None)
-    assert "K = Kp" in cuda_ext._sparse24_supports(torch.randn(4, 30, dtype=torch.bfloat16), values, meta, None)
+    assert "bfloat16 / float16" in sparse24_cuda._sparse24_supports(torch.randn(4, 32), values.float(), meta, None)
+    assert "values are" in sparse24_cuda._sparse24_supports(torch.randn(4, 32, dtype=torch.float16), values, meta, None)
+    assert "K = Kp" in sparse24_cuda._sparse24_supports(torch.randn(4, 30, dtype=torch.bfloat16), values, meta, None)
     offset = torch.randn(4 * 32 + 1, dtype=torch.bfloat16)[1:].view(4, 32)
-    assert "aligned" in cuda_ext._sparse24_supports(offset, values, meta, None)
+    assert "aligned" in sparse24_cuda._sparse24_supports(offset, values, meta, None)
     v8, m8 = packing.compress_24(packing.prune_24(torch.randn(32, 48)).round().to(torch.int8))
-    assert "multiple of 32" in cuda_ext._sparse24_int8_supports(torch.randn(4, 48, dtype=torch.bfloat16), v8, m8,
+    assert "multiple of 32" in sparse24_cuda._sparse24_int8_supports(torch.randn(4, 48, dtype=torch.bfloat16), v8, m8,
                                                                 torch.ones(32), None)
 
 
@@ -236,12 +236,12 @@ def test_sparse24_prepared_once_per_weight():
     x = torch.randn(5, 128, device="cuda", dtype=torch.bfloat16)
     with use_backend("cuda"):
         torch.ops.kernelswap.sparse24_linear(x, values, meta, None)
-        before = len(cuda_ext._SPARSE)
+        before = len(sparse24_cuda._SPARSE)
         torch.ops.kernelswap.sparse24_linear(x, values, meta, None)
-        assert len(cuda_ext._SPARSE) == before
+        assert len(sparse24_cuda._SPARSE) == before
         values.mul_(2)  # in-place change: a new version, so a new prepared copy
         torch.ops.kernelswap.sparse24_linear(x, values, meta, None)
-        assert len(cuda_ext._SPARSE) == before + 1
+        assert len(sparse24_cuda._SPARSE) == before + 1
 
 
 @needs_cuda
@@ -259,7 +259,7 @@ def test_sparse24_bad_meta_raises():
 @needs_sm90
 @pytest.mark.parametrize("m,served", [(1, "triton"), (16, "triton"), (17, "cuda"), (64, "cuda")])
 def test_sparse24_small_m_goes_to_the_triton_gemv(m, served):
-    """The measured crossover (cuda_ext.SPARSE24_TRITON_UP_TO_M); forcing cuda still serves M = 1."""
+    """The measured crossover (sparse24_cuda.SPARSE24_TRITON_UP_TO_M); forcing cuda still serves M = 1."""
     from kernelswap.ops.backend import choose
 
     values, meta, _ = _sparse_weight(64, 128, torch.bfloat16, "cuda")

@@ -169,7 +169,7 @@ def test_conv_bn_act(device, dtype, case, activation, residual):
     res = torch.randn_like(y64).to(dtype) if residual else None
     out = ks.ops.conv_bn_act(x, weight, bias, [s, s], [p, p], [d, d], g, activation, res)
     assert out.is_contiguous(memory_format=torch.channels_last), "channels_last in, channels_last out"
-    act = ks.ops.conv.apply_activation
+    act = ks.ops.apply_activation
     ref = act(y64 + (res.double() if residual else 0), activation)
     base = F.conv2d(x, weight, bias, s, p, d, g)  # PyTorch at the same precision
     base = act(base + res if residual else base, activation)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelswap import _ext, packing
-from kernelswap.ops import cuda_ext, sparse24_sm80
+from kernelswap.ops import sparse24_cuda, sparse24_sm80
 from kernelswap.ops.sparse24 import sparse24_int8_linear_ref
 from utils import assert_close_to_ref, assert_exact, needs_ext, raises_safely
 
@@ -86,20 +86,20 @@ def test_prepare_refuses_rows_that_split_a_block():
     ("8.0 8.6+PTX", (9, 0), True), ("8.0", (9, 0), False),
 ])
 def test_runs_here(archs, cap, runs):
-    assert cuda_ext.runs_here(archs, *cap) is runs
+    assert _ext.runs_here(archs, *cap) is runs
 
 
 def test_sm80_supports_reasons_without_gpu():
     values, meta = packing.compress_24(packing.prune_24(torch.randn(48, 64)).to(torch.bfloat16))
     x = torch.randn(3, 64, dtype=torch.bfloat16)
-    assert "multiple of 32" in cuda_ext._sparse24_sm80_supports(x, values, meta, None)
-    assert "values are" in cuda_ext._sparse24_sm80_supports(x.half(), values, meta, None)
+    assert "multiple of 32" in sparse24_cuda._sparse24_sm80_supports(x, values, meta, None)
+    assert "values are" in sparse24_cuda._sparse24_sm80_supports(x.half(), values, meta, None)
     v64, m64 = packing.compress_24(packing.prune_24(torch.randn(64, 64)).to(torch.bfloat16))
     offset = torch.randn(3 * 64 + 1, dtype=torch.bfloat16)[1:].view(3, 64)
-    assert "aligned" in cuda_ext._sparse24_sm80_supports(offset, v64, m64, None)
+    assert "aligned" in sparse24_cuda._sparse24_sm80_supports(offset, v64, m64, None)
     v8, m8 = packing.compress_24(packing.prune_24(torch.randn(40, 64)).round().to(torch.int8))
-    assert "multiple of 16" in cuda_ext._sparse24_int8_sm80_supports(x, v8, m8, torch.ones(40), None)
-    assert "not instantiated" in cuda_ext._sparse24_int8_sm80_supports(x.float(), v8, m8, torch.ones(40), None)
+    assert "multiple of 16" in sparse24_cuda._sparse24_int8_sm80_supports(x, v8, m8, torch.ones(40), None)
+    assert "not instantiated" in sparse24_cuda._sparse24_int8_sm80_supports(x.float(), v8, m8, torch.ones(40), None)
 
 
 # ---------------------------------------------------------------- the ops, Meta tensors
@@ -160,7 +160,7 @@ def test_op_errors():
 def _on_sm80_plus() -> bool:
     if not (torch.cuda.is_available() and _ext.load() and _ext.build_info().get("cutlass") == "1"):
         return False
-    return cuda_ext.runs_here(_ext.build_info().get("archs", ""), *torch.cuda.get_device_capability())
+    return _ext.runs_here(_ext.build_info().get("archs", ""), *torch.cuda.get_device_capability())
 
 
 # (a GPU, a CUTLASS build, and code in that build for the GPU's arch)
@@ -179,7 +179,7 @@ def test_sparse24_sm80_close(m, k, n, dtype):
     values, meta = packing.compress_24(packing.prune_24(torch.randn(n, k, device=dev)).to(dtype))
     x = torch.randn(m, k, device=dev, dtype=dtype)
     bias = torch.randn(n, device=dev, dtype=dtype) if m % 2 else None
-    out = cuda_ext._sparse24_linear_sm80(x, values, meta, bias)
+    out = sparse24_cuda._sparse24_linear_sm80(x, values, meta, bias)
     w = packing.decompress_24(values, meta, k)
     ref64 = x.double() @ w.double().t() + (0 if bias is None else bias.double())
     assert out.shape == (m, n) and out.dtype == dtype and out.is_contiguous()
@@ -196,5 +196,5 @@ def test_sparse24_int8_sm80_exact(m, k, n, dtype):
     values, meta = packing.compress_24(w_q)
     x = torch.randn(m, k, device=dev, dtype=dtype)
     bias = torch.randn(n, device=dev) if m % 2 else None
-    out = cuda_ext._sparse24_int8_linear_sm80(x, values, meta, w_s, bias)
+    out = sparse24_cuda._sparse24_int8_linear_sm80(x, values, meta, w_s, bias)
     assert_exact(out, sparse24_int8_linear_ref(x, values, meta, w_s, bias), f"sparse24_int8 sm80 m={m} k={k} n={n}")

@@ -17,11 +17,14 @@ from .ops import use_backend  # noqa: E402
 from .recipes import Fuse, Int4, Int8, Int8Weight, Recipe, Sparse24, Sparse24Int8, register_recipe  # noqa: E402
 from .serialization import load, save  # noqa: E402
 from .swap import LayerSwap, SwapReport, swap  # noqa: E402
+from .capture import capture, prepare  # noqa: E402
+from .pipeline import pipeline  # noqa: E402
 from .ensemble import Ensemble, ensemble  # noqa: E402
 from .evaluate import EvalReport, evaluate  # noqa: E402  (the function; the module stays importable)
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = ["Fuse", "Int4", "Int8", "Int8Weight", "LayerSwap", "Recipe", "Sparse24", "Sparse24Int8", "SwapReport",
            "__version__", "load", "nn", "ops", "packing", "register_recipe", "save", "swap", "use_backend"]
+__all__ += ["capture", "pipeline", "prepare"]
 __all__ += ["EvalReport", "Ensemble", "ensemble", "evaluate"]

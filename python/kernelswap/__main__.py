@@ -13,7 +13,7 @@ import sys
 COMMANDS = {
     "info": ("kernelswap.info", "versions, GPU, extension status and which backend serves each op"),
     "demo": ("kernelswap.demo", "swap a bundled real model with each recipe and show what changed"),
-    "bench": ("kernelswap.bench", "kernel and model benchmarks against the baselines"),
+    "bench": ("kernelswap.bench.cli", "kernel and model benchmarks against the baselines"),
     "evaluate": ("kernelswap.evaluate", "speed, memory, size, accuracy and per-layer table of each recipe"),
 }
 

@@ -85,3 +85,29 @@ def status() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, f"{_reason}, but no CUDA device"
     return True, _reason
+
+
+# ---------------------------------------------------------------- the build's arch list
+def _arch_entries(arch_list: str) -> list[tuple[str, bool]]:
+    """TORCH_CUDA_ARCH_LIST as built ("8.0;8.9;9.0a+PTX", or space-separated) -> [(arch, with PTX)]."""
+    return [(e.split("+")[0].strip(), "+PTX" in e) for e in arch_list.replace(" ", ";").split(";") if e.strip()]
+
+
+def built_archs(arch_list: str) -> set[str]:
+    """TORCH_CUDA_ARCH_LIST as built -> {"8.0", "8.9", "9.0a"}."""
+    return {arch for arch, _ in _arch_entries(arch_list)}
+
+
+def runs_here(arch_list: str, major: int, minor: int) -> bool:
+    """Does a build for `arch_list` carry code a GPU of compute capability major.minor runs?
+    SASS runs on its own major at an equal or higher minor ("9.0a" only on 9.0); "+PTX" is
+    JIT-compiled for any later GPU."""
+    for arch, ptx in _arch_entries(arch_list):
+        a_major, a_minor = int(arch.split(".")[0]), int(arch.split(".")[1].rstrip("a"))
+        if arch.endswith("a"):
+            sass = (a_major, a_minor) == (major, minor)
+        else:
+            sass = a_major == major and a_minor <= minor
+        if sass or (ptx and (a_major, a_minor) <= (major, minor)):
+            return True
+    return False

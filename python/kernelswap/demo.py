@@ -300,6 +300,23 @@ def _table(res: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in [head, *rows])
 
 
+def _device_error(name: str) -> str | None:
+    """Why the demo cannot run on device `name` here (one line), or None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return "not a device name; use cpu or cuda[:N]"
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        return f"the demo runs on cpu or cuda, not {device.type}"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible here (torch.cuda.is_available() is False); run with --device cpu"
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kernelswap demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("minilm", "cnn"), default="minilm",
@@ -315,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per latency (default: 20 GPU, 3 CPU)")
     p.add_argument("--json", metavar="PATH", help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
+    why = _device_error(args.device)
+    if why:
+        print(f"python -m kernelswap demo: --device {args.device}: {why}", file=sys.stderr)
+        return 2
     on_gpu = args.device.startswith("cuda")
     args.dtype = args.dtype or ("fp16" if on_gpu else "fp32")
     args.repeats = args.repeats or (20 if on_gpu else 3)

@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .journal import Journal
 from .nn import ConvBNAct2d, KernelswapModule, activation_name
 
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
@@ -183,25 +184,6 @@ def _owner(chain: _Chain) -> str:
 
 
 # ---------------------------------------------------------------- applying
-class Journal:
-    """Every module replacement made, so a failed kernelswap.load can undo them."""
-
-    def __init__(self):
-        self.entries: list[tuple[nn.Module, str, nn.Module]] = []
-
-    def replace(self, root: nn.Module, path: str, new: nn.Module) -> None:
-        parent_path, _, attr = path.rpartition(".")
-        parent = root.get_submodule(parent_path) if parent_path else root
-        old = getattr(parent, attr)
-        self.entries.append((parent, attr, old))
-        setattr(parent, attr, new.train(old.training))  # new modules (GraphModules too) start in training mode
-
-    def undo(self) -> None:
-        for parent, attr, old in reversed(self.entries):
-            setattr(parent, attr, old)
-        self.entries.clear()
-
-
 def _record(chain: _Chain, gm: fx.GraphModule, prefix: str, filt, note: str | None = None) -> Fused:
     """The Fused entry for a chain, with its fused module unless the filter or a check says no."""
     mods = dict(gm.named_modules())
@@ -357,4 +339,4 @@ def fuse_model(model: nn.Module, filt: Callable[[str, nn.Module], bool] | None =
     return _fuse_subtree(model, "", model, filt, journal if journal is not None else Journal())
 
 
-__all__ = ["Fused", "Journal", "fuse_model"]
+__all__ = ["Fused", "fuse_model"]

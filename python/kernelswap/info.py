@@ -32,7 +32,9 @@ def collect() -> dict:
     info["_C build"] = ", ".join(f"{k}={v}" for k, v in _ext.build_info().items()) or "-"
     if _ext.load():
         safe, why = _ext.errors_raise()
-        info["_C errors"] = ("raise RuntimeError: " if safe else "WARNING, crash: ") + why
+        # What happens when a C++ check inside _C fails, not an error that happened.
+        info["_C argument errors"] = f"reach Python as RuntimeError ({why})" if safe else \
+            f"WARNING, may crash the process instead of raising: {why}"
     for name in backend.BACKENDS:
         ok, why = backend.backend_status(name)
         info[f"backend {name}"] = ("yes: " if ok else "no: ") + why
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m kernelswap info: takes no options, got {argv}", file=sys.stderr)
         return 2
     for key, value in collect().items():
-        print(f"{key:>17}: {value}")
+        print(f"{key:>18}: {value}")
     print("\nops (backends that can serve them here, first choice first; shape rules may skip one):")
     for op, dev, backends in op_table():
         print(f"  {op:<24} {dev:<5} {backends}")

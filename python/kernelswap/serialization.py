@@ -20,10 +20,11 @@ import os
 import torch
 from torch import nn
 
-from .fuse import Journal
+from ._version import __version__
+from .journal import Journal
 from .nn import KernelswapModule
 from .recipes import recipe_from_config
-from .swap import _check_eval, swap_
+from .swap import check_eval, swap_journaled
 
 FORMAT = "kernelswap.swapped-model"
 FORMAT_VERSION = 1
@@ -75,7 +76,6 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _version() -> str:
-    from . import __version__
     return __version__
 
 
@@ -121,7 +121,7 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if any(isinstance(m, KernelswapModule) for m in model.modules()):
         raise ValueError(f"{where}: the model already holds kernelswap layers; load expects the original float "
                          f"model (to fill an already swapped copy use model.load_state_dict instead)")
-    _check_eval(model)
+    check_eval(model)
     modules = dict(model.named_modules())
     for cfg, names in groups:
         want = nn.Conv2d if cfg["recipe"] == "fuse" else nn.Linear
@@ -134,8 +134,8 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     try:
         for cfg, names in sorted(groups, key=lambda g: g[0]["recipe"] != "fuse"):
             keep = set(names)
-            report = swap_(model, [recipe_from_config(cfg)], lambda name, _m, keep=keep: name in keep, journal,
-                           probe=False)
+            report = swap_journaled(model, [recipe_from_config(cfg)], lambda name, _m, keep=keep: name in keep,
+                                    journal, probe=False)
             missing = keep - {x.name for x in report.swapped}
             if missing:
                 raise ValueError(f"{where}: recipe {cfg['recipe']!r} could not take {sorted(missing)[:5]} in this "

@@ -7,9 +7,10 @@
 
 Linear recipes take every nn.Linear the filter admits; "fuse" takes conv -> bn [-> add]
 [-> act] chains (kernelswap.fuse). A layer a recipe cannot take stays as it is and is
-listed in the report with the reason. Each swapped layer is probed: its output on a
-probe input (the layer's real input when example_inputs is given, else a seeded
-Gaussian) against the float layer's, as SQNR in dB.
+listed in the report with the reason; so is a layer an earlier swap made (there is no
+unswap: a second swap leaves it). Rows are in model order. Each swapped layer is probed:
+its output on a probe input (the layer's real input when example_inputs is given, else a
+seeded Gaussian) against the float layer's, as SQNR in dB.
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .fuse import Fused, Journal, fuse_model
-from .nn import KernelswapModule
-from .ops.conv import apply_activation
-from .recipes import Recipe, resolve
+from .fuse import Fused, fuse_model
+from .journal import Journal
+from .nn import ConvBNAct2d, KernelswapModule
+from .ops.activations import apply_activation
+from .recipes import RECIPES, Recipe, resolve
 
 Filter = Callable[[str, nn.Module], bool]
 _PROBE_TOKENS = 8  # rows of the Gaussian probe for a Linear: enough for a stable SQNR, cheap on CPU
@@ -90,8 +92,14 @@ class SwapReport:
                          f"{x.bytes_after:,}" if x.swapped else "", sq))
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
         fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]  # noqa: E731
-        lines = [f"kernelswap.swap {' + '.join(self.recipes)}: {len(self.swapped)} layers swapped, "
-                 f"{len(self.skipped)} left", fmt(head), *map(fmt, rows)]
+        summary = f"{len(self.swapped)} layers swapped, {len(self.skipped)} left"
+        if not self.layers:
+            summary = "nothing changed: the model has no layer these recipes apply to"
+        elif not self.swapped:
+            summary = f"nothing changed: {summary} (why: the after column)"
+        lines = [f"kernelswap.swap {' + '.join(self.recipes)}: {summary}"]
+        if rows:
+            lines += [fmt(head), *map(fmt, rows)]
         if self.swapped:
             lines.append(f"weights of the swapped layers: {self.bytes_before:,} -> {self.bytes_after:,} bytes "
                          f"({self.bytes_after / max(self.bytes_before, 1):.2f}x)")
@@ -120,7 +128,47 @@ def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
     return 20.0 * torch.log10(torch.tensor(ref.norm().item() / noise)).item()
 
 
-def _check_eval(model: nn.Module) -> None:
+_RECIPE_FORMS = ("a recipe name (\"int8\", \"int4\", ...), a config object such as ks.Int4(group_size=64), "
+                 "or a list of them")
+
+
+def _what(x) -> str:
+    """How an error names a wrong argument: None, int 8, a torch.Tensor, a dict."""
+    t = type(x)
+    if x is None or isinstance(x, (int, float)):
+        return repr(x) if x is None else f"{t.__name__} {x!r}"
+    return f"a {t.__qualname__}" if t.__module__ == "builtins" else f"a {t.__module__}.{t.__qualname__}"
+
+
+def _recipe_error(spec) -> str | None:
+    """Why `spec` is not one recipe (a name or a config object); None when it is."""
+    if isinstance(spec, (str, Recipe)):
+        return None
+    if isinstance(spec, type) and issubclass(spec, Recipe):
+        cls = ("ks." if spec.__module__ == "kernelswap.recipes" else "") + spec.__name__
+        return f"got the class {cls}, not a config object: pass {cls}() (with its fields as needed) or {spec.name!r}"
+    return f"got {_what(spec)}"
+
+
+def check_args(model, recipe) -> list:
+    """swap's `model` and `recipe` checked; returns the recipes as a list. TypeError naming the
+    argument (and what it accepts) when either has the wrong type."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"kernelswap.swap: model must be an nn.Module (a model or layer, swapped in place), "
+                        f"got {_what(model)}")
+    if isinstance(recipe, (str, Recipe)):
+        return [recipe]
+    specs, why = [], _recipe_error(recipe)
+    if isinstance(recipe, Iterable) and not isinstance(recipe, (dict, bytes, type)):
+        specs = list(recipe)
+        why = next((f"item {i}: {w}" for i, w in enumerate(map(_recipe_error, specs)) if w is not None), None)
+    if why is not None:
+        raise TypeError(f"kernelswap.swap: recipe must be {_RECIPE_FORMS}; {why}")
+    return specs
+
+
+def check_eval(model: nn.Module) -> None:
+    """RuntimeError naming the first submodule in training mode (swap and load need eval mode)."""
     for name, m in model.named_modules():
         if m.training:
             where = f"its submodule {name!r} is" if name else "it is"
@@ -181,6 +229,36 @@ def _linears(model: nn.Module) -> list[tuple[str, nn.Linear, list[str]]]:
     return list(found.values())
 
 
+def _model_order(model: nn.Module) -> dict[str, int]:
+    """Qualified name -> position in model order (the report's row order)."""
+    return {name: i for i, (name, _) in enumerate(model.named_modules(remove_duplicate=False))}
+
+
+def _swapped_by(m: KernelswapModule) -> tuple[str, str]:
+    """(recipe name, kind) of the recipe that made a kernelswap module."""
+    try:
+        name = m.recipe_config()["recipe"]
+    except (NotImplementedError, KeyError, TypeError):
+        name = "?"
+    cls = RECIPES.get(name)
+    return name, cls.kind if cls is not None else ("conv" if isinstance(m, ConvBNAct2d) else "linear")
+
+
+def _already_swapped(model: nn.Module, recipe: Recipe) -> list[LayerSwap]:
+    """Layers an earlier swap made that this recipe's kind would otherwise have taken: left, saying why."""
+    out, seen = [], set()
+    for name, m in model.named_modules(remove_duplicate=False):
+        if not isinstance(m, KernelswapModule) or id(m) in seen:
+            continue
+        seen.add(id(m))
+        made_by, kind = _swapped_by(m)
+        if kind == recipe.kind:
+            out.append(LayerSwap(name, recipe.name, type(m).__name__, None, tensor_bytes(m), 0, None,
+                                 f"already {type(m).__name__} ({made_by}); swap the float model instead "
+                                 f"(kernelswap has no unswap)"))
+    return out
+
+
 def _linear_reason(model: nn.Module, name: str, linear: nn.Linear) -> str | None:
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     if isinstance(parent, nn.MultiheadAttention):
@@ -191,12 +269,14 @@ def _linear_reason(model: nn.Module, name: str, linear: nn.Linear) -> str | None
 
 
 # ---------------------------------------------------------------- swap
-def swap_(model: nn.Module, recipes: list[Recipe], filter: Filter | None, journal: Journal,
-          probe: bool = True, example_inputs=None) -> SwapReport:
+def swap_journaled(model: nn.Module, recipes: list[Recipe], filter: Filter | None, journal: Journal,
+                   probe: bool = True, example_inputs=None) -> SwapReport:
     """swap's work, every replacement recorded in `journal` (kernelswap.load undoes on failure)."""
     captured = _capture_inputs(model, example_inputs) if probe and example_inputs is not None else {}
+    order = _model_order(model)  # names of the float layers; a swap keeps them
     layers: list[LayerSwap] = []
     for recipe in recipes:
+        layers += _already_swapped(model, recipe)
         if recipe.kind == "conv":
             for f in fuse_model(model, filter, journal):
                 before = "Conv2d+BatchNorm2d" + ("+add" if f.residual else "") + \
@@ -224,6 +304,8 @@ def swap_(model: nn.Module, recipes: list[Recipe], filter: Filter | None, journa
                 entry.after, entry.bytes_after = type(new).__name__, tensor_bytes(new)
                 entry.sqnr_db = _probe_linear(linear, new, captured.get(id(linear))) if probe else None
             layers.append(entry)
+    rank = {r.name: i for i, r in enumerate(recipes)}  # per recipe, in model order (fuse lists rewrites first)
+    layers.sort(key=lambda x: (rank[x.recipe], order.get(x.name, len(order))))
     return SwapReport(recipes, layers)
 
 
@@ -239,9 +321,9 @@ def swap(model: nn.Module, recipe: str | Recipe | Iterable[str | Recipe], filter
     example_inputs  a model input (or tuple of inputs): probe every layer with its real input.
     The model must be in eval mode.
     """
-    recipes = resolve(recipe)
-    _check_eval(model)
-    return swap_(model, recipes, filter, Journal(), probe, example_inputs)
+    recipes = resolve(check_args(model, recipe))
+    check_eval(model)
+    return swap_journaled(model, recipes, filter, Journal(), probe, example_inputs)
 
 
-__all__ = ["LayerSwap", "SwapReport", "swap", "tensor_bytes"]
+__all__ = ["LayerSwap", "SwapReport", "check_args", "check_eval", "swap", "swap_journaled", "tensor_bytes"]

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..recipes import Recipe, resolve
-from ..swap import _check_eval, swap
+from ..swap import check_eval, swap
 from . import _measure as M
 from ._layers import layer_table
 from ._write import format_markdown, write_report
@@ -75,7 +75,7 @@ def _parse(spec) -> tuple[str, list[Recipe]]:
 
 
 def _env(device: torch.device) -> dict:
-    from .. import __version__
+    from .._version import __version__
     env = {"torch": torch.__version__, "kernelswap": __version__, "device": str(device),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     try:
@@ -156,7 +156,7 @@ def evaluate(model: nn.Module, inputs, recipes: Iterable = ("int8",), metric: Ca
         raise ValueError("ks.evaluate: no recipes given; e.g. recipes=['int8', 'fuse+int8']")
     parsed = [_parse(s) for s in specs]
     batches = M.as_batches(inputs)
-    _check_eval(model)
+    check_eval(model)
     device = M.batch_tensors(batches[0])[0].device
     gpu = device.type == "cuda"
     opts = {"repeats": repeats or (50 if gpu else 5), "warmup": warmup if warmup is not None else (5 if gpu else 1),

@@ -3,12 +3,13 @@
 Timing: a forward pre-hook and hook on every swapped layer (CUDA events on the GPU,
 perf_counter on the CPU), over a few forwards that are not the latency measurement
 (hooks cost host time). The backend: one more forward during which every backend choice
-is recorded (kernelswap.ops.backend memoizes choices per argument layout, so its memo is
-cleared before each layer runs and every layer makes its own choice).
+is recorded. Choices are memoized per argument layout (the dispatcher's memo and each
+layer's runners), so both are dropped first and every layer makes its own choice.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 
 import torch
@@ -21,9 +22,15 @@ from ._measure import Batch, run
 
 @contextlib.contextmanager
 def _recording_choices(current: list):
-    """Append (op, backend) of every choice the dispatcher makes to current[-1]."""
+    """Append (op, backend) of every choice the dispatcher makes to current[-1].
+
+    The choice is kernelswap.ops.backend._choose; the modules that call it (the dispatcher's
+    Plan, the layers' per-layout runners) may hold it under its own name, so every
+    kernelswap.ops module's binding of it is replaced for the duration."""
     choose = getattr(backend, "_choose", None)
-    if choose is None:  # the dispatcher changed shape: say so rather than guess
+    holders = [m for name, m in list(sys.modules.items())
+               if name.startswith("kernelswap.ops") and getattr(m, "_choose", None) is choose]
+    if choose is None or not holders:  # the dispatcher changed shape: say so rather than guess
         yield False
         return
 
@@ -33,13 +40,22 @@ def _recording_choices(current: list):
             current[-1].append((op, impl.backend))
         return impl, lasting
 
-    backend._choose = spy
-    backend.clear_plans()
+    for m in holders:
+        m._choose = spy
     try:
         yield True
     finally:
-        backend._choose = choose
+        for m in holders:
+            m._choose = choose
         backend.clear_plans()
+
+
+def _forget_choices(model: nn.Module) -> None:
+    """Make every layer choose its backend again on its next call (memo and runners dropped)."""
+    backend.clear_plans()
+    for m in model.modules():
+        if isinstance(m, KernelswapModule) and callable(getattr(m, "prepare", None)):
+            m.prepare()  # also forgets the layer's per-layout runners
 
 
 def served_by(model: nn.Module, names: list[str], batch: Batch) -> dict[str, list[tuple[str, str]]]:
@@ -51,7 +67,7 @@ def served_by(model: nn.Module, names: list[str], batch: Batch) -> dict[str, lis
         m = model.get_submodule(n)
 
         def pre(mod, args, n=n):
-            backend.clear_plans()
+            backend.clear_plans()  # layers of one shape share the memo: each must choose itself
             current.append(got[n])
 
         def post(mod, args, out):
@@ -61,6 +77,7 @@ def served_by(model: nn.Module, names: list[str], batch: Batch) -> dict[str, lis
         handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
     try:
         with _recording_choices(current) as ok:
+            _forget_choices(model)
             run(model, batch)
         if not ok:
             return {n: [("?", "unknown (kernelswap.ops.backend has no _choose to record)")] for n in names}

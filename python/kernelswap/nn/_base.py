@@ -1,15 +1,47 @@
-"""What every kernelswap module shares: a format version, fixed-dtype buffers, checks.
+"""What every kernelswap module shares: a format version, fixed-dtype buffers, checks,
+prepared weight layouts, and the per-layout fast path of forward.
 
 Swapped modules keep plain tensors as buffers (no Parameters: they are inference
 only), so `state_dict()` round-trips, loads on a CPU-only machine and saves with
 safetensors. Each module class carries FORMAT_VERSION, stored in its state_dict as
 the int32 buffer `format_version`; loading a state_dict written by another version is
 an error that names the layer, instead of silently misreading packed weights.
+
+Graph-safe: every kernel-specific layout of the weights (kernelswap.ops.prepare_weights)
+is made when the buffers are made, moved (`.to`, `.cuda`, `.half`) or loaded, never in a
+forward that may be under CUDA-graph capture; `prepare()` makes them again after an
+in-place change of a buffer.
+
+Host time: a forward call is decided once per input layout (shape, strides, dtype,
+device, forced backend): the checks, the backend choice and the bound kernel call are
+kept in a runner (kernelswap.ops._runner), so later calls with that layout are a dict
+lookup, a check that the buffers are still the ones the runner was bound to, and the
+kernel. Tracing, autograd and fake tensors take the op through the dispatcher instead.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
+
+from .. import ops
+from ..ops import _runner
+from ..ops.backend import forced_backend
+
+
+class _Runners(dict):
+    """input layout -> (runner, ids of the buffers it was bound to). Not state: a copy of
+    the module (deepcopy, pickle) starts with none, since its runners would be bound to the
+    original's buffers."""
+
+    LIMIT = 64  # layouts kept per layer (token counts vary); cleared when full
+
+    def __deepcopy__(self, memo):
+        return _Runners()
+
+    def __reduce__(self):
+        return _Runners, ()
 
 
 class KernelswapModule(nn.Module):
@@ -18,9 +50,13 @@ class KernelswapModule(nn.Module):
     # model.half() / .bfloat16() / .float() must not convert them, only move them.
     FIXED_DTYPE_BUFFERS: tuple[str, ...] = ()
 
+    # The kernelswap op forward calls (a name in kernelswap.ops); set by each subclass.
+    OP: str = ""
+
     def __init__(self, name: str | None = None, device=None):
         super().__init__()
         self.layer_name = name  # for error messages; not part of the state
+        self._runs = _Runners()
         self.register_buffer("format_version", torch.tensor([self.FORMAT_VERSION], dtype=torch.int32,
                                                             device=device))
 
@@ -35,7 +71,37 @@ class KernelswapModule(nn.Module):
             after = self._buffers[k]
             if after.dtype != before.dtype:  # converted: redo as a pure move from the original
                 self._buffers[k] = before.to(device=after.device)
+        self.prepare()
         return self
+
+    # ------------------------------------------------------------ prepared layouts, runners
+    def op_args(self) -> tuple:
+        """The op's arguments after x, from this layer's buffers (subclasses)."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Make the kernel-specific layouts of this layer's weights for every backend that can
+        serve it where the buffers live, and forget the runners. Called after the buffers are
+        made, moved or loaded; call it yourself after changing a buffer in place, and before
+        capturing a CUDA graph if you did."""
+        self._runs.clear()
+        if self.OP and all(b.device.type != "meta" for b in self._buffers.values() if b is not None):
+            ops.prepare_weights(self.OP, *self.op_args())
+
+    def _buffer_ids(self) -> tuple:
+        return tuple(map(id, self._buffers.values()))
+
+    def _bind(self, key: tuple, bind: Callable[[], tuple | None]):
+        """The runner for this input layout: bind() -> (runner, lasting) or None; kept when lasting."""
+        made = bind()
+        if made is None:
+            return None
+        run, lasting = made
+        if lasting:
+            if len(self._runs) >= _Runners.LIMIT:
+                self._runs.clear()
+            self._runs[key] = (run, self._buffer_ids())
+        return run
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -50,6 +116,7 @@ class KernelswapModule(nn.Module):
                 return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        self.prepare()  # the buffers were overwritten in place
 
     def weight_bytes(self) -> int:
         """Bytes of the tensors that stand for the weights (format_version excluded)."""
@@ -86,3 +153,27 @@ def check_linear(cls_name: str, linear, name: str | None) -> None:
 def check_input(module, x: torch.Tensor, k: int) -> None:
     if x.dim() < 1 or x.shape[-1] != k:
         raise ValueError(f"{module.where}: expected input of shape (..., {k}), got {tuple(x.shape)}")
+
+
+class LinearModule(KernelswapModule):
+    """What the swapped linear layers share: forward(x (..., K)) -> (..., N) through their op,
+    with the per-layout runner of kernelswap.ops._runner (module docstring)."""
+
+    in_features: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) float -> (..., N) x.dtype
+        if _runner.eager_ok(x):
+            hit = self._runs.get((x.shape, x.stride(), x.dtype, x.device, forced_backend()))
+            if hit is not None and hit[1] == tuple(map(id, self._buffers.values())):
+                return hit[0](x)
+        return self._forward_full(x)
+
+    def _forward_full(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.in_features)
+        op = getattr(ops, self.OP)
+        args = self.op_args()
+        if not _runner.eager_ok(x):
+            return op.overload(x, *args)  # tracing, autograd, fake tensors: through the dispatcher
+        key = (x.shape, x.stride(), x.dtype, x.device, forced_backend())
+        run = self._bind(key, lambda: _runner.bind_tokens(self.OP, op.check, x, *args))
+        return op.overload(x, *args) if run is None else run(x)

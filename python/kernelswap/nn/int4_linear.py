@@ -11,16 +11,16 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..ops.int4 import GROUP_SIZES
 from ..packing import quantize_int4
-from .. import ops
-from ._base import KernelswapModule, check_features, check_input, check_linear
+from ._base import LinearModule, check_features, check_linear
 
 
-class Int4Linear(KernelswapModule):
+class Int4Linear(LinearModule):
     FIXED_DTYPE_BUFFERS = ("scales",)
+    OP = "int4_linear"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128,
                  symmetric: bool = False, *, device=None, dtype: torch.dtype = torch.float32,
@@ -54,12 +54,12 @@ class Int4Linear(KernelswapModule):
             m.zeros.copy_(q.zeros)
         if linear.bias is not None:
             m.bias.copy_(linear.bias.detach())
+        m.prepare()
         return m
 
-    def forward(self, x: Tensor) -> Tensor:  # (..., K) float -> (..., N) x.dtype
-        check_input(self, x, self.in_features)
-        return ops.int4_linear(x, self.w_packed, self.scales, self.zeros, self.group_size,
-                                                self.bias)
+    def op_args(self) -> tuple:
+        b = self._buffers
+        return b["w_packed"], b["scales"], b["zeros"], self.group_size, b["bias"]
 
     def recipe_config(self) -> dict:
         return {"recipe": "int4", "group_size": self.group_size, "symmetric": self.symmetric}

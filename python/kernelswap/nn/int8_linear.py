@@ -11,16 +11,15 @@ Buffers (format of kernelswap.ops.int8, made by kernelswap.packing.quantize_int8
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..packing import quantize_int8
-from .. import ops
-from ._base import KernelswapModule, check_features, check_input, check_linear
+from ._base import LinearModule, check_features, check_linear
 
 MODES = ("int8", "int8-weight")
 
 
-class Int8Linear(KernelswapModule):
+class Int8Linear(LinearModule):
     FIXED_DTYPE_BUFFERS = ("w_scale",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "int8", *,
@@ -31,6 +30,7 @@ class Int8Linear(KernelswapModule):
             raise ValueError(f"{self.where}: mode must be one of {MODES} ('int8': W8A8, 'int8-weight': W8A16), "
                              f"got {mode!r}")
         self.in_features, self.out_features, self.mode = in_features, out_features, mode
+        self.OP = "int8_linear" if mode == "int8" else "int8_weight_linear"
         self.register_buffer("w_q", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("w_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
@@ -46,12 +46,12 @@ class Int8Linear(KernelswapModule):
         m.w_scale.copy_(w_scale)
         if linear.bias is not None:
             m.bias.copy_(linear.bias.detach())
+        m.prepare()
         return m
 
-    def forward(self, x: Tensor) -> Tensor:  # (..., K) float -> (..., N) x.dtype
-        check_input(self, x, self.in_features)
-        op = ops.int8_linear if self.mode == "int8" else ops.int8_weight_linear
-        return op(x, self.w_q, self.w_scale, self.bias)
+    def op_args(self) -> tuple:
+        b = self._buffers
+        return b["w_q"], b["w_scale"], b["bias"]
 
     def recipe_config(self) -> dict:
         return {"recipe": self.mode}

@@ -17,15 +17,14 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..ops.sparse24 import K_MULTIPLE
 from ..packing import compress_24, is_24_sparse, prune_24, quantize_int8
-from .. import ops
-from ._base import KernelswapModule, check_features, check_input, check_linear
+from ._base import LinearModule, check_features, check_linear
 
 
-class Sparse24Linear(KernelswapModule):
+class Sparse24Linear(LinearModule):
     FIXED_DTYPE_BUFFERS = ("w_scale",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, int8: bool = False, *,
@@ -35,6 +34,7 @@ class Sparse24Linear(KernelswapModule):
         if not dtype.is_floating_point:
             raise TypeError(f"{self.where}: dtype is the float dtype of the layer, got {dtype}")
         self.in_features, self.out_features, self.int8 = in_features, out_features, bool(int8)
+        self.OP = "sparse24_int8_linear" if int8 else "sparse24_linear"
         kp = math.ceil(in_features / K_MULTIPLE) * K_MULTIPLE
         values_dtype = torch.int8 if int8 else dtype
         self.register_buffer("values", torch.zeros(out_features, kp // 2, dtype=values_dtype, device=device))
@@ -67,13 +67,14 @@ class Sparse24Linear(KernelswapModule):
         m.meta.copy_(meta)
         if linear.bias is not None:
             m.bias.copy_(linear.bias.detach())
+        m.prepare()
         return m
 
-    def forward(self, x: Tensor) -> Tensor:  # (..., K) float -> (..., N) x.dtype
-        check_input(self, x, self.in_features)
+    def op_args(self) -> tuple:
+        b = self._buffers
         if self.int8:
-            return ops.sparse24_int8_linear(x, self.values, self.meta, self.w_scale, self.bias)
-        return ops.sparse24_linear(x, self.values, self.meta, self.bias)
+            return b["values"], b["meta"], b["w_scale"], b["bias"]
+        return b["values"], b["meta"], b["bias"]
 
     def recipe_config(self) -> dict:
         return {"recipe": "sparse24-int8" if self.int8 else "sparse24"}

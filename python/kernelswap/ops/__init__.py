@@ -4,14 +4,16 @@ Call them as torch.ops.kernelswap.<name> or through the functions below. The bac
 that serves a call is chosen per call (see kernelswap.ops.backend).
 """
 from . import backend
-from .backend import BACKENDS, forced_backend, use_backend
-from .conv import ACTIVATIONS, conv_bn_act
+from .backend import BACKENDS, forced_backend, prepare_weights, use_backend
+from .activations import ACTIVATIONS, activation_name, apply_activation
+from .conv import conv_bn_act
 from .int4 import GROUP_SIZES, int4_linear
 from .int8 import int8_linear, int8_scaled_mm, int8_weight_linear, quantize_per_token_int8
 from .sparse24 import sparse24_int8_linear, sparse24_linear
 
 # Fast paths, registered after the references; each imports its kernels lazily.
-from . import conv_triton, cuda_ext, int4_triton, int8_triton, sparse24_triton  # noqa: F401,E402
+from . import gemv_cuda  # noqa: F401,E402 - before int8_cuda / sparse24_cuda, so its decode GEMVs are tried first
+from . import conv_torch, conv_triton, int4_triton, int8_cuda, int8_triton, sparse24_cuda, sparse24_triton  # noqa: F401,E402
 
 PUBLIC_OPS = (
     "quantize_per_token_int8",
@@ -25,7 +27,7 @@ PUBLIC_OPS = (
 )
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "GROUP_SIZES", "PUBLIC_OPS", "backend", "conv_bn_act", "forced_backend",
+    "ACTIVATIONS", "BACKENDS", "activation_name", "apply_activation", "GROUP_SIZES", "PUBLIC_OPS", "backend", "conv_bn_act", "forced_backend",
     "int4_linear", "int8_linear", "int8_scaled_mm", "int8_weight_linear", "quantize_per_token_int8",
-    "sparse24_int8_linear", "sparse24_linear", "use_backend",
+    "prepare_weights", "sparse24_int8_linear", "sparse24_linear", "use_backend",
 ]

@@ -7,8 +7,10 @@ the GPU that host time is the whole budget of a decode-size kernel. These ops ar
 inference-only, so `op` defines each with the plain library API: the schema, one Python
 implementation for every device (CompositeExplicitAutograd; the implementation picks the
 backend per call, see backend.py) and, through `.register_fake`, the fake (meta) kernel
-that torch.compile and CUDA graphs trace with. Without an autograd kernel, a call whose
-inputs require grad runs through PyTorch's autograd fallback and its output has no grad_fn.
+that torch.compile and CUDA graphs trace with. Each op also has an autograd kernel
+(`register_input_grad` / `register_grad_of`): a swapped layer is for inference, but a
+gradient that flows through it (a frozen quantized base under a trained head or adapter)
+is the right one, never a silent zero.
 
 Calling an `Op` (kernelswap.ops.int8_linear(...), what the nn modules do) skips the
 dispatcher when it has nothing to add: plain tensors, no torch.compile/export tracing, no
@@ -23,6 +25,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch import Tensor
 
 _LIB = torch.library.Library("kernelswap", "FRAGMENT")
 
@@ -30,9 +33,10 @@ _LIB = torch.library.Library("kernelswap", "FRAGMENT")
 class Op:
     """A defined op: call it like the function it wraps; `.register_fake` adds the fake."""
 
-    def __init__(self, name: str, fn: Callable):
+    def __init__(self, name: str, fn: Callable, check: Callable[..., None] | None = None):
         self.name = name
         self.fn = fn
+        self.check = check  # the argument checks its fake and implementation share (raise on bad input)
         self.__doc__ = fn.__doc__
         self.overload = getattr(torch.ops.kernelswap, name).default
 
@@ -44,6 +48,49 @@ class Op:
     def register_fake(self, fake: Callable) -> Callable:
         torch.library.register_fake(f"kernelswap::{self.name}", fake, lib=_LIB)
         return fake
+
+    def register_input_grad(self, dense_weight: Callable[..., Tensor]) -> None:
+        """Autograd for a linear-like op: the gradient of x through the dense float weight
+        `dense_weight(*args after x)` (N, Kp), i.e. dx = dy @ W[:, :K], the exact gradient of
+        the layer whose weight is the dequantized one. Activation quantization (W8A8) is taken
+        as the identity there (the straight-through estimator): its true gradient is zero
+        almost everywhere. The weights are buffers and get no gradient."""
+
+        def setup_context(ctx, inputs, output):
+            ctx.k, ctx.dtype, ctx.weights = inputs[0].shape[-1], inputs[0].dtype, inputs[1:]
+
+        def backward(ctx, grad):
+            w = dense_weight(*ctx.weights)[:, : ctx.k].float()
+            gx = (grad.float() @ w).to(ctx.dtype)
+            return (gx,) + (None,) * len(ctx.weights)
+
+        torch.library.register_autograd(f"kernelswap::{self.name}", backward, setup_context=setup_context,
+                                        lib=_LIB)
+
+    def register_grad_of(self, reference: Callable[..., Tensor]) -> None:
+        """Autograd from a differentiable plain-torch reference: backward recomputes
+        `reference(*args)` under autograd and takes its gradient for the floating tensor inputs
+        that need one (conv_bn_act: x and the residual)."""
+
+        def setup_context(ctx, inputs, output):
+            ctx.inputs = inputs
+
+        def backward(ctx, grad):
+            inputs = list(ctx.inputs)
+            wanted = [i for i, a in enumerate(inputs) if isinstance(a, Tensor) and a.is_floating_point()
+                      and ctx.needs_input_grad[i]]
+            with torch.enable_grad():
+                for i in wanted:
+                    inputs[i] = inputs[i].detach().requires_grad_()
+                out = reference(*inputs)
+                grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad)
+            result = [None] * len(inputs)
+            for i, g in zip(wanted, grads):
+                result[i] = g
+            return tuple(result)
+
+        torch.library.register_autograd(f"kernelswap::{self.name}", backward, setup_context=setup_context,
+                                        lib=_LIB)
 
 
 def _direct_ok(args: tuple) -> bool:
@@ -63,13 +110,14 @@ def _direct_ok(args: tuple) -> bool:
 _PLAIN = (int, float, str, bool, list, tuple, torch.dtype)
 
 
-def op(schema: str) -> Callable[[Callable], Op]:
-    """Decorator: define kernelswap::<schema> with the decorated function as its implementation."""
+def op(schema: str, check: Callable[..., None] | None = None) -> Callable[[Callable], Op]:
+    """Decorator: define kernelswap::<schema> with the decorated function as its implementation;
+    `check(*args)` raises on bad arguments (the layers' runners call it once per input layout)."""
 
     def deco(fn: Callable) -> Op:
         name = schema.split("(", 1)[0]
         _LIB.define(schema)
         _LIB.impl(name, fn, "CompositeExplicitAutograd")
-        return Op(name, fn)
+        return Op(name, fn, check)
 
     return deco

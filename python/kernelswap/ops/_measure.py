@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .backend import Transient
+from .backend import Transient, choose_after
 
 REPS = 5
 
@@ -34,29 +34,35 @@ def median_ms(fn: Callable, args: tuple) -> float:
 
 
 class Picks:
-    """shape key -> None (the candidate was measured faster) or the reason it was not."""
+    """A `supports` answer by measurement: shape key -> None (the candidate was measured
+    faster than what the dispatcher would run without it) or the reason it was not.
 
-    def __init__(self, candidate: str, fallback: str):
-        self.candidate, self.fallback = candidate, fallback
+    The rival is not named by the caller: it is `backend.choose_after(op, candidate)`, the
+    implementation the dispatcher falls back to when the candidate declines, so the timed
+    choice and the static rules are one walk over the registered implementations."""
+
+    def __init__(self, op: str, candidate: str):
+        self.op, self.candidate = op, candidate
         self._picks: dict[tuple, str | None] = {}
 
-    def reason(self, key: tuple, ours: Callable, theirs: Callable, args: tuple) -> str | None:
+    def reason(self, key: tuple, ours: Callable, args: tuple) -> str | None:
         if key not in self._picks:
             if torch.cuda.is_current_stream_capturing():
-                return Transient(f"shape first seen inside CUDA-graph capture, not timed yet: {self.fallback}")
-            self._picks[key] = self._measure(ours, theirs, args)
+                return Transient(f"shape first seen inside CUDA-graph capture, not timed yet: the next backend")
+            self._picks[key] = self._measure(ours, args)
         return self._picks[key]
 
-    def _measure(self, ours, theirs, args) -> str | None:
+    def _measure(self, ours, args) -> str | None:
+        theirs = choose_after(self.op, ours, args)
         try:
             t_ours = median_ms(ours, args)
         except Exception as e:  # noqa: BLE001 - a candidate that fails to build or run must not break the model
-            return f"{self.candidate} failed at this shape ({type(e).__name__}: {e}); {self.fallback}"
-        t_theirs = median_ms(theirs, args)
+            return f"{self.candidate} failed at this shape ({type(e).__name__}: {e}); {theirs.backend} serves it"
+        t_theirs = median_ms(theirs.fn, args)
         if t_ours < t_theirs:
             return None
-        return (f"{self.fallback} measured faster at this shape ({t_theirs * 1e3:.1f} us vs "
-                f"{t_ours * 1e3:.1f} us for {self.candidate})")
+        return (f"{theirs.backend} ({theirs.fn.__name__.strip('_')}) measured faster at this shape "
+                f"({t_theirs * 1e3:.1f} us vs {t_ours * 1e3:.1f} us for {self.candidate})")
 
     def __contains__(self, key: tuple) -> bool:
         return key in self._picks

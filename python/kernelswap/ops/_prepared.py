@@ -3,8 +3,11 @@
 The public ops take weights in one documented format (kernelswap.ops.int4,
 kernelswap.ops.sparse24). A kernel that wants another layout (for example a CUTLASS
 sparse GEMM's reordered metadata) converts on first use and keeps the result here,
-keyed by the source buffers' identity and version, so a model's first forward (the
-warm-up) pays for it once and later calls, CUDA-graph replays included, do not.
+keyed by the source buffers' identity and version. The layers fill these caches when their
+buffers are made, moved or loaded (kernelswap.ops.backend.prepare_weights), never in a
+forward: a layout made during CUDA-graph capture (or a torch.compile cudagraph warm-up)
+would live in the graph's private memory pool and outlive the call. A miss while a stream
+is capturing is therefore an error that says how to prepare first.
 The cost is the memory of the converted copy; it is freed with the source buffer.
 """
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Callable
 
+import torch
 from torch import Tensor
 
 
@@ -29,6 +33,11 @@ class PreparedWeights:
         key = self._key(tensors)
         if key in self._cache:
             return self._cache[key]
+        if tensors[0].is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"kernelswap: the {self.name} layout of a weight was not prepared before CUDA-graph capture; "
+                f"move the model with .to(device) (or call kernelswap.prepare(model)) before capturing, and do "
+                f"not modify swapped layers' buffers in place after that")
         value = make()
         self._cache[key] = value
         weakref.finalize(tensors[0], self._cache.pop, key, None)  # drop it with the source buffer

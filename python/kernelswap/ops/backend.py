@@ -50,6 +50,12 @@ class Impl:
     backend: str
     fn: Callable
     supports: Callable[..., str | None]
+    # prepare(*weights): make the kernel-specific weight layouts this implementation reads
+    # (PreparedWeights caches), called outside any forward (see prepare_weights).
+    prepare: Callable[..., None] | None = None
+    # bind(*args after x) -> fn(x): `fn` with everything but x looked up once (prepared
+    # layouts, the C++ entry point); per-layout runners (ops/_runner.py) call it on each call.
+    bind: Callable[..., Callable] | None = None
 
 
 _REGISTRY: dict[str, list[Impl]] = {}
@@ -59,14 +65,20 @@ def _always(*args, **kwargs) -> None:
     return None
 
 
-def register(op: str, backend: str, supports: Callable[..., str | None] = _always):
-    """Decorator: `fn` serves `op` on `backend` whenever `supports(*args)` is None."""
+def register(op: str, backend: str, supports: Callable[..., str | None] = _always,
+             prepare: Callable[..., None] | None = None, bind: Callable[..., Callable] | None = None):
+    """Decorator: `fn` serves `op` on `backend` whenever `supports(*args)` is None.
+
+    `prepare(*weights)`, when given, makes the weight layouts `fn` reads from a cache
+    (the op's arguments after x, e.g. (w_q, w_scale, bias)); `prepare_weights` calls it at
+    swap time, on `.to(device)` and after a load, so no forward has to. `bind(*weights)`, when
+    given, returns `fn` with the weights bound (ops/_runner.py)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
     def deco(fn):
         impls = _REGISTRY.setdefault(op, [])
-        impls.append(Impl(backend, fn, supports))
+        impls.append(Impl(backend, fn, supports, prepare, bind))
         impls.sort(key=lambda i: BACKENDS.index(i.backend))  # stable: cuda, triton, torch, reference
         _candidates.cache_clear()
         clear_plans()
@@ -86,14 +98,30 @@ def forced_backend() -> str | None:
     """The backend forced by `use_backend` (innermost wins) or KERNELSWAP_BACKEND."""
     name = _forced.get()
     if name is None:
-        name = _env_backend(os.environ.get("KERNELSWAP_BACKEND", ""))
+        if _ENV_ERROR:
+            raise ValueError(_ENV_ERROR)
+        return _ENV_FORCED
     return name
 
 
-@functools.lru_cache(maxsize=8)
-def _env_backend(raw: str) -> str | None:
-    env = raw.strip().lower()
-    return _check_name(env) if env and env != "auto" else None
+def read_environment() -> None:
+    """Read KERNELSWAP_BACKEND and TRITON_INTERPRET again. Done once at import: per call,
+    os.environ lookups were a measurable part of a decode layer's host time; a program that
+    changes them later calls this (the tests do)."""
+    global _ENV_FORCED, _ENV_ERROR, _INTERPRETING
+    env = os.environ.get("KERNELSWAP_BACKEND", "").strip().lower()
+    _ENV_FORCED, _ENV_ERROR = None, ""
+    try:
+        _ENV_FORCED = _check_name(env) if env and env != "auto" else None
+    except ValueError as e:  # raised by the first op call, not by the import
+        _ENV_ERROR = str(e)
+    _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    clear_plans()
+
+
+_ENV_FORCED: str | None = None
+_ENV_ERROR = ""
+_INTERPRETING = False
 
 
 @contextlib.contextmanager
@@ -109,7 +137,8 @@ def use_backend(name: str | None) -> Iterator[None]:
 
 
 def triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """TRITON_INTERPRET=1, as read at import (read_environment)."""
+    return _INTERPRETING
 
 
 def backend_status(backend: str) -> tuple[bool, str]:
@@ -200,6 +229,20 @@ def _choose(op: str, device: torch.device, args: tuple) -> tuple[Impl, bool]:
                        + "Unset KERNELSWAP_BACKEND / use_backend to let the dispatcher fall back.")
 
 
+def choose_after(op: str, fn: Callable, args: tuple) -> Impl:
+    """The implementation that would serve these arguments if the one whose function is `fn`
+    declined: what a timed `supports` (ops/_measure.py) measures its candidate against."""
+    x = next(a for a in args if isinstance(a, torch.Tensor))
+    forced, interpreting = forced_backend(), triton_interpreting()
+    later = False
+    for impl in _candidates(op, x.device.type, None, interpreting):
+        if impl.fn is fn:
+            later = True
+        elif later and (impl.supports(*args) is None or impl.backend == forced):
+            return impl
+    raise RuntimeError(f"kernelswap.{op}: nothing is registered after {fn.__name__} to fall back to")
+
+
 def signature(args: tuple) -> tuple:
     """Everything the checks and `supports` predicates may read from `args` (on every call: kept lean)."""
     out = []
@@ -255,6 +298,20 @@ def clear_plans() -> None:
         plan.clear()
 
 
+def prepare_weights(op: str, *weights) -> None:
+    """Make every weight layout that an implementation of `op` able to run here reads, for
+    these weight buffers (the op's arguments after x). Graph-safe layers call this when
+    their buffers are made or moved, so a forward (possibly under CUDA-graph capture)
+    finds the layouts ready and allocates nothing that outlives it."""
+    tensors = [w for w in weights if isinstance(w, torch.Tensor)]
+    if not tensors:
+        return
+    device_type = tensors[0].device.type
+    for impl in _candidates(op, device_type, None, triton_interpreting()):
+        if impl.prepare is not None:
+            impl.prepare(*weights)
+
+
 def serving_backends(op: str, device: torch.device) -> list[str]:
     """Backends that could serve `op` on `device` on this machine, in preference order."""
     return [i.backend for i in _candidates(op, device.type, forced_backend(), triton_interpreting())]
@@ -262,3 +319,6 @@ def serving_backends(op: str, device: torch.device) -> list[str]:
 
 def registered_ops() -> list[str]:
     return sorted(_REGISTRY)
+
+
+read_environment()

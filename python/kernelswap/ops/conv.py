@@ -6,6 +6,9 @@
 The residual (same shape as the output) is added before the activation, as in a
 ResNet block. Accumulation in fp32; output x.dtype, in x's memory format
 (channels_last in, channels_last out).
+
+This file holds the schema, the fake and the reference; the torch backend (cuDNN in three
+ways, chosen by timing) is ops/conv_torch.py, the Triton one ops/conv_triton.py.
 """
 from __future__ import annotations
 
@@ -17,20 +20,8 @@ from torch import Tensor
 
 from . import _checks as C
 from ._define import op
-from ._measure import Picks
+from .activations import ACTIVATIONS, apply_activation
 from .backend import Plan, register
-
-ACTIVATIONS = ("identity", "relu", "relu6", "silu", "hardswish")
-_ACTIVATION_FNS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish}
-
-
-def apply_activation(y: Tensor, activation: str, inplace: bool = False) -> Tensor:
-    if activation == "identity":
-        return y
-    fn = _ACTIVATION_FNS.get(activation)
-    if fn is None:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
-    return fn(y, inplace=inplace)
 
 
 def output_memory_format(x: Tensor) -> torch.memory_format:
@@ -86,7 +77,8 @@ def _check(x, weight, bias, stride, padding, dilation, groups, activation, resid
 _PLAN = Plan("conv_bn_act")
 
 
-@op("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups, str activation, Tensor? residual) -> Tensor")
+@op("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups, "
+    "str activation, Tensor? residual) -> Tensor", check=_check)
 def conv_bn_act(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int], padding: Sequence[int],
                 dilation: Sequence[int], groups: int, activation: str, residual: Tensor | None) -> Tensor:
     """x (N, C, H, W) -> (N, C_out, H_out, W_out) x.dtype. See the module docstring."""
@@ -111,42 +103,6 @@ def conv_bn_act_ref(x, weight, bias, stride, padding, dilation, groups, activati
     return y.to(x.dtype).contiguous(memory_format=output_memory_format(x))
 
 
-def _conv_bn_act_torch(x, weight, bias, stride, padding, dilation, groups, activation, residual):
-    # cuDNN in x.dtype (fp32 accumulation), then the epilogue: the BN-folded cuDNN baseline.
-    y = F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, padding, dilation,
-                 groups)
-    if residual is not None:
-        y = y + residual
-    return apply_activation(y, activation).contiguous(memory_format=output_memory_format(x))
-
-
-def _conv_then_epilogue(x, weight, bias, stride, padding, dilation, groups, activation, residual):
-    # cuDNN without the bias, then bias, residual and activation in place: the shape of eager
-    # conv -> BatchNorm -> act. On the H100, cuDNN given the bias chose slower engines for
-    # some layers (N = 64, bf16: ResNet-50 layer1.0.downsample 203 us against 156 eager).
-    y = F.conv2d(x, weight.to(x.dtype), None, stride, padding, dilation, groups)
-    if bias is not None:
-        y.add_(bias.to(x.dtype).reshape(1, -1, 1, 1))
-    if residual is not None:
-        y.add_(residual)
-    return apply_activation(y, activation, inplace=True).contiguous(memory_format=output_memory_format(x))
-
-
-# ---------------------------------------------------------------- cuDNN's fused conv + (add) + ReLU
-# torch.cudnn_convolution_relu / _add_relu run conv, bias, the residual add and ReLU as one
-# cuDNN graph (runtime fusion; PyTorch falls back to separate ops where cuDNN has no engine),
-# saving the output's extra round trips through memory. Whether that beats conv-then-epilogue
-# depends on the layer, so it is timed per shape on first use (ops/_measure.py), as is which
-# conv-then-epilogue order is faster.
-def _conv_bn_act_cudnn_fused(x, weight, bias, stride, padding, dilation, groups, activation, residual):
-    w, b = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
-    if residual is None:
-        y = torch.cudnn_convolution_relu(x, w, b, stride, padding, dilation, groups)
-    else:
-        y = torch.cudnn_convolution_add_relu(x, w, residual, 1.0, b, stride, padding, dilation, groups)
-    return y.contiguous(memory_format=output_memory_format(x))
-
-
 def shape_key(x, weight, bias, stride, padding, dilation, groups, activation, residual) -> tuple:
     """What a measured choice between conv implementations depends on."""
     return (x.device.index, x.dtype, tuple(x.shape), x.stride(), tuple(weight.shape), weight.dtype,
@@ -154,43 +110,4 @@ def shape_key(x, weight, bias, stride, padding, dilation, groups, activation, re
             None if residual is None else (residual.dtype, residual.stride()))
 
 
-_SPLIT_PICKS = Picks("cuDNN conv, then bias and activation", "cuDNN conv with the bias, then the activation")
-_FUSED_PICKS = Picks("cuDNN's fused conv+ReLU", "cuDNN conv, then the epilogue")
-
-
-def _split_supports(x, weight, bias, stride, padding, dilation, groups, activation, residual) -> str | None:
-    if x.device.type != "cuda":
-        return "timed on CUDA tensors only; elsewhere the conv takes the bias"
-    if residual is not None and residual.dtype != x.dtype:
-        return "residual dtype differs from x (the in-place add would have to round it)"
-    args = (x, weight, bias, stride, padding, dilation, groups, activation, residual)
-    return _SPLIT_PICKS.reason(shape_key(*args), _conv_then_epilogue, _conv_bn_act_torch, args)
-
-
-def _plain_best(*args):
-    """The faster of the two conv-then-epilogue orders (bias inside cuDNN's conv or after it)."""
-    return (_conv_then_epilogue if _split_supports(*args) is None else _conv_bn_act_torch)(*args)
-
-
-def _fused_supports(x, weight, bias, stride, padding, dilation, groups, activation, residual) -> str | None:
-    if x.device.type != "cuda":
-        return "cuDNN's fused conv runs on CUDA tensors"
-    if activation != "relu":
-        return f"cuDNN's fused epilogue is ReLU; {activation} takes conv, then the epilogue"
-    if x.dtype not in (torch.float16, torch.bfloat16):
-        return "the fused path serves fp16 / bf16 (fp32 keeps cuDNN's plain conv)"
-    if residual is not None and residual.dtype != x.dtype:
-        return "residual dtype differs from x"
-    args = (x, weight, bias, stride, padding, dilation, groups, activation, residual)
-    return _FUSED_PICKS.reason(shape_key(*args), _conv_bn_act_cudnn_fused, _plain_best, args)
-
-
-def conv_bn_act_torch_best(*args):
-    """What the torch backend runs for these arguments (the fastest of its three ways, as measured)."""
-    return (_conv_bn_act_cudnn_fused if _fused_supports(*args) is None else _plain_best)(*args)
-
-
-# Order matters: within the torch backend the fused path is asked first, then conv-then-bias.
-register("conv_bn_act", "torch", supports=_fused_supports)(_conv_bn_act_cudnn_fused)
-register("conv_bn_act", "torch", supports=_split_supports)(_conv_then_epilogue)
-register("conv_bn_act", "torch")(_conv_bn_act_torch)
+conv_bn_act.register_grad_of(conv_bn_act_ref)

@@ -27,7 +27,8 @@ import torch
 from ._prepared import PreparedWeights
 from ._measure import Picks
 from .backend import forced_backend, register, triton_interpreting
-from .conv import conv_bn_act_torch_best, output_memory_format, output_shape, shape_key
+from .activations import activation_code
+from .conv import output_memory_format, output_shape, shape_key
 
 # Implicit-GEMM weights are cast to x.dtype; one cache per dtype keeps fp16 and bf16 callers apart.
 _PREP_GEMM = {dt: PreparedWeights(f"conv_implicit_gemm_{dt}".replace("torch.", ""))
@@ -38,7 +39,7 @@ _PREP_DW = PreparedWeights("conv_depthwise")  # fp32 whatever x.dtype is
 _MIN_GROUP_CHANNELS = 16
 _INT32_LIMIT = 2 ** 31
 # Shape key -> None when the Triton kernel was measured faster than folded cuDNN, else the reason.
-_PICKS = Picks("the Triton kernel", "cuDNN")
+_PICKS = Picks("conv_bn_act", "the Triton kernel")
 
 
 def _is_depthwise(x, weight, groups) -> bool:
@@ -70,10 +71,24 @@ def _supports(*args) -> str | None:
     why = _static_reason(*args)
     if why is not None or args[0].device.type != "cuda" or forced_backend() == "triton":
         return why
-    return _PICKS.reason(shape_key(*args), conv_bn_act_triton, conv_bn_act_torch_best, args)
+    return _PICKS.reason(shape_key(*args), conv_bn_act_triton, args)
 
 
-@register("conv_bn_act", "triton", supports=_supports)
+def _prepare(weight, bias, stride, padding, dilation, groups) -> None:
+    """The weight layout the kernel would read for x of the weight's dtype (register's prepare);
+    an x of another dtype gets its layout on its first call (outside capture only)."""
+    if not weight.is_cuda or weight.dtype not in _PREP_GEMM:
+        return
+    c_out, c_in_g = weight.shape[0], weight.shape[1]
+    if groups > 1 and groups == c_out and c_in_g == 1:
+        from ..kernels import conv_depthwise as dw
+        _PREP_DW.get((weight,), lambda: dw.prepare_weight(weight))
+    elif groups == 1 or min(c_in_g, c_out // groups) >= _MIN_GROUP_CHANNELS:
+        from ..kernels import conv_implicit_gemm as ig
+        _PREP_GEMM[weight.dtype].get((weight,), lambda: ig.prepare_weight(weight, groups, weight.dtype))
+
+
+@register("conv_bn_act", "triton", supports=_supports, prepare=_prepare)
 def conv_bn_act_triton(x, weight, bias, stride, padding, dilation, groups, activation, residual):
     fmt = output_memory_format(x)
     ksize = (weight.shape[2], weight.shape[3])
@@ -81,7 +96,7 @@ def conv_bn_act_triton(x, weight, bias, stride, padding, dilation, groups, activ
     if _is_depthwise(x, weight, groups):
         from ..kernels import conv_depthwise as dw
         w = _PREP_DW.get((weight,), lambda: dw.prepare_weight(weight))
-        return dw.conv_depthwise(x, w, ksize, bias, residual, *geometry, activation, fmt)
+        return dw.conv_depthwise(x, w, ksize, bias, residual, *geometry, activation_code(activation), fmt)
     from ..kernels import conv_implicit_gemm as ig
     w = _PREP_GEMM[x.dtype].get((weight,), lambda: ig.prepare_weight(weight, groups, x.dtype))
-    return ig.conv_implicit_gemm(x, w, ksize, bias, residual, *geometry, activation, fmt)
+    return ig.conv_implicit_gemm(x, w, ksize, bias, residual, *geometry, activation_code(activation), fmt)

@@ -64,7 +64,8 @@ def _check(x, w_packed, scales, zeros, group_size, bias) -> None:
 _PLAN = Plan("int4_linear")
 
 
-@op("int4_linear(Tensor x, Tensor w_packed, Tensor scales, Tensor? zeros, int group_size, Tensor? bias) -> Tensor")
+@op("int4_linear(Tensor x, Tensor w_packed, Tensor scales, Tensor? zeros, int group_size, Tensor? bias) -> Tensor",
+    check=_check)
 def int4_linear(x: Tensor, w_packed: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int,
                 bias: Tensor | None) -> Tensor:
     """W4A16: x (..., K) float -> (..., N) x.dtype. See the module docstring for the format."""
@@ -78,6 +79,10 @@ def int4_linear(x: Tensor, w_packed: Tensor, scales: Tensor, zeros: Tensor | Non
 def _(x, w_packed, scales, zeros, group_size, bias):
     _check(x, w_packed, scales, zeros, group_size, bias)
     return x.new_empty((*x.shape[:-1], w_packed.shape[0]))
+
+
+int4_linear.register_input_grad(lambda w_packed, scales, zeros, group_size, bias:
+                                dequantize_int4_ref(w_packed, scales, zeros, group_size))
 
 
 @register("int4_linear", "reference")
@@ -97,7 +102,8 @@ def int4_linear_ref(x, w_packed, scales, zeros, group_size, bias):
 #                   call no faster kernel serves (fp32 activations, fp16 past the GEMM...)
 from . import int4_tinygemm  # noqa: E402
 
-register("int4_linear", "torch", supports=int4_tinygemm.supports)(int4_tinygemm.tinygemm_linear)
+register("int4_linear", "torch", supports=int4_tinygemm.supports, prepare=int4_tinygemm.prepare,
+         bind=int4_tinygemm.tinygemm_bind)(int4_tinygemm.tinygemm_linear)
 
 
 def dequantize_int4_to(w_packed: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int, k: int,

@@ -71,6 +71,11 @@ def _usable(x, w_packed, group_size) -> str | None:
         return "tinygemm runs on CUDA only"
     if x.dtype != torch.bfloat16:
         return f"tinygemm takes bf16 activations only, got {x.dtype}"
+    return _usable_weights(w_packed, group_size)
+
+
+def _usable_weights(w_packed, group_size) -> str | None:
+    """Why tinygemm cannot take these (CUDA) weights (None: it can)."""
     if group_size not in TINYGEMM_GROUPS:
         return f"tinygemm has no group size {group_size} (it has {TINYGEMM_GROUPS})"
     n, kp = w_packed.shape[0], w_packed.shape[1] * 2
@@ -80,7 +85,7 @@ def _usable(x, w_packed, group_size) -> str | None:
         return f"Kp={kp} is not a multiple of 32 (tinygemm's smallest k packing)"
     if not _TORCH_OK:
         return f"torch {torch.__version__}: the uint8 tinygemm layout is tested on torch >= 2.11 only"
-    if torch.cuda.get_device_capability(x.device) < (8, 0):
+    if torch.cuda.get_device_capability(w_packed.device) < (8, 0):
         return "tinygemm needs sm_80 or later"
     return None
 
@@ -93,10 +98,35 @@ def supports(x, w_packed, scales, zeros, group_size, bias) -> str | None:
     return _usable(x, w_packed, group_size)
 
 
+def prepare(w_packed, scales, zeros, group_size, bias) -> None:
+    """Make the tinygemm layout of these weights where tinygemm can serve them (register's prepare)."""
+    if not w_packed.is_cuda or _usable_weights(w_packed, group_size) is not None:
+        return
+    from . import gemv_cuda
+    if gemv_cuda.serves(w_packed, group_size):
+        return  # the decode GEMV (cuda backend, tried first) takes every M tinygemm would: no copy
+    sources = tuple(t for t in (w_packed, scales, zeros) if t is not None)
+    _PREPARED.get(sources, lambda: _prepare(w_packed, scales, zeros))
+
+
 def _prepare(w_packed: Tensor, scales: Tensor, zeros: Tensor | None) -> tuple[Tensor, Tensor]:
     kp = w_packed.shape[1] * 2
     w_tg = torch._convert_weight_to_int4pack(tinygemm_codes(w_packed), inner_k_tiles(kp))
     return w_tg, tinygemm_scales_and_zeros(scales, zeros)
+
+
+def tinygemm_bind(w_packed, scales, zeros, group_size, bias):
+    """tinygemm_linear as a function of x alone: the converted weight, padding and bias looked up once."""
+    sources = tuple(t for t in (w_packed, scales, zeros) if t is not None)
+    w_tg, sz = _PREPARED.get(sources, lambda: _prepare(w_packed, scales, zeros))
+    kp, mm = w_packed.shape[1] * 2, torch.ops.aten._weight_int4pack_mm.default
+    b = None if bias is None else bias.to(torch.bfloat16)
+
+    def run(x):
+        x = F.pad(x, (0, kp - x.shape[1])) if x.shape[1] != kp else x
+        out = mm(x, w_tg, group_size, sz)
+        return out if b is None else out.add_(b)
+    return run
 
 
 def tinygemm_linear(x, w_packed, scales, zeros, group_size, bias):

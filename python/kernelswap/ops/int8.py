@@ -162,13 +162,29 @@ def _int8_weight_fake(name: str):
     return fake
 
 
-@op("int8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias) -> Tensor")
+def _check_w8a8(x, w_q, w_scale, bias) -> None:
+    _check_int8_weight("int8_linear", x, w_q, w_scale, bias)
+
+
+def _check_w8a16(x, w_q, w_scale, bias) -> None:
+    _check_int8_weight("int8_weight_linear", x, w_q, w_scale, bias)
+
+
+@op("int8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias) -> Tensor", check=_check_w8a8)
 def int8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """W8A8: x (..., K) float, w_q (N, K) int8, w_scale (N,) fp32, bias (N,) -> (..., N) x.dtype."""
     return _int8_weight_op("int8_linear", x, w_q, w_scale, bias)
 
 
 int8_linear.register_fake(_int8_weight_fake("int8_linear"))
+
+
+def dense_int8_weight(w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The (N, K) float weight an int8 layer stands for (its gradient for x flows through it)."""
+    return w_q.float() * w_scale.float()[:, None]
+
+
+int8_linear.register_input_grad(dense_int8_weight)
 
 
 @register("int8_linear", "reference")
@@ -186,13 +202,14 @@ def _int8_linear_torch(x, w_q, w_scale, bias):
 
 
 # ---------------------------------------------------------------- int8_weight_linear (W8A16)
-@op("int8_weight_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias) -> Tensor")
+@op("int8_weight_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias) -> Tensor", check=_check_w8a16)
 def int8_weight_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """W8A16: x (..., K) float, w_q (N, K) int8, w_scale (N,) fp32 -> (..., N) x.dtype."""
     return _int8_weight_op("int8_weight_linear", x, w_q, w_scale, bias)
 
 
 int8_weight_linear.register_fake(_int8_weight_fake("int8_weight_linear"))
+int8_weight_linear.register_input_grad(dense_int8_weight)
 
 
 @register("int8_weight_linear", "reference")

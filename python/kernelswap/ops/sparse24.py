@@ -77,7 +77,7 @@ def _check_float(x, values, meta, bias) -> None:
 _FLOAT_PLAN = Plan("sparse24_linear")
 
 
-@op("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor")
+@op("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor", check=_check_float)
 def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None) -> Tensor:
     """x (..., K) float -> (..., N) x.dtype. See the module docstring for the format."""
     y = _FLOAT_PLAN((x, values, meta, bias), _check_float,
@@ -89,6 +89,9 @@ def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None
 def _(x, values, meta, bias):
     _check_float(x, values, meta, bias)
     return x.new_empty((*x.shape[:-1], values.shape[0]))
+
+
+sparse24_linear.register_input_grad(lambda values, meta, bias: decompress_24_ref(values, meta).float())
 
 
 @register("sparse24_linear", "reference")
@@ -121,7 +124,8 @@ def _check_int8(x, values, meta, w_scale, bias) -> None:
 _INT8_PLAN = Plan("sparse24_int8_linear")
 
 
-@op("sparse24_int8_linear(Tensor x, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias) -> Tensor")
+@op("sparse24_int8_linear(Tensor x, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias) -> Tensor",
+    check=_check_int8)
 def sparse24_int8_linear(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """2:4 W8A8: x (..., K) float, values (N, Kp // 2) int8, w_scale (N,) fp32 -> (..., N) x.dtype."""
     y = _INT8_PLAN((x, values, meta, w_scale, bias), _check_int8,
@@ -133,6 +137,10 @@ def sparse24_int8_linear(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tenso
 def _(x, values, meta, w_scale, bias):
     _check_int8(x, values, meta, w_scale, bias)
     return x.new_empty((*x.shape[:-1], values.shape[0]))
+
+
+sparse24_int8_linear.register_input_grad(
+    lambda values, meta, w_scale, bias: decompress_24_ref(values, meta).float() * w_scale.float()[:, None])
 
 
 @register("sparse24_int8_linear", "reference")

@@ -18,7 +18,7 @@ already holds the nibbles mma.sp reads, in the order it reads them along K:
   Padded groups get the nibble 0b0100 (positions 0 and 1) over zero values.
 
 N must be a multiple of the row block (32 / 16): the blocks cannot be cut. Made once
-per weight buffer on the GPU (ops/cuda_ext.py caches it), a few index ops.
+per weight buffer on the GPU (ops/sparse24_cuda.py caches it), a few index ops.
 """
 from __future__ import annotations
 

@@ -70,7 +70,14 @@ def _int8_supports(x, values, meta, w_scale, bias):
     return _common_reason(x)
 
 
-@register("sparse24_linear", "triton", supports=_float_supports)
+def _prepare_meta(op: str):
+    def prepare(values, meta, *rest):
+        if meta.is_cuda:
+            _check_meta_once(op, meta)  # a sync (bool of a reduction): never inside capture
+    return prepare
+
+
+@register("sparse24_linear", "triton", supports=_float_supports, prepare=_prepare_meta("sparse24_linear"))
 def _sparse24_linear_triton(x, values, meta, bias):
     from kernelswap.kernels.sparse24_gemv import sparse24_linear
 
@@ -78,7 +85,7 @@ def _sparse24_linear_triton(x, values, meta, bias):
     return sparse24_linear(x, values, meta, bias)
 
 
-@register("sparse24_int8_linear", "triton", supports=_int8_supports)
+@register("sparse24_int8_linear", "triton", supports=_int8_supports, prepare=_prepare_meta("sparse24_int8_linear"))
 def _sparse24_int8_linear_triton(x, values, meta, w_scale, bias):
     from kernelswap.kernels.sparse24_gemv import sparse24_int8_linear
 

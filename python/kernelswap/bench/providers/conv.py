@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import kernelswap.ops
 from kernelswap import packing
-from kernelswap.ops.conv import apply_activation
+from kernelswap.ops.activations import apply_activation
 
 from ..shapes import ConvShape
 from . import Case, Provider, register, tensor_bytes

@@ -1,0 +1,139 @@
+"""Decode GEMVs (csrc/gemv) against cuBLAS bf16, in % of the copy bandwidth measured in the same run.
+
+    python3 benchmarks/gemv_quick.py --out gemv_quick.csv [--with-triton] [--dtype bf16|fp16]
+
+Needs a GPU and a kernelswap._C built with csrc/gemv. Kernels: W4A16 (group 128 asymmetric and
+group 32 symmetric), W8A16, W8A8 (per-token quantization inside), each through the public op with
+the cuda backend forced (so host time is the op's real per-call path), and on an sm_90 GPU the
+CUTLASS W8A8 GEMM (quantize kernel + int8 GEMM) it displaces; --with-triton adds the Triton
+backend of the same ops. At M in {1, 4, 16, 64} on (K, N) in {(4096, 4096),
+(4096, 14336), (14336, 4096), (8192, 28672)}. Each provider cycles through enough copies of its
+weights that they cannot sit in L2 (and triton.testing.do_bench clears L2 before each call
+too); time = do_bench's median. GB/s counts the weight bytes the kernel must read (codes +
+scales + zeros, public sizes); % copy is that against a device-to-device copy timed here; "x bf16"
+is the time over cuBLAS bf16's (F.linear) at the same M. Prints a table last; --out writes the CSV.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+
+import torch
+import torch.nn.functional as F
+import triton
+
+import kernelswap
+from kernelswap.ops import backend, int8_cuda
+from kernelswap.packing import quantize_int4
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]
+MS = [1, 4, 16, 64]
+L2_BYTES = 60 * 2**20
+ROTATE_BYTES = 4 * L2_BYTES  # each provider's copies together exceed L2 four times
+
+
+def copy_bandwidth() -> float:
+    """Device copy bandwidth in bytes/s (read + write of a 2 GiB buffer)."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=500)
+    return 2 * src.numel() / (ms * 1e-3)
+
+
+def copies(nbytes: int) -> int:
+    return max(2, min(64, -(-ROTATE_BYTES // max(nbytes, 1))))
+
+
+def make_weights(kind: str, k: int, n: int, count: int):
+    """`count` independent weights of one kind: (op args after x, bytes the kernel must read)."""
+    out = []
+    for _ in range(count):
+        if kind.startswith("w4a16"):
+            group, symmetric = (128, False) if kind == "w4a16-g128" else (32, True)
+            q = quantize_int4(torch.randn(n, k, device="cuda"), group, symmetric)
+            args = (q.packed, q.scales, q.zeros, group, None)
+            nbytes = sum(t.numel() * t.element_size() for t in (q.packed, q.scales, q.zeros) if t is not None)
+            backend.prepare_weights("int4_linear", *args)
+        else:
+            w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
+            w_s = torch.rand(n, device="cuda") * 1e-2
+            args = (w_q, w_s, None)
+            nbytes = w_q.numel() + w_s.numel() * 4
+            backend.prepare_weights("int8_linear" if kind == "w8a8" else "int8_weight_linear", *args)
+        out.append(args)
+    return out, nbytes
+
+
+OPS = {"w4a16-g128": "int4_linear", "w4a16-g32sym": "int4_linear", "w8a16": "int8_weight_linear",
+       "w8a8": "int8_linear"}
+
+
+def time_rotating(fn, weights) -> float:
+    """Median ms of fn(weights[i]) with i cycling, so each call reads weights not in L2."""
+    it = itertools.cycle(weights)
+    return triton.testing.do_bench(lambda: fn(next(it)), warmup=25, rep=200)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="CSV path")
+    ap.add_argument("--with-triton", action="store_true", help="also time the Triton backend of each op")
+    ap.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+    opts = ap.parse_args()
+    dtype = torch.bfloat16 if opts.dtype == "bf16" else torch.float16
+    torch.manual_seed(0)
+    bw = copy_bandwidth()
+    print(f"copy bandwidth: {bw / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
+    backends = ["cuda"] + (["triton"] if opts.with_triton else [])
+    cutlass_ok = int8_cuda._int8_linear_supports(torch.empty(1, 4096, device="cuda", dtype=dtype),
+                                                torch.empty(4096, 4096, device="cuda", dtype=torch.int8),
+                                                torch.empty(4096, device="cuda"), None) is None
+    rows = []
+    for k, n in SHAPES:
+        dense_bytes = n * k * 2
+        dense = [torch.randn(n, k, device="cuda").to(dtype) for _ in range(copies(dense_bytes))]
+        xs = {m: torch.randn(m, k, device="cuda").to(dtype) for m in MS}
+        bf16_ms = {m: time_rotating(lambda w, x=xs[m]: F.linear(x, w), dense) for m in MS}
+        del dense
+        for m in MS:
+            rows.append(dict(kernel="bf16 F.linear", backend="cublas", M=m, K=k, N=n, us=bf16_ms[m] * 1e3,
+                             GBps=dense_bytes / (bf16_ms[m] * 1e-3) / 1e9,
+                             pct_copy=100 * dense_bytes / (bf16_ms[m] * 1e-3) / bw, x_bf16=1.0))
+        for kind, op_name in OPS.items():
+            op = getattr(kernelswap.ops, op_name)
+            probe, nbytes = make_weights(kind, k, n, 1)
+            weights = probe + make_weights(kind, k, n, copies(nbytes) - 1)[0]
+            for be, m in itertools.product(backends, MS):
+                x = xs[m]
+                try:
+                    with kernelswap.use_backend(be):
+                        op(x, *weights[0])  # raises where this backend cannot serve the call
+                        ms = time_rotating(lambda w, x=x: op(x, *w), weights)
+                except RuntimeError as e:
+                    print(f"skip {kind} {be} M={m} K={k} N={n}: {str(e).splitlines()[0][:120]}")
+                    continue
+                rows.append(dict(kernel=kind, backend=be, M=m, K=k, N=n, us=ms * 1e3, GBps=nbytes / (ms * 1e-3) / 1e9,
+                                 pct_copy=100 * nbytes / (ms * 1e-3) / bw, x_bf16=ms / bf16_ms[m]))
+            if kind == "w8a8" and cutlass_ok:  # the CUTLASS GEMM the GEMV displaces at decode M
+                for m in MS:
+                    ms = time_rotating(lambda w, x=xs[m]: int8_cuda._int8_linear_cuda(x, *w), weights)
+                    rows.append(dict(kernel=kind, backend="cutlass", M=m, K=k, N=n, us=ms * 1e3,
+                                     GBps=nbytes / (ms * 1e-3) / 1e9, pct_copy=100 * nbytes / (ms * 1e-3) / bw,
+                                     x_bf16=ms / bf16_ms[m]))
+            del weights, probe
+            torch.cuda.empty_cache()
+    with open(opts.out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["copy_GBps", "gpu", "dtype"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(dict(r, copy_GBps=bw / 1e9, gpu=torch.cuda.get_device_name(), dtype=opts.dtype))
+    print(f"\n{'kernel':<14}{'backend':<8}{'M':>4}{'K':>7}{'N':>7}{'us':>9}{'GB/s':>8}{'%copy':>7}{'x bf16':>8}")
+    for r in rows:
+        print(f"{r['kernel']:<14}{r['backend']:<8}{r['M']:>4}{r['K']:>7}{r['N']:>7}{r['us']:>9.1f}{r['GBps']:>8.0f}"
+              f"{r['pct_copy']:>7.1f}{r['x_bf16']:>8.2f}")
+    print(f"wrote {opts.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+// The one decode GEMV kernel, templated on the weight format F (gemv_formats.cuh) and on
+// NT, the number of 8-token B fragments (M <= 8 * NT).
+//
+// Grid: x = blocks of kWarps tiles (16 output rows each, one warp a tile), y = splits of K.
+// Each warp streams its tile's weights over the split's batches (kBatchK values of K each,
+// F::kLoads 16-byte loads a lane, the next batch's loads issued before this one's math) and
+// keeps NT x 4 accumulators. With one split the warp writes out directly; with several, each
+// block writes its partials (splits, M, N) to the workspace and the last block of a column to
+// arrive (a counter per grid column, reset by that block) adds them in split order, so the
+// result does not depend on which block finishes last, and applies the epilogue.
+#pragma once
+
+#include "gemv/gemv_formats.cuh"
+
+namespace kernelswap {
+namespace gemv {
+
+template <class F, int NT>
+__device__ __forceinline__ void load_weights(const uint4* p, uint64_t policy, uint4 (&w)[F::kLoads]) {
+#pragma unroll
+  for (int u = 0; u < F::kLoads; ++u) w[u] = ld_stream(p + u * 32, policy);
+}
+
+// fn(nt, i, m, n) for each accumulator acc[nt][i] of this lane whose output (m, n) exists
+// (C fragment: token m = 8 nt + 2 t + i % 2, row n = n0 + 8 (i / 2)).
+template <int NT, class Fn>
+__device__ __forceinline__ void for_outputs(const Args& a, int n0, int t, Fn&& fn) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int m = nt * 8 + 2 * t + (i & 1), n = n0 + 8 * (i >> 1);
+      if (m < a.M && n < a.N) fn(nt, i, m, n);
+    }
+}
+
+template <class Act, class F, int NT>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const Args a) {
+  using Acc = typename F::Acc;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int last_block;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int tile = blockIdx.x * kWarps + warp;
+  const int b0 = blockIdx.y * a.batches_per_split;
+  const int b1 = min(b0 + a.batches_per_split, a.batches);
+  typename F::Block blk;
+  F::template setup<NT>(a, b0, b1, smem, blk);
+
+  Acc acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] = Acc(0);
+
+  if (tile < a.n_tiles && b0 < b1) {
+    const uint64_t policy = evict_first_policy();
+    constexpr int kStride = F::kLoads * 32;  // uint4 a batch of one tile
+    const uint4* p = a.w + (static_cast<int64_t>(tile) * a.batches + b0) * kStride + lane;
+    uint4 next[F::kLoads];
+    typename F::Aux aux_next;
+    load_weights<F, NT>(p, policy, next);
+    F::load_aux(a, tile, b0, g, aux_next);
+    for (int b = b0; b < b1; ++b) {
+      uint4 cur[F::kLoads];
+#pragma unroll
+      for (int u = 0; u < F::kLoads; ++u) cur[u] = next[u];
+      const typename F::Aux aux = aux_next;
+      if (b + 1 < b1) {
+        p += kStride;
+        load_weights<F, NT>(p, policy, next);
+        F::load_aux(a, tile, b + 1, g, aux_next);
+      }
+      F::template batch<NT>(a, blk, b, g, t, cur, aux, acc);
+    }
+  }
+
+  const bool rows = tile < a.n_tiles;
+  const int n0 = tile * kTileN + g;
+  if (gridDim.y > 1) {
+    Acc* ws = static_cast<Acc*>(a.ws);
+    if (rows) {
+      for_outputs<NT>(a, n0, t, [&](int nt, int i, int m, int n) {
+        ws[(static_cast<int64_t>(blockIdx.y) * a.M + m) * a.N + n] = acc[nt][i];
+      });
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int arrived = atomicAdd(a.counters + blockIdx.x, 1);
+      last_block = arrived == static_cast<int>(gridDim.y) - 1;
+      if (last_block) a.counters[blockIdx.x] = 0;  // every split of this column has arrived
+    }
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    if (rows) {
+      for_outputs<NT>(a, n0, t, [&](int nt, int i, int m, int n) {
+        Acc sum = Acc(0);
+        for (int s = 0; s < static_cast<int>(gridDim.y); ++s)
+          sum += s == static_cast<int>(blockIdx.y) ? acc[nt][i]
+                                                   : __ldcg(ws + (static_cast<int64_t>(s) * a.M + m) * a.N + n);
+        acc[nt][i] = sum;
+      });
+    }
+  }
+  if (!rows) return;
+  auto* out = static_cast<typename Act::T*>(a.out);
+  for_outputs<NT>(a, n0, t, [&](int nt, int i, int m, int n) {
+    out[static_cast<int64_t>(m) * a.N + n] = Act::cast(F::epilogue(a, blk, acc[nt][i], m, n));
+  });
+}
+
+}  // namespace gemv
+}  // namespace kernelswap

@@ -1,0 +1,268 @@
+"""The real client: a Hugging Face LlamaForCausalLM swapped with each recipe, run as users run it.
+
+    python -m kernelswap.bench.hf_llama --out DIR [--layers 4] [--new-tokens 64] [--tiny]
+
+The model is built from a LlamaConfig with Llama-3-8B layer shapes (hidden 4096,
+intermediate 14336, 32 heads, 8 KV heads, vocab 128256; `--layers` decoder layers of random
+bf16 weights). For bf16, each linear recipe of kernelswap.swap, and torchao's int4 / int8
+weight-only configs when torchao is importable, all in one run:
+  L1  eager `generate()` (greedy, `--new-tokens` new tokens): ms per new token, measured as
+      (time of generating N tokens - time of generating 1) / (N - 1), so prefill is excluded;
+  L2  one decode step with a StaticCache under torch.compile(mode="reduce-overhead",
+      fullgraph=True): ms per step (CUDA graphs; torch.compiler.cudagraph_mark_step_begin()
+      between steps);
+  L3  prefill of `--prefill` tokens, eager: ms;
+plus the last-position logits' cosine and top-1 agreement against bf16 on the same prompt,
+and the bytes of weights on the device. A variant that fails is recorded with its error,
+never dropped. `--tiny` runs a small config of the same model through the same code (the
+CPU test does; its timings say nothing about GPU speed).
+Writes hf_llama.csv, hf_llama.md and hf_llama.png into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import inspect
+import os
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+RECIPES = ("int8", "int8-weight", "int4", "sparse24", "sparse24-int8")
+LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                vocab_size=128256)
+TINY = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, vocab_size=512)
+PROMPT = 16
+
+
+def build_model(layers: int, shape: dict, device: str, dtype: torch.dtype, seed: int = 0) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(num_hidden_layers=layers, max_position_embeddings=4096, **shape)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg)
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id = None
+    return model.to(dtype).eval()
+
+
+def variants(base: nn.Module) -> list[tuple[str, Callable[[], nn.Module]]]:
+    """(name, build) for bf16, each kernelswap recipe and the torchao peers that import."""
+    import kernelswap as ks
+
+    def ours(recipe):
+        def build():
+            m = copy.deepcopy(base)
+            ks.swap(m, recipe, filter=lambda name, mod: name != "lm_head")
+            return m
+        return build
+
+    out = [("bf16", lambda: base)] + [(f"kernelswap {r}", ours(r)) for r in RECIPES]
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    except Exception:  # noqa: BLE001 - the peer is optional
+        return out
+
+    def ao(config):
+        def build():
+            m = copy.deepcopy(base)
+            quantize_(m, config, filter_fn=lambda mod, fqn: isinstance(mod, nn.Linear) and fqn != "lm_head")
+            return m
+        return build
+
+    return out + [("torchao int4 wo", ao(Int4WeightOnlyConfig(group_size=128))),
+                  ("torchao int8 wo", ao(Int8WeightOnlyConfig()))]
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _seconds(fn: Callable, device: str, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def l1_eager_generate_ms(model, ids, new_tokens: int, device: str, reps: int) -> float:
+    def gen(n):
+        return lambda: model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    gen(2)()  # warm-up: kernels compile and load, runners bind
+    gen(new_tokens)()
+    return (_seconds(gen(new_tokens), device, reps) - _seconds(gen(1), device, reps)) / (new_tokens - 1) * 1e3
+
+
+def _cache_kw(model) -> str:
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def l2_static_compiled_step_ms(model, ids, steps: int, device: str, compile_mode: str | None) -> float:
+    """Decode steps against a StaticCache, the step compiled (reduce-overhead on CUDA)."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + steps + 8)
+    kw = _cache_kw(model)
+    prompt = ids.shape[1]
+    logits = model(input_ids=ids, position_ids=torch.arange(prompt, device=ids.device)[None],
+                   cache_position=torch.arange(prompt, device=ids.device), use_cache=True, **{kw: cache}).logits
+
+    def step(tok, pos):
+        return model(input_ids=tok, position_ids=pos[None], cache_position=pos, use_cache=True, **{kw: cache}).logits
+
+    # On CPU (the smoke run) dynamo traces the same step with fullgraph=True, so a graph break
+    # still fails, but no code is generated (backend "eager"): inductor's CPU compile of every
+    # variant would take minutes.
+    compiled = (torch.compile(step, mode=compile_mode, fullgraph=True) if compile_mode
+                else torch.compile(step, backend="eager", fullgraph=True))
+    tok = logits[:, -1:].argmax(-1)
+    warm = 3
+    times = []
+    for i in range(warm + steps):
+        pos = torch.tensor([prompt + i], device=ids.device)
+        if device == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        _sync(device)
+        t0 = time.perf_counter()
+        out = compiled(tok, pos)
+        tok = out[:, -1:].argmax(-1)
+        _sync(device)
+        if i >= warm:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def l3_prefill_ms(model, tokens: int, vocab: int, device: str, reps: int) -> float:
+    ids = torch.randint(0, vocab, (1, tokens), device=device)
+    model(input_ids=ids)  # warm-up
+    return _seconds(lambda: model(input_ids=ids), device, reps) * 1e3
+
+
+def weight_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, steps: int, reps: int,
+        log: Callable[[str], None] = print, measures: tuple[str, ...] = ("L1", "L2", "L3"),
+        only: tuple[str, ...] = ()) -> list[dict]:
+    dtype = torch.bfloat16
+    base = build_model(layers, shape, device, dtype)
+    ids = torch.randint(0, shape["vocab_size"], (1, PROMPT), device=device)
+    compile_mode = "reduce-overhead" if device == "cuda" else None
+    rows, ref_logits = [], None
+    for name, build in variants(base):
+        if only and name != "bf16" and not any(o in name for o in only):
+            continue
+        row = {"variant": name, "layers": layers, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+        try:
+            with torch.no_grad():
+                model = build()
+                row["weight_bytes"] = weight_bytes(model)
+                logits = model(input_ids=ids).logits[0, -1].float()
+                if ref_logits is None:
+                    ref_logits = logits
+                row["cosine_vs_bf16"] = float(torch.nn.functional.cosine_similarity(logits, ref_logits, dim=0))
+                row["top1_agrees"] = int(logits.argmax() == ref_logits.argmax())
+                if "L1" in measures:
+                    row["L1_ms_per_token"] = l1_eager_generate_ms(model, ids, new_tokens, device, reps)
+                if "L3" in measures:
+                    row["L3_prefill_ms"] = l3_prefill_ms(model, prefill, shape["vocab_size"], device, reps)
+                if "L2" in measures:
+                    torch._dynamo.reset()
+                    row["L2_ms_per_step"] = l2_static_compiled_step_ms(model, ids, steps, device, compile_mode)
+        except Exception as e:  # noqa: BLE001 - record the failure, keep going
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        finally:
+            torch._dynamo.reset()
+        log("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        rows.append(row)
+        model = None  # free the variant (bf16 is the base, kept for the next copies)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+COLUMNS = ("variant", "layers", "device", "L1_ms_per_token", "L2_ms_per_step", "L3_prefill_ms", "cosine_vs_bf16",
+           "top1_agrees", "weight_bytes", "error")
+
+
+def write(rows: list[dict], out: str, header: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "hf_llama.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in COLUMNS})
+    base = next((r for r in rows if r["variant"] == "bf16"), {})
+
+    def ratio(r, k):
+        if k not in r or k not in base or not base[k]:
+            return "-"
+        return f"{r[k]:.3f} ({r[k] / base[k]:.2f}x)"
+
+    lines = [header, "", "| variant | L1 eager generate, ms/token | L2 static + compile, ms/step | L3 prefill, ms | "
+             "cosine vs bf16 | top-1 | weights GB | error |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {ratio(r, 'L1_ms_per_token')} | {ratio(r, 'L2_ms_per_step')} | "
+                     f"{ratio(r, 'L3_prefill_ms')} | {r.get('cosine_vs_bf16', float('nan')):.4f} | "
+                     f"{r.get('top1_agrees', '-')} | {r.get('weight_bytes', 0) / 1e9:.2f} | {r.get('error', '')} |")
+    with open(os.path.join(out, "hf_llama.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    keys = ("L1_ms_per_token", "L2_ms_per_step", "L3_prefill_ms")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, k in zip(axes, keys):
+        names = [r["variant"] for r in rows if k in r and base.get(k)]
+        vals = [r[k] / base[k] for r in rows if k in r and base.get(k)]
+        ax.barh(names, vals)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(f"{k} (x of bf16, lower is faster)")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "hf_llama.png"), dpi=90)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prefill", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--measures", default="L1,L2,L3", help="which of L1, L2, L3 to time")
+    ap.add_argument("--variants", default="", help="comma-separated substrings: only these variants (and bf16)")
+    ap.add_argument("--tiny", action="store_true", help="a small config of the same model (CPU smoke run)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args()
+    shape = TINY if a.tiny else LLAMA_8B
+    rows = run(a.layers, shape, a.device, a.new_tokens, a.prefill, a.steps, a.reps,
+               measures=tuple(a.measures.split(",")), only=tuple(v for v in a.variants.split(",") if v))
+    import kernelswap
+    header = (f"HF LlamaForCausalLM, {a.layers} layers, {'tiny config' if a.tiny else 'Llama-3-8B layer shapes'}, "
+              f"bf16, {rows[0]['device']}, torch {torch.__version__}, kernelswap {kernelswap.__version__}")
+    write(rows, a.out, header)
+    print(open(os.path.join(a.out, "hf_llama.md")).read())
+
+
+if __name__ == "__main__":
+    main()

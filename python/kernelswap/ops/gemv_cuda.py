@@ -1,0 +1,195 @@
+"""Decode GEMVs of the CUDA extension ("cuda" backend), for M <= GEMV_UP_TO_M tokens.
+
+  int4_linear         _C_int4_gemv         W4A16, groups 32 / 64 / 128, symmetric or not
+  int8_weight_linear  _C_int8_weight_gemv  W8A16, per-channel fp32 scale
+  int8_linear         _C_int8_gemv         W8A8, x quantized per token inside the one launch,
+                                           bit-exact with the reference
+
+One templated kernel (csrc/gemv) streams weights in the layouts of kernelswap.ops.gemv_layout,
+made once per weight buffer at swap time (`prepare`, through kernelswap.ops.backend.
+prepare_weights) and kept in PreparedWeights caches, with the scales in the kernel's order
+(int4) or as fp32 (int8), an fp32 bias and the split-K counters. They run on any sm_80+ GPU the build carries code for, with bf16 /
+fp16 activations, K a multiple of 8 and a 16-byte aligned x; every other call falls back to
+the next backend with the reason. This module registers before kernelswap.ops.int8_cuda, so
+at decode sizes these GEMVs are tried before the CUTLASS GEMMs.
+
+A weight's counters are shared by its launches: two GEMV launches on one weight must not run
+concurrently on different streams.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from . import gemv_layout as L
+from ._prepared import PreparedWeights
+from .backend import Preference, register
+
+# The GEMVs serve M up to MAX_M when forced; automatically up to GEMV_UP_TO_M, the crossover
+# with the GEMMs (not yet measured on a GPU: 16 is the M the kernels were designed for).
+GEMV_UP_TO_M = 16
+MAX_M = 64
+ALIGN_K = 8  # x rows are read as 16-byte vectors (W8A8) and 4-byte pairs
+MAX_K_INT8 = 1 << 17  # int32 accumulation of K products of 127 * 127 stays exact
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+class Prepared(NamedTuple):
+    w: Tensor
+    scales: Tensor
+    zeros: Tensor | None
+    bias: Tensor | None
+    counters: Tensor
+
+
+_INT4 = PreparedWeights("int4 -> decode GEMV layout")
+_W8A16 = PreparedWeights("int8 -> W8A16 decode GEMV layout")
+_W8A8 = PreparedWeights("int8 -> W8A8 decode GEMV layout")
+
+
+@functools.lru_cache(maxsize=None)
+def _build_reason() -> str | None:
+    """Why this process has no GEMVs at all (None: _C carries them)."""
+    if not _ext.load():
+        return "kernelswap._C is not loaded"
+    if not hasattr(torch.ops.kernelswap, "_C_int4_gemv"):
+        return "kernelswap._C predates the decode GEMVs (csrc/gemv); rebuild it"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _device_reason(device_index: int) -> str | None:
+    """Why the GEMVs cannot run on this device (None: they can)."""
+    if (why := _build_reason()) is not None:
+        return why
+    major, minor = torch.cuda.get_device_capability(device_index)
+    if major < 8:
+        return f"the GEMVs use sm_80 mma.sync; this GPU is sm_{major}{minor}"
+    archs = _ext.build_info().get("archs", "")
+    if not _ext.runs_here(archs, major, minor):
+        return f"kernelswap._C carries no code for sm_{major}{minor} (built for {archs!r})"
+    return None
+
+
+def _device_index(t: Tensor) -> int:
+    return t.device.index if t.device.index is not None else torch.cuda.current_device()
+
+
+def _reason(x: Tensor) -> str | None:
+    """The checks every GEMV shares, on x (M, K); cheap ones first (the CPU tests reach them)."""
+    m, k = x.shape
+    if x.dtype not in _DTYPES:
+        return f"x is {x.dtype}; the GEMVs take bfloat16 / float16 activations"
+    if k % ALIGN_K:
+        return f"K={k} is not a multiple of {ALIGN_K} (the GEMVs read x in aligned vectors)"
+    if m > MAX_M:
+        return f"M={m} > {MAX_M}: the GEMVs serve decode sizes"
+    if (why := _build_reason()) is not None:
+        return why
+    if x.device.type != "cuda":
+        return "x is not a CUDA tensor"
+    if x.data_ptr() % 16:
+        return "x is not 16-byte aligned (an offset view)"
+    why = _device_reason(_device_index(x))
+    if why is None and m > GEMV_UP_TO_M:
+        return Preference(f"M={m} > {GEMV_UP_TO_M}: the GEMMs are faster here")
+    return why
+
+
+def _serves(w: Tensor) -> bool:
+    return w.is_cuda and _device_reason(_device_index(w)) is None
+
+
+def serves(w_packed: Tensor, group_size: int) -> bool:
+    """Does the int4 GEMV serve these weights at every decode M (so no other small-M layout is needed)?"""
+    return _serves(w_packed) and (w_packed.shape[1] * 2) % ALIGN_K == 0
+
+
+def _bias32(bias: Tensor | None) -> Tensor | None:
+    return None if bias is None else bias.float().contiguous().clone()
+
+
+def _key(*tensors: Tensor | None) -> tuple[Tensor, ...]:
+    return tuple(t for t in tensors if t is not None)
+
+
+# ---------------------------------------------------------------- int4_linear (W4A16)
+def _int4_prepared(w_packed, scales, zeros, group_size, bias) -> Prepared:
+    def make():
+        w, s, z = L.int4_to_gemv(w_packed, scales, zeros, group_size)
+        return Prepared(w, s, z, _bias32(bias), L.counters(w_packed.shape[0], w_packed.device))
+    return _INT4.get(_key(w_packed, scales, zeros, bias), make)
+
+
+def _int4_prepare(w_packed, scales, zeros, group_size, bias) -> None:
+    if _serves(w_packed):
+        _int4_prepared(w_packed, scales, zeros, group_size, bias)
+
+
+def _int4_supports(x, w_packed, scales, zeros, group_size, bias):
+    return _reason(x)
+
+
+def _int4_bind(w_packed, scales, zeros, group_size, bias):
+    """_int4_gemv as a function of x alone, the prepared layout looked up once (ops/_runner.py)."""
+    p, op, n = _int4_prepared(w_packed, scales, zeros, group_size, bias), torch.ops.kernelswap._C_int4_gemv.default, \
+        w_packed.shape[0]
+    return lambda x: op(x, p.w, p.scales, p.zeros, p.bias, p.counters, group_size, n)
+
+
+@register("int4_linear", "cuda", supports=_int4_supports, prepare=_int4_prepare, bind=_int4_bind)
+def _int4_gemv(x, w_packed, scales, zeros, group_size, bias):
+    p = _int4_prepared(w_packed, scales, zeros, group_size, bias)
+    return torch.ops.kernelswap._C_int4_gemv(x, p.w, p.scales, p.zeros, p.bias, p.counters, group_size,
+                                             w_packed.shape[0])
+
+
+# ---------------------------------------------------------------- int8: W8A16 and W8A8
+def _int8_prepared(cache: PreparedWeights, activations_int8: bool, w_q, w_scale, bias) -> Prepared:
+    def make():
+        w = L.int8_to_gemv(w_q, activations_int8)
+        return Prepared(w, w_scale.float().contiguous().clone(), None, _bias32(bias),
+                        L.counters(w_q.shape[0], w_q.device))
+    return cache.get(_key(w_q, w_scale, bias), make)
+
+
+def _int8_supports(x, w_q, w_scale, bias):
+    if x.shape[1] > MAX_K_INT8:
+        return f"K={x.shape[1]} > {MAX_K_INT8}: int32 accumulation would no longer be exact"
+    return _reason(x)
+
+
+def _w8a16_prepare(w_q, w_scale, bias) -> None:
+    if _serves(w_q):
+        _int8_prepared(_W8A16, False, w_q, w_scale, bias)
+
+
+def _w8a8_prepare(w_q, w_scale, bias) -> None:
+    if _serves(w_q):
+        _int8_prepared(_W8A8, True, w_q, w_scale, bias)
+
+
+def _int8_bind(cache: PreparedWeights, activations_int8: bool, op_name: str):
+    def bind(w_q, w_scale, bias):
+        p, n = _int8_prepared(cache, activations_int8, w_q, w_scale, bias), w_q.shape[0]
+        op = getattr(torch.ops.kernelswap, op_name).default
+        return lambda x: op(x, p.w, p.scales, p.bias, p.counters, n)
+    return bind
+
+
+@register("int8_weight_linear", "cuda", supports=_int8_supports, prepare=_w8a16_prepare,
+          bind=_int8_bind(_W8A16, False, "_C_int8_weight_gemv"))
+def _int8_weight_gemv(x, w_q, w_scale, bias):
+    p = _int8_prepared(_W8A16, False, w_q, w_scale, bias)
+    return torch.ops.kernelswap._C_int8_weight_gemv(x, p.w, p.scales, p.bias, p.counters, w_q.shape[0])
+
+
+@register("int8_linear", "cuda", supports=_int8_supports, prepare=_w8a8_prepare,
+          bind=_int8_bind(_W8A8, True, "_C_int8_gemv"))
+def _int8_gemv(x, w_q, w_scale, bias):
+    p = _int8_prepared(_W8A8, True, w_q, w_scale, bias)
+    return torch.ops.kernelswap._C_int8_gemv(x, p.w, p.scales, p.bias, p.counters, w_q.shape[0])

@@ -1,0 +1,34 @@
+"""The real-client benchmark (kernelswap.bench.hf_llama) runs through its whole code on a tiny
+Llama config on CPU: every variant builds, generates, prefills and compiles its decode step
+with fullgraph=True, and the report files are written."""
+import csv
+import math
+import os
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from kernelswap.bench import hf_llama  # noqa: E402
+
+
+@pytest.mark.model
+def test_tiny_llama_runs_every_variant(tmp_path, reference_backend):
+    rows = hf_llama.run(layers=1, shape=hf_llama.TINY, device="cpu", new_tokens=3, prefill=8, steps=2, reps=1,
+                        log=lambda s: None)
+    names = [r["variant"] for r in rows]
+    assert names[:6] == ["bf16"] + [f"kernelswap {r}" for r in hf_llama.RECIPES]
+    for r in rows:
+        assert "error" not in r, f"{r['variant']}: {r.get('error')}"
+        # L1 is a difference of two generate() timings: on a busy CPU it can come out negative.
+        assert math.isfinite(r["L1_ms_per_token"]) and r["L2_ms_per_step"] > 0 and r["L3_prefill_ms"] > 0
+        assert r["weight_bytes"] > 0 and -1.0 <= r["cosine_vs_bf16"] <= 1.0001
+    bf16 = rows[0]
+    assert bf16["cosine_vs_bf16"] == pytest.approx(1.0, abs=1e-5)
+    int4 = next(r for r in rows if r["variant"] == "kernelswap int4")
+    assert int4["weight_bytes"] < bf16["weight_bytes"]  # the swapped layers hold fewer bytes
+    hf_llama.write(rows, str(tmp_path), "tiny")
+    with open(tmp_path / "hf_llama.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert "kernelswap int4" in (tmp_path / "hf_llama.md").read_text()
+    assert os.path.getsize(tmp_path / "hf_llama.png") > 0
