@@ -1,6 +1,6 @@
 """ks.ensemble(models, combine): several models as one nn.Module whose output combines theirs.
 
-    ens = ks.ensemble([m1, m2, m3, m4], combine="softmax-mean")
+    ens = ks.ensemble([m1, m2, m3, m4], combine="softmax-mean")   # batched=None | True | False
     probs = ens(x)
 
 combine    "mean"          mean of the members' outputs
@@ -10,12 +10,12 @@ combine    "mean"          mean of the members' outputs
                            goes to the lowest class index
 
 What runs batched:
-- Members of one architecture without kernelswap layers (same module types, attributes,
-  parameter and buffer names, shapes and dtypes) run as ONE computation: their parameters
-  and buffers are stacked (M, ...) and the shared forward runs under torch.func.vmap
-  through functional_call, so each layer is one batched kernel for all members (a Linear
-  becomes one batched matmul, a Conv2d one grouped convolution). The members' own
-  parameters become views of the stacked tensors, so the weights are held once.
+- On a GPU (or with batched=True), members of one architecture without kernelswap layers
+  (same module types, attributes, parameter and buffer names, shapes and dtypes) run as ONE
+  computation: their parameters and buffers are stacked (M, ...) and the shared forward
+  runs under torch.func.vmap through functional_call, so each layer is one batched kernel
+  for all members (a Linear becomes one batched matmul, a Conv2d one grouped convolution).
+  The members' own parameters become views of the stacked tensors: the weights are held once.
 - Members holding kernelswap layers (swapped) run one after another in Python: the
   kernelswap ops have no vmap batching rule yet (their dispatcher reads each argument's
   layout, which a batched tensor does not have), so each swapped member is its own call.
