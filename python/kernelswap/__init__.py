@@ -17,6 +17,7 @@ from .ops import use_backend  # noqa: E402
 from .recipes import Fuse, Int4, Int8, Int8Weight, Recipe, Sparse24, Sparse24Int8, register_recipe  # noqa: E402
 from .serialization import load, save  # noqa: E402
 from .swap import LayerSwap, SwapReport, swap  # noqa: E402
+from . import parallel  # noqa: E402  (ks.parallel: tensor-parallel styles, kernelswap/parallel/)
 
 __version__ = "0.1.0"
 
