@@ -83,7 +83,8 @@ def _dense_weight(m) -> torch.Tensor:
     if isinstance(m, knn.Int4Linear):
         return packing.dequantize_int4(packing.Int4Weight(m.w_packed, m.scales, m.zeros, m.group_size,
                                                           m.in_features))
-    return packing.decompress_24(m.values, m.meta, m.in_features).float()
+    w = packing.decompress_24(m.values, m.meta, m.in_features).float()
+    return w * m.w_scale[:, None] if m.int8 else w
 
 
 def _densified(block: Block, dtype) -> Block:
