@@ -18,7 +18,8 @@ layout asked for. torch's `distribute_module` is not used because it wraps every
 left plain as a Replicate DTensor; `_distribute` below installs the same hooks without that.
 
 Column-wise (N split): input Replicate -> local output Shard(-1); no collective in the
-  default layouts. Outputs are exact: each output column is computed as on one device.
+  default layouts. Each output column is computed whole on one rank from the same input:
+  W8A8 exactly as on one device, float paths up to the BLAS's blocking of a narrower N.
 Row-wise (K split): input Shard(-1) -> partial sums -> all-reduce (sum) to Replicate, or
   reduce-scatter to Shard(-1) through DTensor. The bias is added once, by rank 0 before the
   reduce. Float paths then differ from one device by the rounding of the sum of partials
