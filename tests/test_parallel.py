@@ -116,12 +116,13 @@ def _x(shape, seed=1, dtype=torch.float32):
 def check_block(recipe, mesh, world):
     """Sharded block == unsharded swapped block (float paths: DESIGN tolerance; W8A8: see below)."""
     x = _x((2, 5, 128))
-    keep = ("up",) if recipe == "int8" else ()  # int8: one layer left float, sharded by torch's own style
+    # int8: two layers left float, "up" sharded by torch's own style, "o" by ks.parallel's (which hands it to torch's)
+    keep = ("up", "o") if recipe == "int8" else ()
     ref_model = _swapped(recipe, keep_float=keep)
     with torch.no_grad():
         ref = ref_model(x)
         dense = _densified(ref_model, torch.float64)
-        sharded = _parallelize(_swapped(recipe, keep_float=keep), mesh, torch_col=keep)
+        sharded = _parallelize(_swapped(recipe, keep_float=keep), mesh, torch_col=keep[:1])
         out = sharded(x)
         if recipe in W8A8:
             # Activation quantization is not linear: the row-wise all-reduce's fp32 rounding can move a
@@ -146,7 +147,7 @@ def _layer(recipe, n, k, bias=True, seed=3):
 def check_layers(recipe, mesh, world):
     """One swapped layer column-wise (N uneven over the ranks) and row-wise (ragged last K shard)."""
     import kernelswap as ks
-    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
     from torch.distributed.tensor.parallel import parallelize_module
     n = 37  # torch.chunk: 19 + 18 over 2 ranks, 10 + 10 + 10 + 7 over 4
     k = {"int8": 37, "int8-weight": 37, "int4": 127}.get(recipe, 36 * world - 1)  # 2:4: shards of 36 = 9 groups
@@ -161,6 +162,11 @@ def check_layers(recipe, mesh, world):
         row = parallelize_module(_layer(recipe, n, k), mesh, {"0": ks.parallel.RowwiseParallel()})
         start, stop = row[0].tp_shard.start, row[0].tp_shard.stop
         out = row(x[..., start:stop])
+        # the same through DTensors: a Shard(-1) DTensor input, a Replicate DTensor output
+        as_dtensor = parallelize_module(_layer(recipe, n, k), mesh, {"0": ks.parallel.RowwiseParallel(
+            use_local_output=False)})(distribute_tensor(x, mesh, [Shard(2)]))
+        assert as_dtensor.placements == (Replicate(),), as_dtensor.placements
+        assert_exact(as_dtensor.to_local(), out, f"{recipe} row-wise, DTensor in and out")
     if recipe in W8A8:
         bound = _w8a8_row_bound(_layer(recipe, n, k)[0], x, world)
         assert bool(((out - ref).abs() <= bound).all()), f"{recipe} row-wise: beyond the fp32 rounding of the sum"
