@@ -209,7 +209,8 @@ def _commit() -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| recipe | GPUs | ms/token p50 (p20-p80) | tokens/s | weights GB/GPU | vs 1 GPU | logits rel. err vs 1 GPU |"
+    head = ("| recipe | GPUs | ms/token p50 (p20-p80) | tokens/s | weights GB/GPU | vs 1 GPU "
+            "| logits rel. err vs 1 GPU |")
     lines = [head, "|" + "---|" * 7]
     for r in rows:
         if "ms_p50" not in r:

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from utils import assert_close_to_ref, assert_exact, sqnr_db
+from utils import assert_close_to_ref, assert_exact
 
 TIMEOUT_S = 150
 RECIPES = ("int8", "int8-weight", "int4", "sparse24", "sparse24-int8")

@@ -9,6 +9,9 @@
     parallelize_module(model, mesh, {"mlp.up_proj": ks.parallel.ColwiseParallel(),
                                      "mlp.down_proj": ks.parallel.RowwiseParallel()})
 
+Swap first, then shard: ks.swap leaves a layer whose weight is already a DTensor (sharded by
+torch's styles) unswapped, and its report says so.
+
 ColwiseParallel / RowwiseParallel (style.py) take kernelswap's linear layers and hand
 nn.Linear / nn.Embedding to torch's own styles; shard.py holds the per-format rules;
 sharding_rules.py registers DTensor sharding strategies for the kernelswap ops;

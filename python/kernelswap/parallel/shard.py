@@ -51,7 +51,6 @@ class ShardSpec:
     start: int  # this rank's slice of N (colwise) or K (rowwise)
     stop: int
     amax_columns: int = 0  # row-wise W8A8: input columns holding the all-reduced max|x|
-    has_bias: bool = False  # the full layer has a bias (row-wise: kept by rank 0 only)
 
     @property
     def local_in(self) -> int:
@@ -87,8 +86,8 @@ def plan(module, style: str, rank: int, world: int, who: str) -> ShardSpec:
     if style == "rowwise" and world > 1:
         _check_row_split(module, where, c, world)
     start, stop = chunk(size, world, rank)
-    return ShardSpec(style, rank, world, k, n, start, stop,
-                     AMAX_COLUMNS if style == "rowwise" and _is_w8a8(module) else 0, module.bias is not None)
+    amax = AMAX_COLUMNS if style == "rowwise" and _is_w8a8(module) else 0
+    return ShardSpec(style, rank, world, k, n, start, stop, amax)
 
 
 def _check_row_split(module, where: str, c: int, world: int) -> None:

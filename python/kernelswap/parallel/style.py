@@ -85,7 +85,9 @@ def _partition(style, module: KernelswapModule, mesh: DeviceMesh, kind: str) -> 
     spec = S.plan(module, kind, mesh.get_local_rank(), mesh.size(), f"ks.parallel.{type(style).__name__}")
     device = _mesh_device(mesh)
     full = {k: (None if b is None else b.to(device)) for k, b in module._buffers.items()}
-    if style.src_data_rank is not None and mesh.size() > 1:  # torch's styles take rank 0's values too
+    # Like torch's styles, take src_data_rank's values (parallelize_module's src_data_rank; None: keep
+    # each rank's own). torch scatters the shards; a broadcast of the packed layer is simpler.
+    if style.src_data_rank is not None and mesh.size() > 1:
         for t in full.values():
             if t is not None:
                 dist.broadcast(t, group=mesh.get_group(), group_src=style.src_data_rank)
