@@ -1,7 +1,7 @@
 """ks.parallel on CPU processes (gloo): swapped layers and a transformer block sharded with torch's
 parallelize_module give the unsharded swapped model's outputs; refusals raise on every rank.
 
-The worker processes are spawned once per world size (2 and 4) and run every check; each
+The worker processes start once per world size (2 and 4) and run every check; each
 check's outcome comes back per rank, so a failure names the check and the rank. A worker
 that hangs is killed after TIMEOUT_S and the test fails instead of stalling CI.
 """
@@ -11,6 +11,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 import traceback
 
@@ -341,9 +342,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_method() -> str:
+    """fork where it is safe: the workers then inherit the parent's imports (torch.distributed.tensor
+    alone takes seconds a process on a busy core; spawn tripled this file's time). They use CPU
+    tensors and gloo only, so a parent without CUDA state is all fork needs."""
+    return "fork" if sys.platform == "linux" and not torch.cuda.is_initialized() else "spawn"
+
+
 def _spawn(world: int, out_dir: str) -> dict[int, dict]:
+    import kernelswap.parallel.style  # noqa: F401 - imported once here, inherited by forked workers
     ctx = mp.start_processes(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=False,
-                             start_method="spawn")
+                             start_method=_start_method())
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
