@@ -72,7 +72,7 @@ def _to_local_input(x, mesh: DeviceMesh, given: tuple, desired: tuple) -> torch.
 def _mesh_device(mesh: DeviceMesh) -> torch.device:
     if mesh.device_type == "cpu":
         return torch.device("cpu")
-    return torch.device(mesh.device_type, mesh._get_device_handle().current_device())
+    return torch.device(mesh.device_type, torch.get_device_module(mesh.device_type).current_device())
 
 
 def _partition(style, module: KernelswapModule, mesh: DeviceMesh, kind: str) -> S.ShardSpec:
