@@ -307,6 +307,45 @@ def check_checkpoint(mesh, world, tmp):
         assert_exact(again(x), expect, "per-rank save / load")
 
 
+def check_hf_llama(mesh, world):
+    """The README's plan on a tiny HF LlamaForCausalLM: prefill and one StaticCache decode step agree."""
+    import kernelswap as ks
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+    from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_attention_heads=8, num_key_value_heads=4,
+                         head_dim=16, vocab_size=256, num_hidden_layers=2, max_position_embeddings=64)
+    config._attn_implementation = "sdpa"
+
+    def build(shard):
+        torch.manual_seed(0)
+        m = LlamaForCausalLM(config).eval()
+        ks.swap(m, ks.Int4(group_size=32), filter=lambda name, _m: name.startswith("model.layers."), probe=False)
+        if shard:
+            plan = {"lm_head": ColwiseParallel(output_layouts=Replicate())}
+            for i in range(config.num_hidden_layers):
+                p = f"model.layers.{i}."
+                plan |= {p + n: ks.parallel.ColwiseParallel() for n in
+                         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")}
+                plan |= {p + n: ks.parallel.RowwiseParallel() for n in ("self_attn.o_proj", "mlp.down_proj")}
+            parallelize_module(m, mesh, plan)
+        return m
+
+    def decode(m):
+        cache = StaticCache(config=config, max_cache_len=32)
+        ids = torch.randint(0, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+        first = m(input_ids=ids, cache=cache, use_cache=True, cache_position=torch.arange(9)).logits
+        pos = torch.full((1,), 9)
+        step = m(input_ids=first[:, -1:].argmax(-1), position_ids=pos.expand(2, 1), cache_position=pos, cache=cache,
+                 use_cache=True).logits
+        return torch.cat((first, step), 1)
+
+    with torch.inference_mode():
+        ref, out = decode(build(False)), decode(build(True))
+    # int4 (W4A16) is a float path: the row-wise sums are the only difference, so fp32 rounding level
+    assert float((out - ref).norm() / ref.norm()) < 1e-5, f"relative difference {float((out - ref).norm() / ref.norm())}"
+
+
 def _worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -321,7 +360,8 @@ def _worker(rank, world, port, out_dir):
         checks += [("refusals", lambda: check_refusals(mesh, world)),
                    ("shard-then-swap", lambda: check_shard_then_swap(mesh, world)),
                    ("dtensor-ops", lambda: check_dtensor_ops(mesh, world)),
-                   ("checkpoint", lambda: check_checkpoint(mesh, world, out_dir))]
+                   ("checkpoint", lambda: check_checkpoint(mesh, world, out_dir)),
+                   ("hf-llama", lambda: check_hf_llama(mesh, world))]
         for name, fn in checks:
             try:
                 fn()
@@ -351,6 +391,10 @@ def _start_method() -> str:
 
 def _spawn(world: int, out_dir: str) -> dict[int, dict]:
     import kernelswap.parallel.style  # noqa: F401 - imported once here, inherited by forked workers
+    try:
+        import transformers.models.llama  # noqa: F401
+    except ImportError:  # test_parallel skips the hf-llama check then
+        pass
     ctx = mp.start_processes(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=False,
                              start_method=_start_method())
     deadline = time.monotonic() + TIMEOUT_S
@@ -363,7 +407,7 @@ def _spawn(world: int, out_dir: str) -> dict[int, dict]:
 
 
 CHECKS = [f"block-{r}" for r in RECIPES] + [f"layers-{r}" for r in RECIPES] + \
-    ["refusals", "shard-then-swap", "dtensor-ops", "checkpoint"]
+    ["refusals", "shard-then-swap", "dtensor-ops", "checkpoint", "hf-llama"]
 _RUNS: dict[int, dict] = {}
 
 
@@ -379,6 +423,8 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("world", [2, 4])
 def test_parallel(runs, world, check):
+    if check == "hf-llama":
+        pytest.importorskip("transformers")
     results = runs(world)
     for rank, res in results.items():
         assert "setup" not in res, f"rank {rank}: {res['setup']}"
