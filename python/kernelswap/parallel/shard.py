@@ -8,9 +8,10 @@ because its input is the Shard(-1) output of the column-wise layer before it.
 column-wise (along N)  every buffer is (N, ...): keep rows [start, stop) of each.
 row-wise (along K)     per format:
   Int8Linear      w_q columns [start, stop); w_scale whole; bias on rank 0 only.
-                  W8A8 ("int8") also appends AMAX_COLUMNS zero columns to w_q: the
-                  style's input hook puts the all-reduced per-token max|x| there, so the
-                  op's own quantization finds the one-device scale (style.py).
+                  W8A8 ("int8") also appends zero columns to w_q (amax_columns: at least
+                  one, up to a multiple of AMAX_ALIGN): the style's input hook puts the
+                  all-reduced per-token max|x| there, so the op's own quantization finds
+                  the one-device scale (style.py). 2:4-int8 gets the same empty groups.
   Int4Linear      packed bytes, scales and zeros of whole groups: c must be a multiple of
                   group_size (groups are never cut, nor a packed byte, group_size being even).
   Sparse24Linear  whole groups of four (c a multiple of 4); values and metadata nibbles are
@@ -33,9 +34,10 @@ from ..nn import Int4Linear, Int8Linear, KernelswapModule, Sparse24Linear
 from ..ops.int4 import GROUP_SIZES
 from ..ops.sparse24 import K_MULTIPLE, meta_indices
 
-# Extra input columns of a row-wise W8A8 layer that carry the all-reduced max|x| (against
-# zero weights). 16 keeps K a multiple of 16 (int8 tensor-core tiles) and of 8 (2:4 rows).
-AMAX_COLUMNS = 16
+# A row-wise W8A8 layer's extra input columns (carrying the all-reduced max|x| against zero
+# weights) end its K on a multiple of 32: the CUDA extension's int8 GEMMs need K % 16 (W8A8)
+# and K % 32 (2:4 int8; ops/cuda_ext.py ALIGN_KN, ALIGN_K_SPARSE_INT8), 2:4 rows K % 8.
+AMAX_ALIGN = 32
 _EMPTY_NIBBLE = 0b0100  # positions 0 and 1: a valid nibble for an all-zero group
 LINEARS = (Int8Linear, Int4Linear, Sparse24Linear)
 
@@ -86,7 +88,10 @@ def plan(module, style: str, rank: int, world: int, who: str) -> ShardSpec:
     if style == "rowwise" and world > 1:
         _check_row_split(module, where, c, world)
     start, stop = chunk(size, world, rank)
-    amax = AMAX_COLUMNS if style == "rowwise" and _is_w8a8(module) else 0
+    amax = 0
+    if style == "rowwise" and _is_w8a8(module):
+        stored = _stored_k(module, stop - start)
+        amax = -stored % AMAX_ALIGN or AMAX_ALIGN  # at least one column
     return ShardSpec(style, rank, world, k, n, start, stop, amax)
 
 
@@ -152,14 +157,18 @@ def shard_buffers(module: KernelswapModule, full: dict[str, Tensor | None], spec
     return out
 
 
+def _stored_k(module, k: int) -> int:
+    """The K a layer's weight rows hold for k input features (2:4 rows pad to K_MULTIPLE)."""
+    return math.ceil(k / K_MULTIPLE) * K_MULTIPLE if isinstance(module, Sparse24Linear) else k
+
+
 def local_features(module, spec: ShardSpec) -> tuple[int, int]:
     """(in_features, out_features) of the local module: what its forward checks its input against."""
     if spec.style == "colwise":
         return spec.in_features, spec.stop - spec.start
     k = spec.stop - spec.start
     if spec.amax_columns:
-        stored = math.ceil(k / K_MULTIPLE) * K_MULTIPLE if isinstance(module, Sparse24Linear) else k
-        k = stored + spec.amax_columns
+        k = _stored_k(module, k) + spec.amax_columns
     return k, spec.out_features
 
 

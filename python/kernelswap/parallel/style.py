@@ -26,7 +26,7 @@ Row-wise (K split): input Shard(-1) -> partial sums -> all-reduce (sum) to Repli
   (as torch's RowwiseParallel on nn.Linear does).
 Row-wise W8A8 (int8, sparse24-int8): the per-token activation scale is the one of one
   device, max|x| over the full K / 127: the input hook all-reduces (max) each token's
-  max|x_shard| and appends it as AMAX_COLUMNS extra input columns, which meet zero weight
+  max|x_shard| and appends it as extra input columns (shard.AMAX_ALIGN), which meet zero weight
   columns, so the op's own quantization (any backend) computes the one-device scale and
   the one-device int8 codes; the int32 sums of the shards add up to the one-device sum
   exactly. Only the float epilogue differs: each shard scales its own int32 sum, and the
