@@ -7,6 +7,7 @@ that hangs is killed after TIMEOUT_S and the test fails instead of stalling CI.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -55,6 +56,8 @@ class Block(nn.Module):
 
 PLAN_COL = ("q", "k", "v", "up", "gate")
 PLAN_ROW = ("o", "down")
+# int8 leaves two layers float: "up" sharded by torch's own style, "o" by ks.parallel's (handed to torch's)
+KEEP_FLOAT = {"int8": ("up", "o")}
 
 
 def _block(seed: int, dtype=torch.float32) -> Block:
@@ -109,6 +112,11 @@ def _parallelize(model, mesh, plan_col=PLAN_COL, plan_row=PLAN_ROW, torch_col=()
     return tp.parallelize_module(model, mesh, plan)
 
 
+def _sharded_block(recipe, mesh, seed=0):
+    keep = KEEP_FLOAT.get(recipe, ())
+    return _parallelize(_swapped(recipe, seed, keep_float=keep), mesh, torch_col=keep[:1])
+
+
 def _x(shape, seed=1, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g).to(dtype)
@@ -117,14 +125,11 @@ def _x(shape, seed=1, dtype=torch.float32):
 def check_block(recipe, mesh, world):
     """Sharded block == unsharded swapped block (float paths: DESIGN tolerance; W8A8: see below)."""
     x = _x((2, 5, 128))
-    # int8: two layers left float, "up" sharded by torch's own style, "o" by ks.parallel's (which hands it to torch's)
-    keep = ("up", "o") if recipe == "int8" else ()
-    ref_model = _swapped(recipe, keep_float=keep)
+    ref_model = _swapped(recipe, keep_float=KEEP_FLOAT.get(recipe, ()))
     with torch.no_grad():
         ref = ref_model(x)
         dense = _densified(ref_model, torch.float64)
-        sharded = _parallelize(_swapped(recipe, keep_float=keep), mesh, torch_col=keep[:1])
-        out = sharded(x)
+        out = _sharded_block(recipe, mesh)(x)
         if recipe in W8A8:
             # Activation quantization is not linear: the row-wise all-reduce's fp32 rounding can move a
             # token of the next layer's input across a rounding boundary. Bound the difference by a
@@ -297,15 +302,17 @@ def check_checkpoint(mesh, world, tmp):
         ks.parallel.load(sharded, path)
         expect = _parallelize(_swapped("int4"), mesh)(x)
         assert_exact(sharded(x), expect, "ks.parallel.load of a full file")
-        for recipe in RECIPES:  # every format round-trips through gather and reshard
-            full = _swapped(recipe)
+        for recipe in RECIPES:  # every format (and int8's torch-sharded DTensor layers) through gather and reshard
+            full = _swapped(recipe, keep_float=KEEP_FLOAT.get(recipe, ())).state_dict()
             p = os.path.join(tmp, f"{recipe}{world}.safetensors")
-            ks.parallel.save(_parallelize(_swapped(recipe), mesh), p)
-            got = ks.parallel.full_state_dict(ks.parallel.load(_parallelize(_swapped(recipe, seed=9), mesh), p))
-            assert all(torch.equal(v, full.state_dict()[k]) for k, v in got.items()), f"{recipe}: round trip"
-        ks.parallel.save(sharded, path, full=False)  # per-rank files
-        again = ks.parallel.load(_parallelize(_swapped("int4", seed=8), mesh), path, full=False)
-        assert_exact(again(x), expect, "per-rank save / load")
+            ks.parallel.save(_sharded_block(recipe, mesh), p)
+            got = ks.parallel.full_state_dict(ks.parallel.load(_sharded_block(recipe, mesh, seed=9), p))
+            assert set(got) == set(full) and all(torch.equal(v, full[k]) for k, v in got.items()), f"{recipe}: round trip"
+        for recipe in ("int4", "int8"):  # per-rank files
+            p = os.path.join(tmp, f"{recipe}{world}-ranks.safetensors")
+            ks.parallel.save(_sharded_block(recipe, mesh), p, full=False)
+            again = ks.parallel.load(_sharded_block(recipe, mesh, seed=8), p, full=False)
+            assert_exact(again(x), _sharded_block(recipe, mesh)(x), f"{recipe}: per-rank save / load")
 
 
 def check_hf_llama(mesh, world):
@@ -354,7 +361,8 @@ def _worker(rank, world, port, out_dir):
     try:
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        # a collective that one rank never joins raises after this, instead of waiting out TIMEOUT_S
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
         mesh = init_device_mesh("cpu", (world,))
         checks = [(f"block-{r}", lambda r=r: check_block(r, mesh, world)) for r in RECIPES]
         checks += [(f"layers-{r}", lambda r=r: check_layers(r, mesh, world)) for r in RECIPES]
@@ -369,12 +377,22 @@ def _worker(rank, world, port, out_dir):
                 results[name] = None
             except Exception:  # noqa: BLE001 - reported per check to the parent
                 results[name] = traceback.format_exc()
+            _write(out_dir, rank, results)  # what got done is there even if a later check hangs
             dist.barrier()  # a rank that failed early does not leave the others in a collective
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001
         results["setup"] = traceback.format_exc()
+    _write(out_dir, rank, results)
+
+
+def _write(out_dir, rank, results):
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)
+
+
+def _read(out_dir, world):
+    paths = {r: os.path.join(out_dir, f"rank{r}.json") for r in range(world)}
+    return {r: json.load(open(p)) if os.path.exists(p) else {} for r, p in paths.items()}
 
 
 def _free_port() -> int:
@@ -403,8 +421,9 @@ def _spawn(world: int, out_dir: str) -> dict[int, dict]:
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
-            pytest.fail(f"{world} gloo workers still running after {TIMEOUT_S} s: a hang")
-    return {r: json.load(open(os.path.join(out_dir, f"rank{r}.json"))) for r in range(world)}
+            done = {r: {k: "failed" if v else "ok" for k, v in res.items()} for r, res in _read(out_dir, world).items()}
+            pytest.fail(f"{world} gloo workers still running after {TIMEOUT_S} s: a hang; checks done: {done}")
+    return _read(out_dir, world)
 
 
 CHECKS = [f"block-{r}" for r in RECIPES] + [f"layers-{r}" for r in RECIPES] + \

@@ -70,7 +70,12 @@ def _gather_module(m: KernelswapModule, spec: S.ShardSpec) -> dict[str, torch.Te
     size = spec.out_features if spec.style == "colwise" else spec.in_features
     specs = [dataclasses.replace(spec, rank=r, start=a, stop=b)
              for r, (a, b) in enumerate(S.chunk(size, spec.world, r) for r in range(spec.world))]
-    return S.unshard_buffers(m, every, specs)
+    full = S.unshard_buffers(m, every, specs)
+    if spec.style == "rowwise" and spec.world > 1:  # rank 0 holds the bias: every rank gets it
+        bias = [full.get("bias")]
+        dist.broadcast_object_list(bias, group=group, group_src=0)
+        full["bias"] = None if bias[0] is None else bias[0].to(local["format_version"].device)
+    return full
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
