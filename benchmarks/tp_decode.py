@@ -26,6 +26,9 @@ import os
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 os.environ.update(NO_MULTICAST)  # before torch (and NCCL) load; children inherit os.environ
+# The decode step's all-reduces run inside a CUDA graph: c10d keeps their tensors alive itself
+# instead of recordStream on the graph's private memory (what Megatron/NeMo advise for graphs).
+os.environ.setdefault("TORCH_NCCL_AVOID_RECORD_STREAMS", "1")
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
