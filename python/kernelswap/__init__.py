@@ -21,6 +21,7 @@ from .capture import capture, prepare  # noqa: E402
 from .pipeline import pipeline  # noqa: E402
 from .ensemble import Ensemble, ensemble  # noqa: E402
 from .evaluate import EvalReport, evaluate  # noqa: E402  (the function; the module stays importable)
+from . import parallel  # noqa: E402  (ks.parallel: tensor-parallel styles, kernelswap/parallel/)
 
 from ._version import __version__  # noqa: E402
 

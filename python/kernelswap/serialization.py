@@ -49,8 +49,11 @@ def _safetensors():
     return safetensors
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write a swapped model (tensors + recipes) to a safetensors file."""
+def save(model: nn.Module, path: str | os.PathLike, *, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a swapped model (tensors + recipes) to a safetensors file.
+
+    state_dict: the tensors to write instead of model.state_dict() (kernelswap.parallel.save
+    passes a sharded model's gathered full tensors)."""
     save_file = _safetensors().torch.save_file
 
     layers = _layers_by_recipe(model)
@@ -58,7 +61,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
         raise ValueError("kernelswap.save: the model holds no kernelswap layers; swap it first "
                          "(ks.swap(model, recipe)) or save the float model with torch/safetensors directly")
     # Clone: safetensors refuses tensors that share memory (tied weights), and wants them contiguous on CPU.
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in (model.state_dict() if state_dict is None else state_dict).items()}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "kernelswap_version": _version(),
                 "recipes": json.dumps(layers), "sha256": _digest(tensors)}
     save_file(tensors, os.fspath(path), metadata=metadata)

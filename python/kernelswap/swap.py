@@ -14,6 +14,7 @@ seeded Gaussian) against the float layer's, as SQNR in dB.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
@@ -265,6 +266,10 @@ def _linear_reason(model: nn.Module, name: str, linear: nn.Linear) -> str | None
         return "used by nn.MultiheadAttention through its .weight, not by calling it"
     if type(linear) is not nn.Linear and type(linear).forward is not nn.Linear.forward:
         return f"{type(linear).__name__} subclasses nn.Linear with its own forward"
+    dtensor = sys.modules.get("torch.distributed.tensor")  # no DTensor exists before that import
+    if dtensor is not None and isinstance(linear.weight, dtensor.DTensor):
+        return ("its weight is a DTensor (already sharded, e.g. by torch's parallelize_module); swap the full "
+                "model first, then shard it with ks.parallel.ColwiseParallel / RowwiseParallel")
     return None
 
 
