@@ -132,14 +132,14 @@ def test_counters():
 def test_supports_reasons_on_cpu():
     """Shapes the kernels cannot take are refused before the extension is reached."""
     x = torch.randn(4, 100, dtype=torch.bfloat16)
-    assert "multiple of 8" in gemv_cuda._reason(x)
-    assert "float32" in gemv_cuda._reason(torch.randn(4, 128))
-    assert "M=65" in gemv_cuda._reason(torch.randn(65, 128, dtype=torch.float16))
+    assert "multiple of 8" in gemv_cuda._reason(x, "int4_linear")
+    assert "float32" in gemv_cuda._reason(torch.randn(4, 128), "int4_linear")
+    assert "M=65" in gemv_cuda._reason(torch.randn(65, 128, dtype=torch.float16), "int4_linear")
     # Without the built ops (CI) every call is refused with that reason; with them, CPU tensors are.
-    why = gemv_cuda._reason(torch.randn(4, 128, dtype=torch.bfloat16))
+    why = gemv_cuda._reason(torch.randn(4, 128, dtype=torch.bfloat16), "int4_linear")
     assert ("kernelswap._C" in why) if gemv_cuda._build_reason() else ("CUDA" in why)
     w = torch.zeros(8, 1 << 18, dtype=torch.int8)
-    assert "exact" in gemv_cuda._int8_supports(torch.zeros(1, 1 << 18, dtype=torch.bfloat16), w, None, None)
+    assert "exact" in gemv_cuda._int8_supports_for("int8_linear")(torch.zeros(1, 1 << 18, dtype=torch.bfloat16), w, None, None)
 
 
 # ---------------------------------------------------------------- GPU: against the references
@@ -222,7 +222,7 @@ def test_w8a8_nan_and_inf_rows_match_reference():
 @needs_gemv
 def test_offset_x_is_refused():
     offset = torch.randn(4 * 128 + 4, dtype=torch.bfloat16, device="cuda")[4:].view(4, 128)  # 8 bytes past aligned
-    assert "aligned" in gemv_cuda._reason(offset)
+    assert "aligned" in gemv_cuda._reason(offset, "int4_linear")
 
 
 @needs_gemv
@@ -243,9 +243,9 @@ def test_dispatch_and_prepare():
     before = len(gemv_cuda._INT4)
     backend.prepare_weights("int4_linear", q.packed, q.scales, q.zeros, 64, None)
     assert len(gemv_cuda._INT4) == before + 1
-    x = _x(gemv_cuda.GEMV_UP_TO_M, 512, torch.bfloat16)
+    x = _x(gemv_cuda.GEMV_UP_TO_M["int4_linear"], 512, torch.bfloat16)
     assert backend.choose("int4_linear", x.device, x, q.packed, q.scales, q.zeros, 64, None).fn is gemv_cuda._int4_gemv
-    x = _x(gemv_cuda.GEMV_UP_TO_M + 1, 512, torch.bfloat16)
+    x = _x(gemv_cuda.GEMV_UP_TO_M["int4_linear"] + 1, 512, torch.bfloat16)
     assert backend.choose("int4_linear", x.device, x, q.packed, q.scales, q.zeros, 64, None).fn is not \
         gemv_cuda._int4_gemv
     w_q = torch.randint(-127, 128, (256, 512), dtype=torch.int8, device="cuda")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernelswap.ops import backend, int4, int4_tinygemm, int4_triton
+from kernelswap.ops import gemv_cuda, backend, int4, int4_tinygemm, int4_triton
 from kernelswap.ops.int4 import dequantize_int4_ref, unpack_int4
 from kernelswap.packing import quantize_int4
 
@@ -191,10 +191,11 @@ def test_tinygemm_path_cuda(shape, m):
     assert len(int4_tinygemm._PREPARED) == before + 1, "the converted weight is made once per weight buffer"
     assert_exact(again, out, what="second call (prepared weight)")
     assert_close_to_ref(out, ref64, baseline, what=f"tinygemm M={m} {shape}")
-    # Through the public op, dispatcher free: tinygemm serves it and gives the same bits.
-    with backend.use_backend(None):
+    # Through the public op with the torch backend forced (the decode GEMV of the cuda backend
+    # comes first at M <= gemv_cuda.GEMV_UP_TO_M): tinygemm serves it and gives the same bits.
+    with backend.use_backend("torch"):
         auto = torch.ops.kernelswap.int4_linear(x, q.packed, q.scales, q.zeros, group, bias)
-    assert_exact(auto, out, what="public op at small M, bf16")
+    assert_exact(auto, out, what="public op at small M, bf16, torch backend")
 
 
 @needs_cuda
@@ -207,12 +208,24 @@ def test_dequant_cublas_path_cuda(m, dtype):
     assert_close_to_ref(out, ref64, baseline, what=f"dequant+cuBLAS M={m} {dtype}")
 
 
+def _with_gemv(dtype, routes: dict) -> dict:
+    """The table on a device where the cuda decode GEMV serves (bf16 / fp16, M <= its crossover)."""
+    if dtype == torch.float32:
+        return routes
+    up_to = gemv_cuda.GEMV_UP_TO_M["int4_linear"]
+    out = {m: ("_int4_gemv" if m <= up_to else r) for m, r in routes.items()}
+    out[up_to + 1] = "tinygemm" if dtype == torch.bfloat16 else "gemm_small"
+    return out
+
+
 @needs_sm80  # the table is for sm_80+ (tinygemm); Triton is a GPU dependency of the package
 @pytest.mark.parametrize("dtype,routes", ROUTES, ids=["bf16", "fp16", "fp32"])
 def test_dispatch_per_m_cuda(dtype, routes):
-    """The real device: the same table as on CPU."""
+    """The real device: the same table as on CPU, with the cuda GEMV first where the build has it."""
     assert backend.backend_status("triton")[0], backend.backend_status("triton")[1]
     q = quantize_int4(torch.randn(64, 256, device="cuda"), 128)
+    if gemv_cuda._build_reason() is None:
+        routes = _with_gemv(dtype, routes)
     for m, want in routes.items():
         x = torch.empty(m, 256, device="cuda", dtype=dtype)
         assert _route(x, q.packed, q.scales, q.zeros, 128) == want, f"{dtype} M={m}"

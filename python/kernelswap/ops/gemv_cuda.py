@@ -1,4 +1,4 @@
-"""Decode GEMVs of the CUDA extension ("cuda" backend), for M <= GEMV_UP_TO_M tokens.
+"""Decode GEMVs of the CUDA extension ("cuda" backend), for M <= GEMV_UP_TO_M[op] tokens (measured crossovers).
 
   int4_linear         _C_int4_gemv         W4A16, groups 32 / 64 / 128, symmetric or not
   int8_weight_linear  _C_int8_weight_gemv  W8A16, per-channel fp32 scale
@@ -29,9 +29,14 @@ from . import gemv_layout as L
 from ._prepared import PreparedWeights
 from .backend import Preference, register
 
-# The GEMVs serve M up to MAX_M when forced; automatically up to GEMV_UP_TO_M, the crossover
-# with the GEMMs (not yet measured on a GPU: 16 is the M the kernels were designed for).
-GEMV_UP_TO_M = 16
+# The GEMVs serve M up to MAX_M when forced; automatically up to GEMV_UP_TO_M[op]. Measured on
+# an H200 (benchmarks/gemv_quick.py, bf16, us; K x N = 4096x4096 / 4096x14336 / 14336x4096 /
+# 8192x28672): int4 g128 M=4: 17.7 / 28.0 / 31.1 / 91.6 against cuBLAS bf16's 18.7 / 40.0 /
+# 41.6 / 123.0, but M=16: 24.0 / 52.8 / 61.2 / 156.7 (slower than bf16); W8A16 M=4: 17.6 / 36.7 /
+# 38.7 / 99.8 (faster), M=16 1.5-1.8x slower; W8A8 M=1: 17.3 / 32.1 / 42.1 / 96.4 against the
+# CUTLASS quantize + GEMM's 19.1 / 33.8 / 45.4 / 98.1, but M=4: 25.1 / 47.6 / 84.1 / 139.4 against
+# 19.3 / 34.2 / 43.5 / 98.8. M = 2, 3 and 5-15 were not measured.
+GEMV_UP_TO_M = {"int4_linear": 4, "int8_weight_linear": 4, "int8_linear": 1}
 MAX_M = 64
 ALIGN_K = 8  # x rows are read as 16-byte vectors (W8A8) and 4-byte pairs
 MAX_K_INT8 = 1 << 17  # int32 accumulation of K products of 127 * 127 stays exact
@@ -79,7 +84,7 @@ def _device_index(t: Tensor) -> int:
     return t.device.index if t.device.index is not None else torch.cuda.current_device()
 
 
-def _reason(x: Tensor) -> str | None:
+def _reason(x: Tensor, op: str) -> str | None:
     """The checks every GEMV shares, on x (M, K); cheap ones first (the CPU tests reach them)."""
     m, k = x.shape
     if x.dtype not in _DTYPES:
@@ -95,18 +100,13 @@ def _reason(x: Tensor) -> str | None:
     if x.data_ptr() % 16:
         return "x is not 16-byte aligned (an offset view)"
     why = _device_reason(_device_index(x))
-    if why is None and m > GEMV_UP_TO_M:
-        return Preference(f"M={m} > {GEMV_UP_TO_M}: the GEMMs are faster here")
+    if why is None and m > GEMV_UP_TO_M[op]:
+        return Preference(f"M={m} > {GEMV_UP_TO_M[op]}: the GEMMs are faster here")
     return why
 
 
 def _serves(w: Tensor) -> bool:
     return w.is_cuda and _device_reason(_device_index(w)) is None
-
-
-def serves(w_packed: Tensor, group_size: int) -> bool:
-    """Does the int4 GEMV serve these weights at every decode M (so no other small-M layout is needed)?"""
-    return _serves(w_packed) and (w_packed.shape[1] * 2) % ALIGN_K == 0
 
 
 def _bias32(bias: Tensor | None) -> Tensor | None:
@@ -131,7 +131,7 @@ def _int4_prepare(w_packed, scales, zeros, group_size, bias) -> None:
 
 
 def _int4_supports(x, w_packed, scales, zeros, group_size, bias):
-    return _reason(x)
+    return _reason(x, "int4_linear")
 
 
 def _int4_bind(w_packed, scales, zeros, group_size, bias):
@@ -157,10 +157,12 @@ def _int8_prepared(cache: PreparedWeights, activations_int8: bool, w_q, w_scale,
     return cache.get(_key(w_q, w_scale, bias), make)
 
 
-def _int8_supports(x, w_q, w_scale, bias):
-    if x.shape[1] > MAX_K_INT8:
-        return f"K={x.shape[1]} > {MAX_K_INT8}: int32 accumulation would no longer be exact"
-    return _reason(x)
+def _int8_supports_for(op: str):
+    def supports(x, w_q, w_scale, bias):
+        if x.shape[1] > MAX_K_INT8:
+            return f"K={x.shape[1]} > {MAX_K_INT8}: int32 accumulation would no longer be exact"
+        return _reason(x, op)
+    return supports
 
 
 def _w8a16_prepare(w_q, w_scale, bias) -> None:
@@ -181,14 +183,14 @@ def _int8_bind(cache: PreparedWeights, activations_int8: bool, op_name: str):
     return bind
 
 
-@register("int8_weight_linear", "cuda", supports=_int8_supports, prepare=_w8a16_prepare,
+@register("int8_weight_linear", "cuda", supports=_int8_supports_for("int8_weight_linear"), prepare=_w8a16_prepare,
           bind=_int8_bind(_W8A16, False, "_C_int8_weight_gemv"))
 def _int8_weight_gemv(x, w_q, w_scale, bias):
     p = _int8_prepared(_W8A16, False, w_q, w_scale, bias)
     return torch.ops.kernelswap._C_int8_weight_gemv(x, p.w, p.scales, p.bias, p.counters, w_q.shape[0])
 
 
-@register("int8_linear", "cuda", supports=_int8_supports, prepare=_w8a8_prepare,
+@register("int8_linear", "cuda", supports=_int8_supports_for("int8_linear"), prepare=_w8a8_prepare,
           bind=_int8_bind(_W8A8, True, "_C_int8_gemv"))
 def _int8_gemv(x, w_q, w_scale, bias):
     p = _int8_prepared(_W8A8, True, w_q, w_scale, bias)

@@ -102,9 +102,6 @@ def prepare(w_packed, scales, zeros, group_size, bias) -> None:
     """Make the tinygemm layout of these weights where tinygemm can serve them (register's prepare)."""
     if not w_packed.is_cuda or _usable_weights(w_packed, group_size) is not None:
         return
-    from . import gemv_cuda
-    if gemv_cuda.serves(w_packed, group_size):
-        return  # the decode GEMV (cuda backend, tried first) takes every M tinygemm would: no copy
     sources = tuple(t for t in (w_packed, scales, zeros) if t is not None)
     _PREPARED.get(sources, lambda: _prepare(w_packed, scales, zeros))
 
