@@ -156,9 +156,24 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
+def profile_generate(model, ids, new_tokens: int, top: int = 15) -> str:
+    """cProfile of one eager generate(): where the host time of a decode step goes."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
 def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, steps: int, reps: int,
         log: Callable[[str], None] = print, measures: tuple[str, ...] = ("L1", "L2", "L3"),
-        only: tuple[str, ...] = ()) -> list[dict]:
+        only: tuple[str, ...] = (), profile_to: str = "") -> list[dict]:
     dtype = torch.bfloat16
     base = build_model(layers, shape, device, dtype)
     ids = torch.randint(0, shape["vocab_size"], (1, PROMPT), device=device)
@@ -179,6 +194,10 @@ def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, st
                 row["top1_agrees"] = int(logits.argmax() == ref_logits.argmax())
                 if "L1" in measures:
                     row["L1_ms_per_token"] = l1_eager_generate_ms(model, ids, new_tokens, device, reps)
+                    if profile_to:
+                        with open(profile_to, "a") as f:
+                            f.write(f"==== {name}: one generate() of {new_tokens} tokens\n")
+                            f.write(profile_generate(model, ids, new_tokens))
                 if "L3" in measures:
                     row["L3_prefill_ms"] = l3_prefill_ms(model, prefill, shape["vocab_size"], device, reps)
                 if "L2" in measures:
@@ -251,12 +270,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--measures", default="L1,L2,L3", help="which of L1, L2, L3 to time")
     ap.add_argument("--variants", default="", help="comma-separated substrings: only these variants (and bf16)")
+    ap.add_argument("--profile", default="", help="append a cProfile of one generate() per variant to this file")
     ap.add_argument("--tiny", action="store_true", help="a small config of the same model (CPU smoke run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     shape = TINY if a.tiny else LLAMA_8B
     rows = run(a.layers, shape, a.device, a.new_tokens, a.prefill, a.steps, a.reps,
-               measures=tuple(a.measures.split(",")), only=tuple(v for v in a.variants.split(",") if v))
+               measures=tuple(a.measures.split(",")), only=tuple(v for v in a.variants.split(",") if v),
+               profile_to=a.profile)
     import kernelswap
     header = (f"HF LlamaForCausalLM, {a.layers} layers, {'tiny config' if a.tiny else 'Llama-3-8B layer shapes'}, "
               f"bf16, {rows[0]['device']}, torch {torch.__version__}, kernelswap {kernelswap.__version__}")
