@@ -49,7 +49,7 @@ int sm_count(int dev) {
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // A tensor the kernel reads or writes must live on x's GPU (Meta calls check shapes only).
-void check_device(const char* op, const char* name, const Tensor& t, const Tensor& x) {
+void check_on_x_device(const char* op, const char* name, const Tensor& t, const Tensor& x) {
   if (!x.is_cuda()) return;
   STD_TORCH_CHECK(t.is_cuda() && t.get_device_index() == x.get_device_index(), op, ": ", name,
                   " must be on x's CUDA device ", x.get_device_index());
@@ -72,9 +72,9 @@ int64_t check_common(const char* op, const Tensor& x, const Tensor& w, int64_t b
                   w.size(0), ", ", w.size(1), "), expected (", ceil_div(n, kTileN), ", ", batches * bytes_a_batch,
                   ") for n=", n, " K=", K, "; make it with kernelswap.ops.gemv_layout");
   if (bias.has_value()) check_vector(op, "bias", *bias, n);
-  check_device(op, "w", w, x);
-  check_device(op, "counters", counters, x);
-  if (bias.has_value()) check_device(op, "bias", *bias, x);
+  check_on_x_device(op, "w", w, x);
+  check_on_x_device(op, "counters", counters, x);
+  if (bias.has_value()) check_on_x_device(op, "bias", *bias, x);
   STD_TORCH_CHECK(counters.dim() == 1 && counters.scalar_type() == ScalarType::Int && counters.is_contiguous() &&
                       counters.size(0) >= ceil_div(ceil_div(n, kTileN), kWarps),
                   op, ": counters must be a contiguous int32 vector of at least ceil(n / 64) zeros");
@@ -175,10 +175,10 @@ Tensor int4_gemv(const Tensor& x, const Tensor& w, const Tensor& scales, const s
   check_tensor(op, "scales", scales, ScalarType::Half, "float16", 2);
   STD_TORCH_CHECK(scales.size(0) == w.size(0) && scales.size(1) == cols, op, ": scales is (", scales.size(0), ", ",
                   scales.size(1), "), expected (", w.size(0), ", ", cols, "); make it with kernelswap.ops.gemv_layout");
-  check_device(op, "scales", scales, x);
+  check_on_x_device(op, "scales", scales, x);
   if (zeros.has_value()) {
     check_tensor(op, "zeros", *zeros, ScalarType::Byte, "uint8", 2);
-    check_device(op, "zeros", *zeros, x);
+    check_on_x_device(op, "zeros", *zeros, x);
     STD_TORCH_CHECK(zeros->size(0) == w.size(0) && zeros->size(1) == cols, op, ": zeros must have the shape of scales");
   }
   Tensor y = torch::stable::new_empty(x, {x.size(0), n});
@@ -202,7 +202,7 @@ Tensor int8_gemv_impl(const char* op, const Tensor& x, const Tensor& w, const Te
                       const std::optional<Tensor>& bias, const Tensor& counters, int64_t n) {
   const int64_t batches = check_common(op, x, w, 8 * 32 * 16, bias, counters, n);
   check_vector(op, "w_scale", w_scale, n);
-  check_device(op, "w_scale", w_scale, x);
+  check_on_x_device(op, "w_scale", w_scale, x);
   STD_TORCH_CHECK(x.size(1) <= (1LL << 17), op, ": K must be at most 2^17 (int32 accumulation is exact there)");
   Tensor y = torch::stable::new_empty(x, {x.size(0), n});
   auto a = args(x, w, bias, counters, y, batches);
