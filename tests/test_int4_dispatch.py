@@ -118,6 +118,8 @@ def fake_cuda_sm90(monkeypatch):
     """Every backend serves "cuda" and the device is sm_90: the predicates decide alone."""
     monkeypatch.setattr(backend, "_serves_device", lambda *args: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    # The table without the cuda decode GEMV (test_dispatch_per_m_cuda checks it where _C has it).
+    monkeypatch.setattr(gemv_cuda, "_build_reason", lambda: "left out of this routing table")
     backend._candidates.cache_clear()  # the candidate list is cached per device type
     yield
     backend._candidates.cache_clear()
