@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 import kernelswap as ks
+from kernelswap.bench.timing import capture_graph
 
 RECIPES = ("int8", "int8-weight", "int4", "sparse24", "sparse24-int8")
 
@@ -45,16 +46,7 @@ def host_us(fn, calls: int) -> float:
 
 def graph_us(fn, reps: int = 200) -> float:
     """Per-replay time of a CUDA graph of 10 calls of fn (so launch gaps are amortised)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(10):
-            fn()
+    g, _ = capture_graph(lambda: [fn() for _ in range(10)])
     g.replay()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -40,6 +40,8 @@ import tempfile  # noqa: E402
 
 import torch  # noqa: E402
 
+from kernelswap.bench.timing import capture_graph  # noqa: E402
+
 RECIPES = ("bf16", "int8", "int8-weight", "int4", "sparse24", "sparse24-int8")
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                  head_dim=128, vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0)
@@ -99,15 +101,7 @@ def decode_ms(model, config, batch: int, prompt: int, cache_len: int, warmup: in
         return model(input_ids=step_ids, position_ids=position_ids, cache_position=step_pos,
                      cache=cache, use_cache=True).logits[:, -1].float()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        logits = step()
+    graph, logits = capture_graph(step)
     for _ in range(warmup):
         graph.replay()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]

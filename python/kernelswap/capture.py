@@ -150,14 +150,15 @@ class GraphCache:
 # ---------------------------------------------------------------- refusals
 def check_eval(model: Callable) -> None:
     """Refuse a model with any layer in training mode, naming the first."""
-    if not isinstance(model, nn.Module):
-        return
-    for name, module in model.named_modules():
-        if module.training:
-            what = f"layer {name!r}" if name else "the model"
-            raise CaptureError(f"ks.capture: {what} ({type(module).__name__}) is in training mode; a captured graph "
-                               f"replays inference only (dropout and batch-norm statistics would be frozen): call "
-                               f"model.eval() first")
+    from .swap import training_layer
+
+    found = training_layer(model) if isinstance(model, nn.Module) else None
+    if found is not None:
+        name, module = found
+        what = f"layer {name!r}" if name else "the model"
+        raise CaptureError(f"ks.capture: {what} ({type(module).__name__}) is in training mode; a captured graph "
+                           f"replays inference only (dropout and batch-norm statistics would be frozen): call "
+                           f"model.eval() first")
 
 
 def check_cuda(model: Callable) -> None:

@@ -168,14 +168,19 @@ def check_args(model, recipe) -> list:
     return specs
 
 
+def training_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(name, module) of the first submodule in training mode ('' for the model itself), or None."""
+    return next(((name, m) for name, m in model.named_modules() if m.training), None)
+
+
 def check_eval(model: nn.Module) -> None:
     """RuntimeError naming the first submodule in training mode (swap and load need eval mode)."""
-    for name, m in model.named_modules():
-        if m.training:
-            where = f"its submodule {name!r} is" if name else "it is"
-            raise RuntimeError(f"kernelswap.swap: the model must be in eval mode, but {where} in training mode; "
-                               f"call model.eval() first (swapped layers are for inference: their weights are "
-                               f"quantized/folded buffers without gradients)")
+    found = training_layer(model)
+    if found is not None:
+        where = f"its submodule {found[0]!r} is" if found[0] else "it is"
+        raise RuntimeError(f"kernelswap.swap: the model must be in eval mode, but {where} in training mode; "
+                           f"call model.eval() first (swapped layers are for inference: their weights are "
+                           f"quantized/folded buffers without gradients)")
 
 
 def _capture_inputs(model: nn.Module, example_inputs) -> dict[int, tuple]:

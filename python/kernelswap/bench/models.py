@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .runner import SLOW_RESERVE_S, Runner, short_error
+from .timing import capture_graph
 
 CNNS = {"mobilenetv2": "mobilenet_v2", "resnet50": "resnet50"}
 CNN_BATCHES = (1, 64)
@@ -55,15 +56,7 @@ def _graphed(model: Callable, x: torch.Tensor) -> Callable:
     if not x.is_cuda:
         raise RuntimeError("CUDA graphs need a CUDA device")
     static_x = x.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            model(static_x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        model(static_x)
+    graph, _ = capture_graph(lambda: model(static_x))
     return graph.replay
 
 

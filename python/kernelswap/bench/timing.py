@@ -160,3 +160,18 @@ def measure_peaks(timer: Timer, device: torch.device) -> dict[str, Peak]:
     one("bf16_mm", "TFLOP/s", f"{s}x{s}x{s}", bf16_mm, 2.0 * s**3)
     one("int_mm", "TOP/s", f"{s}x{s}x{s}", int_mm, 2.0 * s**3)
     return peaks
+
+
+def capture_graph(fn: Callable[[], object], warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, object]:
+    """(a CUDA graph of fn(), what fn returned during capture): warm-up calls on a side stream
+    first, as torch's CUDA-graph docs prescribe. Replays rewrite that output in place."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
