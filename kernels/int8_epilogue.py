@@ -76,7 +76,7 @@ def splitk_reduce(part: torch.Tensor, a_scale: torch.Tensor | None, b_scale: tor
                   bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
     """part (S, M, N) partial accumulators -> out (M, N) with the scale epilogue applied."""
     s, m, n = part.shape
-    # Small M only (split-K serves M <= 64): a thin tile keeps every SM busy.
+    # Small M only (split-K serves M <= SMALL_M = 32, int8_gemm.default_split_k): a thin tile keeps every SM busy.
     block_m = min(16, triton.next_power_of_2(max(m, 1)))
     block_n = 256
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))

@@ -253,7 +253,7 @@ def block_m_for(m: int, use_dot: bool) -> int:
     return max(16, min(64, triton.next_power_of_2(max(m, 1))))
 
 
-def _launch(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config):
+def _run_gemv(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config):
     m, k = x.shape
     n, kp = values.shape[0], values.shape[1] * 2
     assert x.stride(1) == 1 and values.is_contiguous() and meta.is_contiguous()
@@ -297,7 +297,7 @@ def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, b
     uint8 -> (M, N) x.dtype. use_dot: tensor-core mode (default: M > FMA_MAX_M); config: fixed
     BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages instead of autotuning (tests, benchmarks)."""
     assert values.dtype == x.dtype, "values and x must share a dtype"
-    return _launch(x, values, meta, bias, None, None, x.dtype, use_dot, config)
+    return _run_gemv(x, values, meta, bias, None, None, x.dtype, use_dot, config)
 
 
 def sparse24_int8_linear(q: torch.Tensor, a_scale: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
@@ -306,7 +306,7 @@ def sparse24_int8_linear(q: torch.Tensor, a_scale: torch.Tensor, values: torch.T
     """q (M, K) int8 per-token quantized x with a_scale (M,) fp32, values (N, Kp // 2) int8,
     meta (N, Kp // 8) uint8, w_scale (N,) fp32 -> (M, N) out_dtype (int8_scaled_mm epilogue)."""
     assert q.dtype == torch.int8 and values.dtype == torch.int8
-    return _launch(q, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config)
+    return _run_gemv(q, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config)
 
 
 def interpreter_safe(dtype: torch.dtype, use_dot: bool) -> bool:

@@ -17,13 +17,11 @@ from .backend import register, triton_interpreting
 from .int8 import quantize_per_token_ref
 from .sparse24 import check_meta_valid
 
-# Largest M the Triton kernel serves. NOT YET MEASURED: the one GPU run of this work
-# failed before any kernel ran (the install did not reach the interpreter). 64 is the
-# largest x tile of the tensor-core mode, so up to here the weight stream is read once;
-# the intended check is benchmarks/sparse24_triton_quick.py (rows "triton" vs "torch_be"
-# at M = 64 / 256 / 1024 x 8192 x 28672). Note that the "cuda" backend comes first in
-# dispatch order and its supports() takes every M, so on an sm_90a build with CUTLASS it
-# serves small M too unless it declines them.
+# Largest M the Triton kernel serves: 64 is the largest x tile of its tensor-core mode, so up
+# to here the weight stream is read once. Where the CUTLASS 2:4 GEMMs run (the "cuda" backend,
+# tried first), they decline M <= sparse24_cuda.SPARSE24_TRITON_UP_TO_M = 16 (measured there),
+# so this kernel serves M 1-16 and, on GPUs or builds without them, up to 64; the crossover
+# with dense decompress + cuBLAS at M 17-64 was not measured.
 MAX_M = 64
 
 # Metadata is checked once per weight buffer (the reference checks it every call; a
