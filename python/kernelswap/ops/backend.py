@@ -16,8 +16,8 @@ device, and takes the first that supports the call. The reference backend suppor
 `Preference` reason ("another backend is faster here") declines only the automatic
 choice: a forced backend still serves that call.
 
-A user forces one backend with the environment variable KERNELSWAP_BACKEND or with
-`use_backend(name)`; a forced backend that cannot serve a call raises instead of
+A user forces one backend with the environment variable KERNELSWAP_BACKEND (read at import;
+`read_environment()` reads it again) or with `use_backend(name)`; a forced backend that cannot serve a call raises instead of
 falling back, so numerics can be debugged one backend at a time.
 
 Per call, checking the arguments and asking each backend took tens of microseconds of
@@ -27,7 +27,11 @@ devices, 16-byte alignment) and scalar values, so a call whose layout `signature
 been seen, under the same forced backend, skips them and goes straight to the
 implementation chosen the first time. A `supports` that answers with a `Transient`
 reason (one that may change on a later call, e.g. "not timed yet") keeps that call's
-choice out of the memo.
+choice out of the memo. The swapped layers go one step further (ops/_runner.py): per input
+layout they keep the chosen implementation bound to their weights (`Impl.bind`).
+
+`Impl.prepare` makes an implementation's kernel-specific weight layouts; `prepare_weights`
+calls every available one when a layer's buffers are made, moved or loaded.
 """
 from __future__ import annotations
 
