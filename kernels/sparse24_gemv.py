@@ -18,7 +18,8 @@ Split-K (SPLIT_K > 1) spreads the weight stream over more CTAs when N alone give
 few; each split writes fp32 / int32 partials and a second small kernel sums them in
 split order (deterministic; int32 exact) and applies the epilogue.
 
-Issue budget (static count of the SASS loop body, sm_90, Triton 3.6, bf16; not yet timed):
+Issue budget (static count of the SASS loop body, sm_90, Triton 3.6, bf16; an estimate, not
+a profile: the kernel's measured times are in benchmarks/results/bench.csv):
 streaming 3.0 TB/s over 132 SMs at ~1.75 GHz is ~13 bytes of values + meta per SM clock.
   fma BLOCK_N 64 x BLOCK_K 256, 4 warps: 738 instr/iter/warp -> 0.16 warp-instr/byte
       -> ~2.1 of the 4 issue slots an SM has per clock (selects and compares ~30%).

@@ -23,7 +23,9 @@ from ._launch import launch
 from ._tuning import autotune
 from .w4a16_gemm import MAGIC_F32, MAGIC_F32_BITS
 
-GEMV_M_MAX = 4  # each extra token adds a full FMA per weight; beyond a few, tl.dot (w4a16_gemm) wins
+# Each extra token adds a full FMA per weight; tl.dot (w4a16_gemm) was measured faster already
+# at M = 4 (ops/int4_triton.py, which says why this stays 4 for now).
+GEMV_M_MAX = 4
 
 
 @triton.jit

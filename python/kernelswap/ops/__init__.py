@@ -1,7 +1,9 @@
 """kernelswap's ops: each defined once with torch.library (schema + fake + reference).
 
 Call them as torch.ops.kernelswap.<name> or through the functions below. The backend
-that serves a call is chosen per call (see kernelswap.ops.backend).
+that serves a call is chosen from its argument layout and remembered for that layout
+(kernelswap.ops.backend); the swapped layers keep one runner per input layout instead
+(kernelswap.ops._runner).
 """
 from . import backend
 from .backend import BACKENDS, forced_backend, prepare_weights, use_backend
@@ -12,7 +14,7 @@ from .int8 import int8_linear, int8_scaled_mm, int8_weight_linear, quantize_per_
 from .sparse24 import sparse24_int8_linear, sparse24_linear
 
 # Fast paths, registered after the references; each imports its kernels lazily.
-from . import gemv_cuda  # noqa: F401,E402 - before int8_cuda / sparse24_cuda, so its decode GEMVs are tried first
+from . import gemv_cuda  # noqa: F401,E402 - before int8_cuda, so its decode GEMVs are tried first
 from . import conv_torch, conv_triton, int4_triton, int8_cuda, int8_triton, sparse24_cuda, sparse24_triton  # noqa: F401,E402
 
 PUBLIC_OPS = (

@@ -12,7 +12,8 @@ that torch.compile and CUDA graphs trace with. Each op also has an autograd kern
 gradient that flows through it (a frozen quantized base under a trained head or adapter)
 is the right one, never a silent zero.
 
-Calling an `Op` (kernelswap.ops.int8_linear(...), what the nn modules do) skips the
+Calling an `Op` (kernelswap.ops.int8_linear(...); the nn modules call per-layout runners
+instead, kernelswap.ops._runner, or the dispatcher when those do not apply) skips the
 dispatcher when it has nothing to add: plain tensors, no torch.compile/export tracing, no
 TorchDispatchMode (fake tensors, FX proxies), no meta tensors (their shapes come from
 the registered fake) and no input that requires grad. Then the

@@ -1,11 +1,11 @@
 """Choosing between implementations by timing them, once per shape, on the call's own tensors.
 
-Where no static rule says which of two implementations is faster (conv layers: our
-Triton kernel or cuDNN; cuDNN's fused conv + add + ReLU or its plain conv), the first
-call at a new shape runs both a few times on its own inputs (like
-torch.backends.cudnn.benchmark) and the winner is remembered for the process. A call
-first seen inside CUDA-graph capture cannot be timed: it gets a Transient answer (the
-fallback now, a measurement on a later call outside capture).
+Where no static rule says which of two implementations is faster (conv layers: our Triton
+kernel or cuDNN; cuDNN's fused conv + add + ReLU, its conv then the epilogue, or its conv
+with the bias: ops/conv_torch.py), the first call at a new shape runs both a few times on
+its own inputs (like torch.backends.cudnn.benchmark) and the winner is remembered for the
+process. A call first seen inside CUDA-graph capture cannot be timed: it gets a Transient
+answer (the fallback now, a measurement on a later call outside capture).
 """
 from __future__ import annotations
 

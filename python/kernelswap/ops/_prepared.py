@@ -1,13 +1,14 @@
 """Kernel-specific layouts of weight buffers, made once and kept while the buffer lives.
 
 The public ops take weights in one documented format (kernelswap.ops.int4,
-kernelswap.ops.sparse24). A kernel that wants another layout (for example a CUTLASS
-sparse GEMM's reordered metadata) converts on first use and keeps the result here,
-keyed by the source buffers' identity and version. The layers fill these caches when their
-buffers are made, moved or loaded (kernelswap.ops.backend.prepare_weights), never in a
-forward: a layout made during CUDA-graph capture (or a torch.compile cudagraph warm-up)
-would live in the graph's private memory pool and outlive the call. A miss while a stream
-is capturing is therefore an error that says how to prepare first.
+kernelswap.ops.sparse24). A kernel that wants another layout (for example a CUTLASS sparse
+GEMM's reordered metadata) converts the weights the first time the layout is asked for and
+keeps the result here, keyed by the source buffers' identity and version. The layers ask for
+it when their buffers are made, moved or loaded (the `prepare` hooks, through
+kernelswap.ops.backend.prepare_weights), never in a forward: a layout made during CUDA-graph
+capture (or a torch.compile cudagraph warm-up) would live in the graph's private memory pool
+and outlive the call. A miss while a stream is capturing is therefore an error that says how
+to prepare first.
 The cost is the memory of the converted copy; it is freed with the source buffer.
 """
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """Per-layout runners: a layer's call decided once, then a lookup and the kernel.
 
-A swapped layer calls the same op with the same weights on inputs of a few layouts (a
-decode step's x is (batch, 1, K) every time). `bind(op, x, *weights)` makes, for one input
-layout, everything the full path decides per call: the argument checks, the flattening of
-leading dims, the contiguous weights, the backend choice (kernelswap.ops.backend) and, when
-the chosen implementation offers one, its own bound form (e.g. the C++ entry point with
-the prepared weight layouts already looked up). What it returns is a function of the
-input alone. The layers (kernelswap.nn) keep one runner per input layout; their forward
-is then a dict lookup and this function: no checks, no choice, no dispatcher.
+A swapped layer calls the same op with the same weights on inputs of a few layouts (a decode
+step's x is (batch, 1, K) every time). `bind_tokens(op, check, x, *weights)` (linear ops)
+and `bind_plain` (conv_bn_act) make, for one input layout, everything the full path decides
+per call: the argument checks, the flattening of leading dims, the contiguous weights, the
+backend choice (kernelswap.ops.backend) and, when the chosen implementation offers one, its
+own bound form (e.g. the C++ entry point with the prepared weight layouts already looked
+up). What it returns is a function of the input alone. The layers (kernelswap.nn) keep one
+runner per input layout; their forward is then a dict lookup and this function: no checks,
+no choice, no dispatcher.
 
 A runner is made only for plain eager calls (`eager_ok`): under torch.compile or export
 tracing, a TorchDispatchMode (fake tensors), a functorch transform (vmap, grad), or when

@@ -5,13 +5,14 @@
   int8_linear         _C_int8_gemv         W8A8, x quantized per token inside the one launch,
                                            bit-exact with the reference
 
-One templated kernel (csrc/gemv) streams weights in the layouts of kernelswap.ops.gemv_layout,
-made once per weight buffer at swap time (`prepare`, through kernelswap.ops.backend.
-prepare_weights) and kept in PreparedWeights caches, with the scales in the kernel's order
-(int4) or as fp32 (int8), an fp32 bias and the split-K counters. They run on any sm_80+ GPU the build carries code for, with bf16 /
-fp16 activations, K a multiple of 8 and a 16-byte aligned x; every other call falls back to
-the next backend with the reason. This module registers before kernelswap.ops.int8_cuda, so
-at decode sizes these GEMVs are tried before the CUTLASS GEMMs.
+One templated kernel (csrc/gemv) streams weights in the layouts of
+kernelswap.ops.gemv_layout, made once per weight buffer when the layer's buffers are made,
+moved or loaded (`prepare`, through kernelswap.ops.backend.prepare_weights) and kept in
+PreparedWeights caches, with the scales in the kernel's order (int4) or as fp32 (int8), an
+fp32 bias and the split-K counters. They run on any sm_80+ GPU the build carries code for,
+with bf16 / fp16 activations, K a multiple of 8 and a 16-byte aligned x; every other call
+falls back to the next backend with the reason. This module registers before
+kernelswap.ops.int8_cuda, so at decode sizes these GEMVs are tried before the CUTLASS GEMMs.
 
 A weight's counters are shared by its launches: two GEMV launches on one weight must not run
 concurrently on different streams.

@@ -96,7 +96,8 @@ def int4_linear_ref(x, w_packed, scales, zeros, group_size, bias):
 
 # ------------------------------------------------------------------ "torch" backend (CUDA)
 # Two implementations, tried in this order (kernelswap.ops.int4_triton decides which M
-# reaches them, by the measured table beside its thresholds):
+# reaches them, by the measured table beside its thresholds; before both, the "cuda"
+# backend's decode GEMV, ops/gemv_cuda.py, takes M <= GEMV_UP_TO_M where it can run):
 #   tinygemm        torch._weight_int4pack_mm, bf16 at small M (ops/int4_tinygemm.py)
 #   dequant+cuBLAS  one dequantize pass to x.dtype, then F.linear: large M, and every
 #                   call no faster kernel serves (fp32 activations, fp16 past the GEMM...)

@@ -1,9 +1,10 @@
 """tinygemm (torch._weight_int4pack_mm) serving int4_linear at small M: bf16 on CUDA sm_80+.
 
 At M = 1..8 tinygemm reads the int4 weight faster than our Triton GEMV / split-K kernels
-(numbers beside TINYGEMM_M_MAX), so the dispatcher sends
-those calls here. Registered by kernelswap.ops.int4 as a "torch"-backend implementation,
-ahead of dequantize + cuBLAS.
+(numbers beside TINYGEMM_M_MAX), so the dispatcher sends those calls here, except those
+the "cuda" backend's decode GEMV takes first (M <= gemv_cuda.GEMV_UP_TO_M, where the
+extension carries it; ops/gemv_cuda.py). Registered by kernelswap.ops.int4 as a
+"torch"-backend implementation, ahead of dequantize + cuBLAS.
 
 Format mapping (checked against aten/src/ATen/native/cuda/int4mm.cu and torch's own
 _group_quantize_tensor test helper):
@@ -18,7 +19,8 @@ _group_quantize_tensor test helper):
   * The kernel reads K off x and needs K % group == 0: x is zero-padded to Kp, so the
     padding columns contribute exactly 0 whatever their dequantized value.
 The converted weight (same bytes as ours, plus (Kp / g, N, 2) bf16) is made once per
-weight buffer through PreparedWeights and kept while the buffer lives.
+weight buffer through PreparedWeights (by `prepare`, when the layer's buffers are made,
+moved or loaded) and kept while the buffer lives.
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@
   int8_linear              _C_quantize_per_token_int8 + _C_int8_mm
 
 The GEMM is sm_90a code; `supports` says why a call cannot be served (GPU, build, dtype,
-shape, alignment) so the dispatcher falls back before the extension would raise.
+shape, alignment) so the dispatcher falls back before the extension would raise. At decode
+sizes the GEMVs of ops/gemv_cuda.py (registered first) serve int8_linear before these.
 """
 from __future__ import annotations
 

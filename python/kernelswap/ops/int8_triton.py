@@ -5,8 +5,8 @@ importing kernelswap never needs Triton.
 
   quantize_per_token_int8  kernels.int8_quant (one read of x, bit-exact with the reference)
   int8_scaled_mm           kernels.int8_gemm (int32 accumulate, scale/bias epilogue)
-  int8_linear              quant kernel + int8 GEMM (two launches; q and its scale go
-                           through memory: M x K bytes, small next to the weights)
+  int8_linear              quant kernel + int8 GEMM (two launches, three with split-K; q and
+                           its scale go through memory: M x K bytes, small next to the weights)
   int8_weight_linear       kernels.w8a16_gemm (int8 -> x.dtype in registers)
 """
 from __future__ import annotations

@@ -9,7 +9,8 @@ The sm_90a GEMMs are tried first; the *_sm80 ones run on any GPU from sm_80 and 
 the sm_90a ones cannot (an Ampere or Ada GPU, or a build without 9.0a). Sparse weights are
 converted once per weight buffer from the public format (kernelswap.ops.sparse24) to each
 kernel's layout (_C_sparse24_prepare for sm_90a, kernelswap.ops.sparse24_sm80 for sm_80)
-and kept in a PreparedWeights cache.
+by the `prepare` hooks when the layer's buffers are made, moved or loaded, and kept in a
+PreparedWeights cache.
 """
 from __future__ import annotations
 
