@@ -184,3 +184,15 @@ def test_runner_skipped_under_tracing():
         compiled = torch.compile(net, fullgraph=True)
         x = torch.randn(2, 32)
         torch.testing.assert_close(compiled(x), net(x), rtol=0, atol=0)
+
+
+def test_prepared_layouts_are_counted():
+    """A layer's prepared layouts count toward its device memory; a cache entry made here stands for
+    one (the CPU reference path prepares none)."""
+    from kernelswap.ops._prepared import PreparedWeights
+    net = _swapped("int8")
+    layer = net[0]
+    assert layer.prepared_bytes() == 0  # nothing prepared for the CPU reference path
+    cache = PreparedWeights("test layout")
+    cache.get((layer.w_q,), lambda: (torch.empty(10, dtype=torch.int8), torch.empty(3, dtype=torch.float32)))
+    assert layer.prepared_bytes() == 10 + 12

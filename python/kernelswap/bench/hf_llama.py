@@ -148,12 +148,15 @@ def l3_prefill_ms(model, tokens: int, vocab: int, device: str, reps: int) -> flo
 
 
 def weight_bytes(model: nn.Module) -> int:
+    """Parameters and buffers, plus the layouts kernelswap layers prepared from them."""
+    from kernelswap.nn import KernelswapModule
+
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
-    return total
+    return total + sum(m.prepared_bytes() for m in model.modules() if isinstance(m, KernelswapModule))
 
 
 def profile_generate(model, ids, new_tokens: int, top: int = 15) -> str:

@@ -123,6 +123,12 @@ class KernelswapModule(nn.Module):
         return sum(b.numel() * b.element_size() for k, b in self._buffers.items()
                    if b is not None and k != "format_version")
 
+    def prepared_bytes(self) -> int:
+        """Bytes of the kernel-specific layouts made from this layer's buffers (prepare()), held on
+        the device beside them: what the layer costs in memory is weight_bytes() + this."""
+        from ..ops._prepared import prepared_bytes
+        return prepared_bytes([b for b in self._buffers.values() if b is not None])
+
     def recipe_config(self) -> dict:
         """The recipe (kernelswap.recipes) that makes this module from the float layer."""
         raise NotImplementedError

@@ -20,10 +20,30 @@ import torch
 from torch import Tensor
 
 
+_ALL: list["PreparedWeights"] = []
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def prepared_bytes(sources: list[Tensor]) -> int:
+    """Bytes of every prepared layout made from any of `sources` (the device memory a layer's
+    kernels hold beside its own buffers). Tensors shared by two layouts count twice."""
+    ptrs = {t.data_ptr() for t in sources if isinstance(t, Tensor)}
+    return sum(_tensor_bytes(value) for cache in _ALL for key, value in cache._cache.items()
+               if key[0][0] in ptrs)
+
+
 class PreparedWeights:
     def __init__(self, name: str):
         self.name = name
         self._cache: dict[tuple, Any] = {}
+        _ALL.append(self)
 
     @staticmethod
     def _key(tensors: tuple[Tensor, ...]) -> tuple:
