@@ -161,7 +161,9 @@ def _int8_prepared(cache: PreparedWeights, activations_int8: bool, w_q, w_scale,
 def _int8_supports_for(op: str):
     def supports(x, w_q, w_scale, bias):
         if x.shape[1] > MAX_K_INT8:
-            return f"K={x.shape[1]} > {MAX_K_INT8}: int32 accumulation would no longer be exact"
+            if op == "int8_linear":
+                return f"K={x.shape[1]} > {MAX_K_INT8}: int32 accumulation would no longer be exact"
+            return f"K={x.shape[1]} > {MAX_K_INT8}: beyond the K the int8 GEMV layout was written and tested for"
         return _reason(x, op)
     return supports
 
