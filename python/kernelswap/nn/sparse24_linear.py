@@ -27,6 +27,7 @@ from ._base import KernelswapModule, check_features, check_input, check_linear
 
 class Sparse24Linear(KernelswapModule):
     FIXED_DTYPE_BUFFERS = ("w_scale",)
+    method = "magnitude"  # how the mask was chosen (ks.Sparse24(method=...)); kept in recipe_config
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, int8: bool = False, *,
                  device=None, dtype: torch.dtype = torch.float32, name: str | None = None):
@@ -76,7 +77,8 @@ class Sparse24Linear(KernelswapModule):
         return ops.sparse24_linear(x, self.values, self.meta, self.bias)
 
     def recipe_config(self) -> dict:
-        return {"recipe": "sparse24-int8" if self.int8 else "sparse24"}
+        cfg = {"recipe": "sparse24-int8" if self.int8 else "sparse24"}
+        return cfg if self.method == "magnitude" else {**cfg, "method": self.method}
 
     def extra_repr(self) -> str:
         vals = "int8 values, W8A8" if self.int8 else f"{str(self.values.dtype).replace('torch.', '')} values"
