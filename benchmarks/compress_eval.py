@@ -89,17 +89,17 @@ def minilm(args) -> None:
         return float(demo.cosine(demo.minilm_embed(model, held_f), ref).mean())
 
     note = f"{len(held)} held-out sentences, {len(cal_s)} calibration"
-    for method in ("rtn", "awq", "gptq"):
+    for method in args.int4:
         m = copy.deepcopy(base)
         t0 = time.perf_counter()
         ks.swap(m, ks.Int4(group_size=128, method=method), probe=False,
                 calibration=cal if method != "rtn" else None)
         record("MiniLM", f"int4 g128 asym {method}", "cosine", cos(m), time.perf_counter() - t0, note)
-    for method in ("magnitude", "wanda", "sparsegpt"):
+    for method in args.prune:
         m = copy.deepcopy(base)
         rep = ks.prune(m, method, calibration=cal if method != "magnitude" else None)
         record("MiniLM", f"2:4 {method} one-shot", "cosine", cos(m), rep.seconds, note)
-        if method == "magnitude" or args.distill_steps == 0:
+        if method != args.distill_method or args.distill_steps == 0:
             continue
         d = ks.distill(m, base, dist, steps=args.distill_steps, lr=args.minilm_lr, seed=0)
         record("MiniLM", f"2:4 {method} + distill", "cosine", cos(m), d.seconds,
@@ -150,10 +150,9 @@ def smollm2(args) -> None:
     dist = [{"input_ids": torch.cat(cal_w[i:i + 4])} for i in range(0, len(cal_w) - 3, 4)]
     body = lambda name, mod: name != "lm_head"  # noqa: E731 - tied to the embedding; stays float
     note = f"{len(held)}x128 held-out tokens, {args.smol_cal}x128 calibration"
-    t0 = time.perf_counter()
     ppl0 = perplexity(base, held)
-    record("SmolLM2", "float", "perplexity", ppl0, time.perf_counter() - t0, note)
-    for method in ("rtn", "awq", "gptq"):
+    record("SmolLM2", "float", "perplexity", ppl0, None, note)
+    for method in args.int4:
         m = copy.deepcopy(base)
         t0 = time.perf_counter()
         ks.swap(m, ks.Int4(group_size=64, symmetric=True, method=method), body, probe=False,
@@ -162,12 +161,12 @@ def smollm2(args) -> None:
         ppl = perplexity(m, held)
         record("SmolLM2", f"int4 g64 sym {method}", "perplexity", ppl, secs, f"{ppl / ppl0:.3f}x float")
         del m
-    for method in ("magnitude", "wanda", "sparsegpt"):
+    for method in args.prune:
         m = copy.deepcopy(base)
         rep = ks.prune(m, method, calibration=cal if method != "magnitude" else None, filter=body)
         ppl = perplexity(m, held)
         record("SmolLM2", f"2:4 {method} one-shot", "perplexity", ppl, rep.seconds, f"{ppl / ppl0:.3f}x float")
-        if method != args.smol_distill_method or args.smol_distill_steps == 0:
+        if method != args.distill_method or args.smol_distill_steps == 0:
             del m
             continue
         d = ks.distill(m, base, dist, steps=args.smol_distill_steps, lr=args.smol_lr, seed=0)
@@ -179,18 +178,36 @@ def smollm2(args) -> None:
 
 
 # ---------------------------------------------------------------- report
+ORDER = ["float", "int4", "2:4"]
+
+
+def _kind(recipe: str) -> str:
+    return next((k for k in ORDER if recipe.startswith(k)), "float")
+
+
 def write(args, seconds: float) -> None:
+    """Merge this run's rows into compress.csv (a row per model + recipe; a rerun replaces it), then the table."""
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "compress.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(ROWS[0]))
-        w.writeheader()
-        w.writerows(ROWS)
-    lines = ["# kernelswap.compress on real models (held-out data)", "",
-             f"`python benchmarks/compress_eval.py {' '.join(sys.argv[1:])}`: torch {torch.__version__}, "
-             f"{platform.machine()} CPU, {torch.get_num_threads()} threads, reference backend, "
-             f"{seconds / 60:.1f} min in all. Seconds = calibration (or distillation) time, CPU.", "",
-             "| model | recipe | metric | value | seconds | note |", "|---|---|---|---|---|---|"]
+    path = os.path.join(RESULTS, "compress.csv")
+    rows = {}
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            rows = {(r["model"], r["recipe"]): r for r in csv.DictReader(f)}
     for r in ROWS:
+        rows[(r["model"], r["recipe"])] = {**r, "run": f"compress_eval.py {' '.join(sys.argv[1:])}"}
+    rows = sorted(rows.values(), key=lambda r: (r["model"] != "MiniLM", ORDER.index(_kind(r["recipe"])), r["recipe"]))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "recipe", "metric", "value", "seconds", "note", "run"])
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["# kernelswap.compress on real models (held-out data)", "",
+             f"`python benchmarks/compress_eval.py`: torch {torch.__version__}, {platform.machine()} CPU "
+             f"(2 cores shared with other jobs), {args.threads} thread, reference backend. Seconds = the "
+             f"calibration (or distillation) wall time on that CPU. Runs (the csv's `run` column): this one took "
+             f"{seconds / 60:.1f} min.", "",
+             "| model | recipe | metric | value | seconds | note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        r = {**r, "value": float(r["value"]), "seconds": None if r["seconds"] in (None, "") else r["seconds"]}
         lines.append(f"| {r['model']} | {r['recipe']} | {r['metric']} | {r['value']:.4f} | "
                      f"{'' if r['seconds'] is None else r['seconds']} | {r['note']} |")
     with open(os.path.join(RESULTS, "compress.md"), "w") as f:
@@ -204,13 +221,17 @@ def main(argv=None) -> int:
     p.add_argument("--minilm-cal", type=int, default=128, help="calibration sentences")
     p.add_argument("--minilm-lr", type=float, default=1e-4)
     p.add_argument("--distill-steps", type=int, default=150, help="MiniLM distillation steps (0: none)")
+    p.add_argument("--distill-method", default="sparsegpt", help="which one-shot 2:4 result to distill")
     p.add_argument("--smol-eval", type=int, default=16, help="held-out windows of 128 tokens")
     p.add_argument("--smol-cal", type=int, default=16, help="calibration windows of 128 tokens")
     p.add_argument("--smol-distill", type=int, default=240, help="extra windows for distillation")
     p.add_argument("--smol-distill-steps", type=int, default=40)
-    p.add_argument("--smol-distill-method", default="sparsegpt")
     p.add_argument("--smol-lr", type=float, default=5e-5)
+    p.add_argument("--int4", nargs="*", default=["rtn", "awq", "gptq"], help="int4 methods to run")
+    p.add_argument("--prune", nargs="*", default=["magnitude", "wanda", "sparsegpt"], help="2:4 methods to run")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: fastest on a busy 2-core machine)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with ks.use_backend("reference"):

@@ -24,10 +24,13 @@ from kernelswap.compress.wanda import keep_24, wanda_24
 from kernelswap.recipes import recipe_from_config
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _reference():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy 2-core machine one thread is much faster than two
     with ks.use_backend("reference"):
         yield
+    torch.set_num_threads(threads)
 
 
 def _inputs(rows: int, k: int, seed: int) -> torch.Tensor:
@@ -52,25 +55,29 @@ def layer():
 
 
 # ---------------------------------------------------------------- GPTQ
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("group_size", [32, 128])
-def test_gptq_identity_hessian_is_rtn(symmetric, group_size):
+def test_gptq_identity_hessian_is_rtn(symmetric, group_size, act_order):
     w = torch.randn(24, 160, generator=torch.Generator().manual_seed(5))
-    q, rtn = gptq_int4(w, torch.eye(160), group_size, symmetric), packing.quantize_int4(w, group_size, symmetric)
+    q = gptq_int4(w, torch.eye(160), group_size, symmetric, act_order=act_order, search_grid=False)
+    rtn = packing.quantize_int4(w, group_size, symmetric)
     assert torch.equal(q.packed, rtn.packed) and torch.equal(q.scales, rtn.scales)
     assert (q.zeros is None) == symmetric and (symmetric or torch.equal(q.zeros, rtn.zeros))
 
 
+@pytest.mark.parametrize("act_order, margin", [(False, 0.75), (True, 0.5)])  # measured ~0.6x and ~0.3x
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
-def test_gptq_beats_rtn_on_held_out_rows(layer, symmetric, group_size):
+def test_gptq_beats_rtn_on_held_out_rows(layer, symmetric, group_size, act_order, margin):
     w, cal, held = layer
-    q, rtn = gptq_int4(w, cal.T @ cal, group_size, symmetric), packing.quantize_int4(w, group_size, symmetric)
+    q = gptq_int4(w, cal.T @ cal, group_size, symmetric, act_order=act_order)
+    rtn = packing.quantize_int4(w, group_size, symmetric)
     for a, b in zip(q, rtn):  # exactly packing's format: shapes, dtypes, group size, K
         assert (a is None and b is None) or (torch.is_tensor(a) and a.shape == b.shape and a.dtype == b.dtype) \
             or a == b
     e_q, e_rtn = _err(w, packing.dequantize_int4(q), held), _err(w, packing.dequantize_int4(rtn), held)
-    assert e_q < 0.75 * e_rtn, (e_q, e_rtn)
+    assert e_q < margin * e_rtn, (e_q, e_rtn)
     lin = nn.Linear(200, 72, bias=False)
     lin.weight.data = w.clone()
     m = ks.Int4(group_size=group_size, symmetric=symmetric).convert(lin, "x", q)  # Int4Linear serves it

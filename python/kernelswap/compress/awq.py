@@ -55,7 +55,7 @@ def search_scale(w: Tensor, hessian: Tensor, absmean: Tensor, group_size: int, s
     return best_s
 
 
-def _clamp_groups(w: Tensor, ratio: Tensor, group_size: int, symmetric: bool) -> Tensor:
+def clamp_groups(w: Tensor, ratio: Tensor, group_size: int, symmetric: bool) -> Tensor:
     """Shrink every group's range by ratio (N, G): values outside are clamped."""
     n, k = w.shape
     kp = -(-k // group_size) * group_size
@@ -82,7 +82,7 @@ def search_clip(w: Tensor, hessian: Tensor, group_size: int, symmetric: bool) ->
     best_r = torch.ones(n, groups, device=w.device)
     for i in range(int(MAX_SHRINK * CLIP_GRID)):
         r = torch.full((n, groups), 1 - i / CLIP_GRID, device=w.device)
-        q = dequantize_int4(quantize_int4(_clamp_groups(w, r, group_size, symmetric), group_size, symmetric))
+        q = dequantize_int4(quantize_int4(clamp_groups(w, r, group_size, symmetric), group_size, symmetric))
         d = F.pad(q - w, (0, kp - k)).reshape(n, groups, group_size)
         loss = torch.einsum("ngi,gij,ngj->ng", d, hb, d)
         better = loss < best
@@ -93,7 +93,7 @@ def search_clip(w: Tensor, hessian: Tensor, group_size: int, symmetric: bool) ->
 def awq_int4(w: Tensor, hessian: Tensor, group_size: int, symmetric: bool) -> Int4Weight:
     """Clip-searched int4 of an (already scaled) weight; hessian of its (already scaled) input."""
     ratio = search_clip(w, hessian, group_size, symmetric)
-    return quantize_int4(_clamp_groups(w.float(), ratio, group_size, symmetric), group_size, symmetric)
+    return quantize_int4(clamp_groups(w.float(), ratio, group_size, symmetric), group_size, symmetric)
 
 
 # ---------------------------------------------------------------- folding the scales into the producer
@@ -231,4 +231,4 @@ def _apply(fold, forward: bool) -> None:
             m.weight.mul_(s[None, :].to(m.weight.dtype))
 
 
-__all__ = ["awq_int4", "awq_model", "find_producers", "search_clip", "search_scale"]
+__all__ = ["awq_int4", "awq_model", "clamp_groups", "find_producers", "search_clip", "search_scale"]
