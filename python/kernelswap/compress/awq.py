@@ -199,14 +199,14 @@ def awq_model(model: nn.Module, consumers: dict[str, nn.Linear], stats: dict[str
     folded: dict[str, Tensor] = {}
     done = []
     for producer, members in find_producers(model, consumers, stats, batch):
-        if producer is None:
+        pat = _pattern(producer, members) if producer is not None else None
+        if producer is None or checked.get(pat) is False:  # no producer, or one that cannot take the fold
             continue
         st = stats[members[0]]
         w = torch.cat([consumers[n].weight.detach().float() for n in members])
         s = search_scale(w, st.hessian, st.absmean, group_size, symmetric)
         fold = (modules[producer], [consumers[n] for n in members], s)
         _apply(fold, forward=True)
-        pat = _pattern(producer, members)
         if pat not in checked:
             checked[pat] = _same_output(model, batch, ref)
         if not checked[pat]:
