@@ -149,7 +149,7 @@ def smollm2(args) -> None:
     cal = [{"input_ids": torch.cat(cal_w[i:i + 4])} for i in range(0, args.smol_cal, 4)]
     dist = [{"input_ids": torch.cat(cal_w[i:i + 4])} for i in range(0, len(cal_w) - 3, 4)]
     body = lambda name, mod: name != "lm_head"  # noqa: E731 - tied to the embedding; stays float
-    note = f"{len(held)}x128 held-out tokens, {args.smol_cal}x128 calibration"
+    note = f"{len(held)}x128 held-out tokens"
     ppl0 = perplexity(base, held)
     record("SmolLM2", "float", "perplexity", ppl0, None, note)
     for method in args.int4:
@@ -159,13 +159,15 @@ def smollm2(args) -> None:
                 calibration=cal if method != "rtn" else None)
         secs = time.perf_counter() - t0
         ppl = perplexity(m, held)
-        record("SmolLM2", f"int4 g64 sym {method}", "perplexity", ppl, secs, f"{ppl / ppl0:.3f}x float")
+        record("SmolLM2", f"int4 g64 sym {method}", "perplexity", ppl, secs,
+               f"{ppl / ppl0:.3f}x float" + (f", {args.smol_cal}x128 calibration" if method != "rtn" else ""))
         del m
     for method in args.prune:
         m = copy.deepcopy(base)
         rep = ks.prune(m, method, calibration=cal if method != "magnitude" else None, filter=body)
         ppl = perplexity(m, held)
-        record("SmolLM2", f"2:4 {method} one-shot", "perplexity", ppl, rep.seconds, f"{ppl / ppl0:.3f}x float")
+        record("SmolLM2", f"2:4 {method} one-shot", "perplexity", ppl, rep.seconds,
+               f"{ppl / ppl0:.3f}x float" + (f", {args.smol_cal}x128 calibration" if method != "magnitude" else ""))
         if method != args.distill_method or args.smol_distill_steps == 0:
             del m
             continue

@@ -305,3 +305,23 @@ def test_distill_holds_masks_lowers_loss_and_is_reproducible():
         assert not student.training
     for a, b in zip(runs[0].parameters(), runs[1].parameters()):
         assert torch.equal(a, b)
+
+
+def test_awq_folds_on_a_tiny_llama():
+    """Llama (pre-norm, GQA): the norms take the q/k/v and gate/up scales, up_proj takes down_proj's;
+    o_proj has no exact producer (its input comes through attention from a narrower v_proj)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ref = copy.deepcopy(model)
+    data = [{"input_ids": torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(i))} for i in range(3)]
+    consumers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
+    stats = C.collect(model, consumers, data[:2], ("hessian", "absmean"), show=False)
+    folded = awq_model(model, consumers, stats, data[0], 32, True)
+    assert sorted({n.split(".", 3)[3] for n in folded}) == ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj",
+                                                           "self_attn.k_proj", "self_attn.q_proj",
+                                                           "self_attn.v_proj"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(**data[2]).logits, ref(**data[2]).logits, rtol=1e-4, atol=1e-5)
