@@ -193,7 +193,7 @@ def test_awq_folds_only_where_exact():
         data = _toy_data(2, 0)
         consumers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "head"}
         stats = C.collect(model, consumers, data, ("hessian", "absmean"), show=False)
-        pairs = find_producers(model, consumers, stats, data[0])
+        pairs = find_producers(model, consumers, data[0])
         folded = awq_model(model, consumers, stats, data[0], 64, False)
         got = {f"{p}->{','.join(m)}".replace(".0.", ".#.").replace(".1.", ".#.")
                for p, m in pairs if all(n in folded for n in m)}

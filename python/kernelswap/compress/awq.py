@@ -134,8 +134,7 @@ def _same_output(model: nn.Module, batch, ref: list[Tensor]) -> bool:
         for o, r in zip(out, ref) if r.is_floating_point())
 
 
-def find_producers(model: nn.Module, consumers: dict[str, nn.Linear], stats: dict[str, Stats],
-                   batch) -> list[tuple[str | None, list[str]]]:
+def find_producers(model: nn.Module, consumers: dict[str, nn.Linear], batch) -> list[tuple[str | None, list[str]]]:
     """[(producer name or None, [consumer names reading the same input])], from one forward on `batch`.
 
     The producer is the module whose output is the very tensor the consumers read, else the
@@ -198,7 +197,7 @@ def awq_model(model: nn.Module, consumers: dict[str, nn.Linear], stats: dict[str
     checked: dict[str, bool] = {}
     folded: dict[str, Tensor] = {}
     done = []
-    for producer, members in find_producers(model, consumers, stats, batch):
+    for producer, members in find_producers(model, consumers, batch):
         pat = _pattern(producer, members) if producer is not None else None
         if producer is None or checked.get(pat) is False:  # no producer, or one that cannot take the fold
             continue

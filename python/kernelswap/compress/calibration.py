@@ -20,8 +20,8 @@ stops as soon as the block's layers have all seen the input.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +43,6 @@ class Stats:
     sqnorm: Tensor | None = None
     abssum: Tensor | None = None
     rows: int = 0
-    first_input: Any = field(default=None, repr=False)  # the first batch's input tensor (AWQ's fold check)
 
     @property
     def absmean(self) -> Tensor:
@@ -125,10 +124,7 @@ def collect(model: nn.Module, layers: dict[str, nn.Linear], data: list, want: tu
     def hook_for(name):
         def hook(mod, args):
             x = args[0]
-            st = stats[name]
-            if st.first_input is None:
-                st.first_input = x
-            st.add(x, want)
+            stats[name].add(x, want)
             seen.add(name)
             if stop_early and len(seen) == len(stats):
                 raise _Stop

@@ -12,7 +12,7 @@ Positions where the batch's attention_mask is 0 do not count. Every Linear whose
 is 2:4 sparse when distill starts keeps exactly its mask: its pruned entries are zeroed
 again after every optimizer step (AdamW), so a later ks.swap(student, "sparse24") keeps
 the mask. Both models run in eval mode (no dropout), batches are drawn in an order fixed
-by `seed`, on the student's device.
+by `seed`; each model runs on its own device (the loss on the student's).
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def distill(student: nn.Module, teacher: nn.Module, data, steps: int = 100, lr: 
     if temperature <= 0:
         raise ValueError(f"kernelswap.distill: temperature must be > 0, got {temperature}")
     data = batches(data, "kernelswap.distill")
-    device = model_device(student)
+    device, teacher_device = model_device(student), model_device(teacher)
     masks = {m: m.weight.detach() != 0 for m in student.modules()
              if isinstance(m, nn.Linear) and is_24_sparse(m.weight.detach())}
     params = [p for p in student.parameters() if p.requires_grad]
@@ -114,9 +114,11 @@ def distill(student: nn.Module, teacher: nn.Module, data, steps: int = 100, lr: 
         student.eval()
         teacher.eval()
         for step in progress(range(steps), "distill", steps, progress_bar):
-            batch = to_device(data[int(order[step % len(data)])], device)
+            raw = data[int(order[step % len(data)])]
+            batch = to_device(raw, device)
             with torch.no_grad():
-                kind, t = _target(call(teacher, batch))
+                kind, t = _target(call(teacher, to_device(raw, teacher_device)))
+                t = t.to(device)
             with torch.enable_grad():
                 _, s = _target(call(student, batch))
                 loss = distill_loss(s, t, kind, temperature, _mask_of(batch))
