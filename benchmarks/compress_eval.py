@@ -180,11 +180,13 @@ def smollm2(args) -> None:
 
 
 # ---------------------------------------------------------------- report
-ORDER = ["float", "int4", "2:4"]
+ORDER = ["float", "rtn", "awq", "gptq", "magnitude", "wanda", "sparsegpt"]
 
 
-def _kind(recipe: str) -> str:
-    return next((k for k in ORDER if recipe.startswith(k)), "float")
+def _order(r: dict) -> tuple:
+    words = r["recipe"].replace(",", " ").split()
+    method = next((w for w in words if w in ORDER), "float")
+    return r["model"] != "MiniLM", ORDER.index(method), len(r["recipe"])
 
 
 def write(args, seconds: float) -> None:
@@ -197,7 +199,7 @@ def write(args, seconds: float) -> None:
             rows = {(r["model"], r["recipe"]): r for r in csv.DictReader(f)}
     for r in ROWS:
         rows[(r["model"], r["recipe"])] = {**r, "run": f"compress_eval.py {' '.join(sys.argv[1:])}"}
-    rows = sorted(rows.values(), key=lambda r: (r["model"] != "MiniLM", ORDER.index(_kind(r["recipe"])), r["recipe"]))
+    rows = sorted(rows.values(), key=_order)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["model", "recipe", "metric", "value", "seconds", "note", "run"])
         w.writeheader()
@@ -205,8 +207,8 @@ def write(args, seconds: float) -> None:
     lines = ["# kernelswap.compress on real models (held-out data)", "",
              f"`python benchmarks/compress_eval.py`: torch {torch.__version__}, {platform.machine()} CPU "
              f"(2 cores shared with other jobs), {args.threads} thread, reference backend. Seconds = the "
-             f"calibration (or distillation) wall time on that CPU. Runs (the csv's `run` column): this one took "
-             f"{seconds / 60:.1f} min.", "",
+             f"calibration (or distillation) wall time on that CPU, several runs at once (the csv's `run` "
+             f"column has each row's command line).", "",
              "| model | recipe | metric | value | seconds | note |", "|---|---|---|---|---|---|"]
     for r in rows:
         r = {**r, "value": float(r["value"]), "seconds": None if r["seconds"] in (None, "") else r["seconds"]}
@@ -218,7 +220,8 @@ def write(args, seconds: float) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=("minilm", "smollm2", "all"), default="all")
+    p.add_argument("--model", choices=("minilm", "smollm2", "all", "none"), default="all",
+                   help="none: only rewrite compress.md from compress.csv")
     p.add_argument("--minilm-eval", type=int, default=256, help="held-out sentences")
     p.add_argument("--minilm-cal", type=int, default=128, help="calibration sentences")
     p.add_argument("--minilm-lr", type=float, default=1e-4)
