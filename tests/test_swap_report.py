@@ -85,7 +85,7 @@ def test_second_fuse_lists_the_fused_layers_and_linear_recipes_ignore_them():
 def test_a_swap_of_a_model_without_layers_says_nothing_changed():
     report = ks.swap(nn.Sequential(nn.ReLU(), nn.Tanh()).eval(), "int4")
     assert len(report) == 0 and str(report).splitlines() == [
-        "kernelswap.swap int4(group_size=128, symmetric=False): nothing changed: the model has no layer these "
+        "kernelswap.swap int4(group_size=128, symmetric=False, method=rtn): nothing changed: the model has no layer these "
         "recipes apply to"]
     excluded = ks.swap(_mlp(), "int8", filter=lambda name, m: False)
     assert "nothing changed: 0 layers swapped, 3 left" in str(excluded)

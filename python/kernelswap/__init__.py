@@ -16,6 +16,7 @@ from . import nn  # noqa: E402
 from .ops import use_backend  # noqa: E402
 from .recipes import Fuse, Int4, Int8, Int8Weight, Recipe, Sparse24, Sparse24Int8, register_recipe  # noqa: E402
 from .serialization import load, save  # noqa: E402
+from .compress import DistillReport, PruneReport, distill, prune  # noqa: E402
 from .swap import LayerSwap, SwapReport, swap  # noqa: E402
 from .capture import capture, prepare  # noqa: E402
 from .pipeline import pipeline  # noqa: E402
@@ -29,3 +30,4 @@ __all__ = ["Fuse", "Int4", "Int8", "Int8Weight", "LayerSwap", "Recipe", "Sparse2
            "__version__", "load", "nn", "ops", "packing", "register_recipe", "save", "swap", "use_backend"]
 __all__ += ["capture", "pipeline", "prepare"]
 __all__ += ["EvalReport", "Ensemble", "ensemble", "evaluate"]
+__all__ += ["DistillReport", "PruneReport", "distill", "prune"]  # kernelswap.compress

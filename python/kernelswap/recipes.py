@@ -2,23 +2,28 @@
 
   "int8"          Int8(): W8A8, dynamic per-token int8 activations, per-channel int8 weights
   "int8-weight"   Int8Weight(): W8A16
-  "int4"          Int4(group_size=128, symmetric=False): W4A16, group-wise
-  "sparse24"      Sparse24(): 2:4 magnitude pruning, float values
-  "sparse24-int8" Sparse24Int8(): 2:4 pruning + W8A8
+  "int4"          Int4(group_size=128, symmetric=False, method="rtn"): W4A16, group-wise;
+                  method "awq" / "gptq" calibrate (kernelswap.compress)
+  "sparse24"      Sparse24(method="magnitude"): 2:4 pruning, float values;
+                  method "wanda" / "sparsegpt" calibrate
+  "sparse24-int8" Sparse24Int8(method="magnitude"): 2:4 pruning + W8A8
   "fuse"          Fuse(): Conv2d + BatchNorm2d (+ residual add) (+ activation) -> ConvBNAct2d
 
 Linear recipes turn one nn.Linear into one module; at most one of them per swap call
 (each takes every Linear the filter admits). "fuse" works on conv chains and combines
 with any of them. A recipe's config() is plain JSON; kernelswap.save stores it and
-recipe_from_config rebuilds it.
+recipe_from_config rebuilds it. A calibrated method (needs_calibration) computes the
+weights in calibrate() from swap's calibration= data, and convert() packs them; convert
+without them (kernelswap.load, which then loads the saved tensors) packs by RTN/magnitude.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import ClassVar, Iterable
+from typing import Any, ClassVar, Iterable
 
 from torch import nn
 
+from .compress.driver import INT4_METHODS, PRUNE_METHODS, int4_weights, pruned_weights
 from .nn import Int4Linear, Int8Linear, Sparse24Linear
 from .ops.int4 import GROUP_SIZES
 
@@ -30,6 +35,14 @@ class Recipe:
 
     def config(self) -> dict:
         return {"recipe": self.name, **asdict(self)}
+
+    @property
+    def needs_calibration(self) -> bool:
+        return False
+
+    def calibrate(self, model: nn.Module, layers: list[tuple[str, nn.Linear]], data) -> dict[str, Any]:
+        """{layer name: what convert(linear, name, state) packs}, from the calibration data."""
+        return {}
 
     def convert(self, linear: nn.Linear, name: str) -> nn.Module:
         """The swapped module; ValueError/TypeError (with the reason) when the layer cannot be taken."""
@@ -56,10 +69,16 @@ class Int8Weight(Recipe):
         return Int8Linear.from_float(linear, "int8-weight", name=name)
 
 
+def _check_method(where: str, method, methods: tuple[str, ...]) -> None:
+    if method not in methods:
+        raise ValueError(f"{where}: method must be one of {', '.join(map(repr, methods))}, got {method!r}")
+
+
 @dataclass(frozen=True)
 class Int4(Recipe):
     group_size: int = 128
     symmetric: bool = False
+    method: str = "rtn"
     name: ClassVar[str] = "int4"
 
     def __post_init__(self):
@@ -67,25 +86,60 @@ class Int4(Recipe):
             raise ValueError(f"ks.Int4: group_size must be one of {GROUP_SIZES}, got {self.group_size!r}")
         if not isinstance(self.symmetric, bool):
             raise TypeError(f"ks.Int4: symmetric must be True or False, got {self.symmetric!r}")
+        _check_method("ks.Int4", self.method, INT4_METHODS)
 
-    def convert(self, linear, name):
-        return Int4Linear.from_float(linear, self.group_size, self.symmetric, name=name)
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method != "rtn"
+
+    def calibrate(self, model, layers, data):
+        return int4_weights(model, layers, data, self.method, self.group_size, self.symmetric)
+
+    def convert(self, linear, name, state=None):
+        m = Int4Linear.from_float(linear, self.group_size, self.symmetric, name=name)
+        if state is not None:  # a calibrated Int4Weight, in packing.quantize_int4's format
+            m.w_packed.copy_(state.packed)
+            m.scales.copy_(state.scales)
+            if state.zeros is not None:
+                m.zeros.copy_(state.zeros)
+        m.method = self.method
+        return m
 
 
 @dataclass(frozen=True)
 class Sparse24(Recipe):
+    method: str = "magnitude"
     name: ClassVar[str] = "sparse24"
+    int8: ClassVar[bool] = False
 
-    def convert(self, linear, name):
-        return Sparse24Linear.from_float(linear, int8=False, name=name)
+    def __post_init__(self):
+        _check_method(f"ks.{type(self).__name__}", self.method, PRUNE_METHODS)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method != "magnitude"
+
+    def calibrate(self, model, layers, data):
+        return pruned_weights(model, layers, data, self.method)[0]
+
+    def convert(self, linear, name, state=None):
+        if state is None:
+            m = Sparse24Linear.from_float(linear, int8=self.int8, name=name)
+        else:  # the calibrated 2:4 weight, packed as it is
+            weight = linear.weight.data
+            linear.weight.data = state.to(weight.dtype)
+            try:
+                m = Sparse24Linear.from_float(linear, int8=self.int8, prune=False, name=name)
+            finally:
+                linear.weight.data = weight
+        m.method = self.method
+        return m
 
 
 @dataclass(frozen=True)
-class Sparse24Int8(Recipe):
+class Sparse24Int8(Sparse24):
     name: ClassVar[str] = "sparse24-int8"
-
-    def convert(self, linear, name):
-        return Sparse24Linear.from_float(linear, int8=True, name=name)
+    int8: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
     report = ks.swap(model, "int8")
     report = ks.swap(model, ks.Int4(group_size=64), filter=lambda name, mod: name != "lm_head")
     report = ks.swap(model, ["fuse", "int8"])
+    report = ks.swap(model, ks.Int4(method="gptq"), calibration=batches)
     print(report)
 
 Linear recipes take every nn.Linear the filter admits; "fuse" takes conv -> bn [-> add]
@@ -279,9 +280,20 @@ def _linear_reason(model: nn.Module, name: str, linear: nn.Linear) -> str | None
 
 
 # ---------------------------------------------------------------- swap
+def _calibrated(model: nn.Module, recipe: Recipe, filter: Filter | None, calibration) -> dict:
+    """{layer name: calibrated state} for the layers the recipe will be asked to take."""
+    if calibration is None or not recipe.needs_calibration:
+        return {}
+    layers = [(n, m) for n, m, _ in _linears(model)
+              if _linear_reason(model, n, m) is None and (filter is None or filter(n, m))]
+    return recipe.calibrate(model, layers, calibration) if layers else {}
+
+
 def swap_journaled(model: nn.Module, recipes: list[Recipe], filter: Filter | None, journal: Journal,
-                   probe: bool = True, example_inputs=None) -> SwapReport:
-    """swap's work, every replacement recorded in `journal` (kernelswap.load undoes on failure)."""
+                   probe: bool = True, example_inputs=None, calibration=None) -> SwapReport:
+    """swap's work, every replacement recorded in `journal` (kernelswap.load undoes on failure).
+
+    A calibrated recipe without calibration data packs by RTN/magnitude (load overwrites the tensors)."""
     captured = _capture_inputs(model, example_inputs) if probe and example_inputs is not None else {}
     order = _model_order(model)  # names of the float layers; a swap keeps them
     layers: list[LayerSwap] = []
@@ -297,6 +309,7 @@ def swap_journaled(model: nn.Module, recipes: list[Recipe], filter: Filter | Non
                     tensor_bytes(f.conv) + tensor_bytes(f.bn), tensor_bytes(f.module) if ok else 0,
                     _probe_fused(f, captured.get(id(f.conv))) if ok and probe else None, f.reason))
             continue
+        states = _calibrated(model, recipe, filter, calibration)
         for name, linear, names in _linears(model):
             reason = _linear_reason(model, name, linear)
             if reason is None and filter is not None and not filter(name, linear):
@@ -304,7 +317,8 @@ def swap_journaled(model: nn.Module, recipes: list[Recipe], filter: Filter | Non
             new = None
             if reason is None:
                 try:
-                    new = recipe.convert(linear, name)
+                    new = recipe.convert(linear, name, states[name]) if name in states else \
+                        recipe.convert(linear, name)
                 except (TypeError, ValueError) as e:
                     reason = str(e)
             entry = LayerSwap(name, recipe.name, type(linear).__name__, None, tensor_bytes(linear), 0, None, reason)
@@ -320,7 +334,7 @@ def swap_journaled(model: nn.Module, recipes: list[Recipe], filter: Filter | Non
 
 
 def swap(model: nn.Module, recipe: str | Recipe | Iterable[str | Recipe], filter: Filter | None = None, *,
-         probe: bool = True, example_inputs=None) -> SwapReport:
+         probe: bool = True, example_inputs=None, calibration=None) -> SwapReport:
     """Swap `model`'s layers in place for kernelswap modules; returns a SwapReport.
 
     recipe          a name ("int8", "int8-weight", "int4", "sparse24", "sparse24-int8", "fuse"), a config
@@ -329,11 +343,19 @@ def swap(model: nn.Module, recipe: str | Recipe | Iterable[str | Recipe], filter
                     the conv of each chain).
     probe           measure each swapped layer's SQNR against the float layer (one small forward each).
     example_inputs  a model input (or tuple of inputs): probe every layer with its real input.
+    calibration     an iterable of model inputs (tensors, tuples of positional arguments, dicts of keyword
+                    arguments) for the calibrated methods (ks.Int4(method="gptq"), ks.Sparse24(method="wanda"),
+                    ...; kernelswap.compress); the other recipes ignore it.
     The model must be in eval mode.
     """
     recipes = resolve(check_args(model, recipe))
     check_eval(model)
-    return swap_journaled(model, recipes, filter, Journal(), probe, example_inputs)
+    for r in recipes:
+        if r.needs_calibration and calibration is None:
+            raise ValueError(f"kernelswap.swap: recipe {r} needs calibration data: pass calibration=[batch, ...] "
+                             f"(model inputs: tensors, tuples of positional arguments or dicts of keyword "
+                             f"arguments, e.g. tokenized text), or use its default method")
+    return swap_journaled(model, recipes, filter, Journal(), probe, example_inputs, calibration)
 
 
 __all__ = ["LayerSwap", "SwapReport", "check_args", "check_eval", "swap", "swap_journaled", "tensor_bytes"]

@@ -21,6 +21,7 @@ from ._base import LinearModule, check_features, check_linear
 class Int4Linear(LinearModule):
     FIXED_DTYPE_BUFFERS = ("scales",)
     OP = "int4_linear"
+    method = "rtn"  # how the codes were chosen (ks.Int4(method=...)); kept in recipe_config
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128,
                  symmetric: bool = False, *, device=None, dtype: torch.dtype = torch.float32,
@@ -62,7 +63,8 @@ class Int4Linear(LinearModule):
         return b["w_packed"], b["scales"], b["zeros"], self.group_size, b["bias"]
 
     def recipe_config(self) -> dict:
-        return {"recipe": "int4", "group_size": self.group_size, "symmetric": self.symmetric}
+        cfg = {"recipe": "int4", "group_size": self.group_size, "symmetric": self.symmetric}
+        return cfg if self.method == "rtn" else {**cfg, "method": self.method}
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -26,6 +26,7 @@ from ._base import LinearModule, check_features, check_linear
 
 class Sparse24Linear(LinearModule):
     FIXED_DTYPE_BUFFERS = ("w_scale",)
+    method = "magnitude"  # how the mask was chosen (ks.Sparse24(method=...)); kept in recipe_config
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, int8: bool = False, *,
                  device=None, dtype: torch.dtype = torch.float32, name: str | None = None):
@@ -77,7 +78,8 @@ class Sparse24Linear(LinearModule):
         return b["values"], b["meta"], b["bias"]
 
     def recipe_config(self) -> dict:
-        return {"recipe": "sparse24-int8" if self.int8 else "sparse24"}
+        cfg = {"recipe": "sparse24-int8" if self.int8 else "sparse24"}
+        return cfg if self.method == "magnitude" else {**cfg, "method": self.method}
 
     def extra_repr(self) -> str:
         vals = "int8 values, W8A8" if self.int8 else f"{str(self.values.dtype).replace('torch.', '')} values"

@@ -1,0 +1,111 @@
+"""GPTQ: accurate post-training quantization by second-order error compensation.
+
+Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers", ICLR 2023 (arXiv:2210.17323).
+
+For a Linear with weight W (N, K) and calibration inputs X, GPTQ minimises
+||W X^T - Q X^T||^2 column by column: quantize column j, then spread its error over the
+columns not yet quantized with the inverse Hessian H^-1 (H = X^T X), using the upper
+Cholesky factor U of H^-1 so that one row of U gives the update:
+    err    = (w_j - q_j) / U[j, j]
+    W[:, j+1:] -= err U[j, j+1:]
+Columns go in blocks of 128 (lazy batch updates). The result is returned in exactly the
+format of kernelswap.packing.quantize_int4 (Int4Weight: contiguous groups along K), so
+Int4Linear serves it unchanged. Two orders, both from the paper's code:
+  act_order=False  columns left to right; each group's scale and zero point are fixed
+                   when the sweep reaches its first column, from the weights as updated
+                   so far (quantize_int4's arithmetic on that slice).
+  act_order=True   columns by decreasing H[j, j] (the most activated inputs first, while
+                   the most columns are left to absorb their error), with "static groups":
+                   every group's grid is fixed up front from the original weights, so the
+                   groups stay contiguous in K whatever the order. With search_grid that
+                   grid is the range shrink with the lowest H-weighted group error (the
+                   search of awq.search_clip; the paper's code has an MSE grid search too).
+Dead inputs (H[j, j] == 0) get H[j, j] = 1 and a zero weight column; the diagonal is
+dampened by `damp` times its mean, as in the paper's code.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops.int4 import SYMMETRIC_ZERO
+from ..packing import Int4Weight, pack_int4, quantize_int4
+
+BLOCK = 128
+
+
+def prepare_hessian(hessian: Tensor, w: Tensor, kp: int, damp: float,
+                    perm: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(W padded to kp columns with dead columns zeroed, upper Cholesky factor of (H + damp)^-1),
+    both with their columns in the order `perm` when given."""
+    k = w.shape[1]
+    h = torch.zeros(kp, kp, dtype=torch.float64, device=w.device)
+    h[:k, :k] = hessian.double()
+    w = F.pad(w.float(), (0, kp - k))
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diagonal(h).mean() * torch.eye(kp, dtype=h.dtype, device=h.device)
+    if perm is not None:
+        w, h = w[:, perm], h[perm][:, perm]
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return w, torch.linalg.cholesky(hinv, upper=True).float()
+
+
+def gptq_int4(w: Tensor, hessian: Tensor, group_size: int = 128, symmetric: bool = False,
+              damp: float = 0.01, act_order: bool = True, search_grid: bool = True) -> Int4Weight:
+    """GPTQ-quantize one (N, K) weight given H = X^T X (K, K); Int4Weight as packing.quantize_int4 makes."""
+    n, k = w.shape
+    kp = -(-k // group_size) * group_size
+    perm = None
+    if act_order:
+        if search_grid:
+            from .awq import clamp_groups, search_clip
+            w_grid = clamp_groups(w.float(), search_clip(w, hessian, group_size, symmetric), group_size, symmetric)
+        else:
+            w_grid = w
+        static = quantize_int4(w_grid, group_size, symmetric)  # every group's grid, from the original weights
+        diag = F.pad(torch.diagonal(hessian).float(), (0, kp - k))
+        perm = torch.argsort(diag, descending=True, stable=True)
+    w, u = prepare_hessian(hessian, w, kp, damp, perm)
+    order = perm if perm is not None else torch.arange(kp, device=w.device)
+    codes = torch.zeros(n, kp, dtype=torch.uint8, device=w.device)
+    if act_order:
+        scales, zeros = static.scales, static.zeros
+        all_s = scales.float()
+        all_z = torch.full_like(all_s, SYMMETRIC_ZERO) if symmetric else zeros.float()
+    else:
+        scales = torch.empty(n, kp // group_size, dtype=torch.float16, device=w.device)
+        zeros = None if symmetric else torch.empty(n, kp // group_size, dtype=torch.uint8, device=w.device)
+    s = z = None
+    for b0 in range(0, kp, BLOCK):
+        b1 = min(b0 + BLOCK, kp)
+        w1, u1 = w[:, b0:b1].clone(), u[b0:b1, b0:b1]
+        err1 = torch.zeros_like(w1)
+        for i in range(b1 - b0):
+            col = int(order[b0 + i])  # the column's place in K
+            g = col // group_size
+            if act_order:
+                s, z = all_s[:, g], all_z[:, g]
+            elif col % group_size == 0:  # the group's grid, from the weights as updated so far
+                gq = quantize_int4(w1[:, i:i + group_size], group_size, symmetric)  # BLOCK % group_size == 0
+                scales[:, g] = gq.scales[:, 0]
+                s = gq.scales[:, 0].float()
+                z = torch.full_like(s, SYMMETRIC_ZERO) if symmetric else gq.zeros[:, 0].float()
+                if zeros is not None:
+                    zeros[:, g] = gq.zeros[:, 0]
+            x = w1[:, i]
+            c = (torch.round(x / s) + z).clamp_(0, 15) if not symmetric else \
+                torch.round(x / s).clamp_(-8, 7) + SYMMETRIC_ZERO
+            codes[:, col] = c.to(torch.uint8)
+            q = (c - z) * s
+            e = (x - q) / u1[i, i]
+            w1[:, i:] -= e[:, None] * u1[i, i:][None, :]
+            err1[:, i] = e
+        w[:, b1:] -= err1 @ u[b0:b1, b1:]
+    return Int4Weight(pack_int4(codes), scales, zeros, group_size, k)
+
+
+__all__ = ["gptq_int4", "prepare_hessian"]
