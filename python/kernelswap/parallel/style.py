@@ -96,6 +96,7 @@ def _partition(style, module: KernelswapModule, mesh: DeviceMesh, kind: str) -> 
     module.in_features, module.out_features = S.local_features(module, spec)
     setattr(module, SPEC_ATTR, spec)
     setattr(module, MESH_ATTR, mesh)
+    module.prepare()  # the shards' kernel layouts now, not in a (possibly captured) forward
     return spec
 
 
