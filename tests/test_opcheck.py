@@ -17,9 +17,12 @@ def _samples(device):
     values, meta = P.compress_24(P.prune_24(w))
     v8, m8 = P.compress_24(P.quantize_int8(P.prune_24(w))[0])
     a = torch.randint(-127, 128, (6, 40), dtype=torch.int8, device=device)
+    w8, s8 = P.quantize_fp8(w)
     xc = torch.randn(2, 8, 9, 9, device=device).to(memory_format=torch.channels_last)
     wc = torch.randn(16, 8, 3, 3, device=device)
     return {
+        "quantize_per_token_fp8": [(x,), (x.bfloat16(),)],
+        "fp8_linear": [(x, w8, s8, bias), (x.half(), w8, s8, None)],
         "quantize_per_token_int8": [(x,), (x.half(),)],
         "int8_scaled_mm": [(a, torch.rand(6, device=device), w_q, w_s, bias, torch.bfloat16),
                            (a, torch.rand(6, device=device), w_q, w_s, None, torch.float32)],
@@ -46,4 +49,10 @@ def test_every_public_op_has_samples():
 def test_opcheck(device, op_name):
     op = getattr(torch.ops.kernelswap, op_name)
     for args in _samples(device)[op_name]:
-        torch.library.opcheck(op, args)
+        utils = torch.library._OPCHECK_DEFAULT_UTILS
+        if any(isinstance(a, torch.Tensor) and a.dtype == torch.float8_e4m3fn for a in args):
+            # torch's schema check compares the inputs before and after with arithmetic that has no
+            # float8 kernel on CPU ("mul_cpu_reduced_float" not implemented for 'Float8_e4m3fn');
+            # the fake, autograd-registration and AOT-dispatch checks still run.
+            utils = tuple(u for u in utils if u != "test_schema")
+        torch.library.opcheck(op, args, test_utils=utils)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ops.fp8 import FP8_MAX, quantize_fp8_rows
 from .ops.int4 import GROUP_SIZES, SYMMETRIC_ZERO, dequantize_int4_ref, unpack_int4
 from .ops.sparse24 import K_MULTIPLE as SPARSE_K_MULTIPLE
 from .ops.sparse24 import decompress_24_ref
@@ -46,6 +47,17 @@ def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
 
 def dequantize_int8(w_q: Tensor, w_scale: Tensor) -> Tensor:
     return w_q.float() * w_scale[:, None]
+
+
+# ---------------------------------------------------------------- fp8 (e4m3), per output channel
+def quantize_fp8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, K) float -> (w_q (N, K) float8_e4m3fn, w_scale (N,) fp32), scale = max|w_n| / 448,
+    saturated to +-448 and rounded to nearest even (kernelswap.ops.fp8's numerics)."""
+    _check_weight("quantize_fp8", w)
+    wf = w.float()
+    amax = wf.abs().amax(dim=1)
+    scale = amax / torch.full_like(amax, FP8_MAX)
+    return quantize_fp8_rows(wf, scale), scale
 
 
 # ---------------------------------------------------------------- int4, group-wise

@@ -9,6 +9,7 @@ from . import backend
 from .backend import BACKENDS, forced_backend, prepare_weights, use_backend
 from .activations import ACTIVATIONS, activation_name, apply_activation
 from .conv import conv_bn_act
+from .fp8 import fp8_linear, quantize_per_token_fp8
 from .int4 import GROUP_SIZES, int4_linear
 from .int8 import int8_linear, int8_scaled_mm, int8_weight_linear, quantize_per_token_int8
 from .sparse24 import sparse24_int8_linear, sparse24_linear
@@ -26,10 +27,13 @@ PUBLIC_OPS = (
     "sparse24_linear",
     "sparse24_int8_linear",
     "conv_bn_act",
+    "quantize_per_token_fp8",
+    "fp8_linear",
 )
 
 __all__ = [
-    "ACTIVATIONS", "BACKENDS", "activation_name", "apply_activation", "GROUP_SIZES", "PUBLIC_OPS", "backend", "conv_bn_act", "forced_backend",
-    "int4_linear", "int8_linear", "int8_scaled_mm", "int8_weight_linear", "quantize_per_token_int8",
-    "prepare_weights", "sparse24_int8_linear", "sparse24_linear", "use_backend",
+    "ACTIVATIONS", "BACKENDS", "GROUP_SIZES", "PUBLIC_OPS", "activation_name", "apply_activation", "backend",
+    "conv_bn_act", "forced_backend", "fp8_linear", "int4_linear", "int8_linear", "int8_scaled_mm",
+    "int8_weight_linear", "prepare_weights", "quantize_per_token_fp8", "quantize_per_token_int8",
+    "sparse24_int8_linear", "sparse24_linear", "use_backend",
 ]
