@@ -84,3 +84,19 @@ def flatten_tokens(x: Tensor) -> Tensor:
 def unflatten_tokens(y: Tensor, x: Tensor) -> Tensor:
     """(M, N) -> (..., N) with x's leading dims (y itself for a 2-D x)."""
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def tokens_call(plan, check, x: Tensor, *weights):
+    """The body of a linear-like op on x (..., K): the plan (backend.Plan) runs the implementation
+    chosen for this layout on x flattened to (M, K) and contiguous weights; the leading dims come back."""
+    y = plan((x, *weights), check, lambda: (flatten_tokens(x), *(w.contiguous() if isinstance(w, Tensor) else w
+                                                                 for w in weights)))
+    return unflatten_tokens(y, x)
+
+
+def tokens_fake(check):
+    """The fake (meta) kernel of a linear-like op whose first weight is (N, ...): (..., K) -> (..., N)."""
+    def fake(x, *weights):
+        check(x, *weights)
+        return x.new_empty((*x.shape[:-1], weights[0].shape[0]))
+    return fake

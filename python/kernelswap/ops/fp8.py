@@ -90,15 +90,10 @@ _LINEAR = Plan("fp8_linear")
 @op("fp8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias) -> Tensor", check=_check_linear)
 def fp8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """FP8 W8A8: x (..., K) float, w_q (N, K) e4m3, w_scale (N,) fp32, bias (N,) -> (..., N) x.dtype."""
-    y = _LINEAR((x, w_q, w_scale, bias), _check_linear,
-                lambda: (C.flatten_tokens(x), w_q.contiguous(), w_scale.contiguous(), bias))
-    return C.unflatten_tokens(y, x)
+    return C.tokens_call(_LINEAR, _check_linear, x, w_q, w_scale, bias)
 
 
-@fp8_linear.register_fake
-def _(x, w_q, w_scale, bias):
-    _check_linear(x, w_q, w_scale, bias)
-    return x.new_empty((*x.shape[:-1], w_q.shape[0]))
+fp8_linear.register_fake(C.tokens_fake(_check_linear))
 
 
 fp8_linear.register_input_grad(lambda w_q, w_scale, bias: w_q.float() * w_scale.float()[:, None])

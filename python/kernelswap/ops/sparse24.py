@@ -80,15 +80,10 @@ _FLOAT_PLAN = Plan("sparse24_linear")
 @op("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor", check=_check_float)
 def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Tensor | None) -> Tensor:
     """x (..., K) float -> (..., N) x.dtype. See the module docstring for the format."""
-    y = _FLOAT_PLAN((x, values, meta, bias), _check_float,
-                    lambda: (C.flatten_tokens(x), values.contiguous(), meta.contiguous(), bias))
-    return C.unflatten_tokens(y, x)
+    return C.tokens_call(_FLOAT_PLAN, _check_float, x, values, meta, bias)
 
 
-@sparse24_linear.register_fake
-def _(x, values, meta, bias):
-    _check_float(x, values, meta, bias)
-    return x.new_empty((*x.shape[:-1], values.shape[0]))
+sparse24_linear.register_fake(C.tokens_fake(_check_float))
 
 
 sparse24_linear.register_input_grad(lambda values, meta, bias: decompress_24_ref(values, meta).float())
@@ -128,15 +123,10 @@ _INT8_PLAN = Plan("sparse24_int8_linear")
     check=_check_int8)
 def sparse24_int8_linear(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """2:4 W8A8: x (..., K) float, values (N, Kp // 2) int8, w_scale (N,) fp32 -> (..., N) x.dtype."""
-    y = _INT8_PLAN((x, values, meta, w_scale, bias), _check_int8,
-                   lambda: (C.flatten_tokens(x), values.contiguous(), meta.contiguous(), w_scale.contiguous(), bias))
-    return C.unflatten_tokens(y, x)
+    return C.tokens_call(_INT8_PLAN, _check_int8, x, values, meta, w_scale, bias)
 
 
-@sparse24_int8_linear.register_fake
-def _(x, values, meta, w_scale, bias):
-    _check_int8(x, values, meta, w_scale, bias)
-    return x.new_empty((*x.shape[:-1], values.shape[0]))
+sparse24_int8_linear.register_fake(C.tokens_fake(_check_int8))
 
 
 sparse24_int8_linear.register_input_grad(
