@@ -85,26 +85,13 @@ def conv_cases(dtype):
 
 
 def served_by(layer, inputs) -> str:
-    """The backend(s) whose implementation this layer's call runs (first runner it bound)."""
-    from kernelswap.ops import backend
-    seen = []
-    real = backend._choose
-
-    def spy(op, device, args):
-        impl, lasting = real(op, device, args)
-        seen.append(impl.backend)
-        return impl, lasting
-
-    from kernelswap.ops import _runner
-    for m in layer.modules():
-        if isinstance(m, ks.nn.KernelswapModule):
-            m.prepare()  # forget runners, so the call below binds (and chooses) again
-    _runner._choose = spy
-    try:
-        layer(*inputs)
-    finally:
-        _runner._choose = real
-    return "+".join(seen) or "-"
+    """The backend(s) whose implementation this layer's call runs (its runners dropped first, so
+    the call below decides again; KernelswapModule.served_by)."""
+    swapped = [m for m in layer.modules() if isinstance(m, ks.nn.KernelswapModule)]
+    for m in swapped:
+        m.prepare()
+    layer(*inputs)
+    return "+".join(b for b in (m.served_by() for m in swapped) if b) or "-"
 
 
 def main() -> None:

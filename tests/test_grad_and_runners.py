@@ -196,3 +196,18 @@ def test_prepared_layouts_are_counted():
     cache = PreparedWeights("test layout")
     cache.get((layer.w_q,), lambda: (torch.empty(10, dtype=torch.int8), torch.empty(3, dtype=torch.float32)))
     assert layer.prepared_bytes() == 10 + 12
+
+
+def test_a_layer_says_which_backend_served_it():
+    net = _swapped()
+    layer = net[0]
+    layer.prepare()
+    assert layer.served_by() is None
+    with torch.no_grad():
+        net(torch.randn(2, 32))
+        assert layer.served_by() == "reference"
+        with ks.use_backend("reference"):
+            net(torch.randn(3, 32))
+        assert layer.served_by() == "reference"
+    layer.prepare()
+    assert layer.served_by() is None

@@ -3,87 +3,33 @@
 Timing: a forward pre-hook and hook on every swapped layer (CUDA events on the GPU,
 perf_counter on the CPU), over a few forwards that are not the latency measurement
 (hooks cost host time). The backend: one more forward during which every backend choice
-is recorded. Choices are memoized per argument layout (the dispatcher's memo and each
-layer's runners), so both are dropped first and every layer makes its own choice.
+is recorded: each layer's runners are dropped first, so every layer makes its own choice
+and says which backend it took.
 """
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 
 import torch
 from torch import nn
 
 from ..nn import KernelswapModule
-from ..ops import backend
 from ._measure import Batch, run
 
 
-@contextlib.contextmanager
-def _recording_choices(current: list):
-    """Append (op, backend) of every choice the dispatcher makes to current[-1].
-
-    The choice is kernelswap.ops.backend._choose; the modules that call it (the dispatcher's
-    Plan, the layers' per-layout runners) may hold it under its own name, so every
-    kernelswap.ops module's binding of it is replaced for the duration."""
-    choose = getattr(backend, "_choose", None)
-    holders = [m for name, m in list(sys.modules.items())
-               if name.startswith("kernelswap.ops") and getattr(m, "_choose", None) is choose]
-    if choose is None or not holders:  # the dispatcher changed shape: say so rather than guess
-        yield False
-        return
-
-    def spy(op, device, args):
-        impl, lasting = choose(op, device, args)
-        if current:
-            current[-1].append((op, impl.backend))
-        return impl, lasting
-
-    for m in holders:
-        m._choose = spy
-    try:
-        yield True
-    finally:
-        for m in holders:
-            m._choose = choose
-        backend.clear_plans()
-
-
-def _forget_choices(model: nn.Module) -> None:
-    """Make every layer choose its backend again on its next call (memo and runners dropped)."""
-    backend.clear_plans()
-    for m in model.modules():
-        if isinstance(m, KernelswapModule) and callable(getattr(m, "prepare", None)):
-            m.prepare()  # also forgets the layer's per-layout runners
-
-
 def served_by(model: nn.Module, names: list[str], batch: Batch) -> dict[str, list[tuple[str, str]]]:
-    """{layer name: [(op, backend), ...] in call order} over one forward."""
-    got: dict[str, list[tuple[str, str]]] = {n: [] for n in names}
-    current: list = []
-    handles = []
+    """{layer name: [(op, backend)]} over one forward. Each layer forgets its per-layout runners
+    first (prepare()), so the forward makes it choose again, and it says which backend it chose
+    (KernelswapModule.served_by)."""
+    for m in model.modules():
+        if isinstance(m, KernelswapModule):
+            m.prepare()
+    run(model, batch)
+    got = {}
     for n in names:
         m = model.get_submodule(n)
-
-        def pre(mod, args, n=n):
-            backend.clear_plans()  # layers of one shape share the memo: each must choose itself
-            current.append(got[n])
-
-        def post(mod, args, out):
-            if current:
-                current.pop()
-
-        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    try:
-        with _recording_choices(current) as ok:
-            _forget_choices(model)
-            run(model, batch)
-        if not ok:
-            return {n: [("?", "unknown (kernelswap.ops.backend has no _choose to record)")] for n in names}
-    finally:
-        for h in handles:
-            h.remove()
+        b = m.served_by()
+        got[n] = [(m.OP, b)] if b else [("?", "unknown (the call went through the dispatcher)")]
     return got
 
 

@@ -57,6 +57,7 @@ class KernelswapModule(nn.Module):
         super().__init__()
         self.layer_name = name  # for error messages; not part of the state
         self._runs = _Runners()
+        self._served_by: str | None = None
         self.register_buffer("format_version", torch.tensor([self.FORMAT_VERSION], dtype=torch.int32,
                                                             device=device))
 
@@ -85,6 +86,7 @@ class KernelswapModule(nn.Module):
         made, moved or loaded; call it yourself after changing a buffer in place, and before
         capturing a CUDA graph if you did."""
         self._runs.clear()
+        self._served_by = None
         if self.OP and all(b.device.type != "meta" for b in self._buffers.values() if b is not None):
             ops.prepare_weights(self.OP, *self.op_args())
 
@@ -92,16 +94,22 @@ class KernelswapModule(nn.Module):
         return tuple(map(id, self._buffers.values()))
 
     def _bind(self, key: tuple, bind: Callable[[], tuple | None]):
-        """The runner for this input layout: bind() -> (runner, lasting) or None; kept when lasting."""
+        """The runner for this input layout: bind() -> (runner, lasting, backend) or None; kept when
+        lasting. The backend of the last call bound is kept too (served_by)."""
         made = bind()
         if made is None:
             return None
-        run, lasting = made
+        run, lasting, self._served_by = made
         if lasting:
             if len(self._runs) >= _Runners.LIMIT:
                 self._runs.clear()
             self._runs[key] = (run, self._buffer_ids())
         return run
+
+    def served_by(self) -> str | None:
+        """The backend that served the last call this layer decided (None before its first eager
+        call, or after prepare(); calls through the dispatcher, e.g. traced ones, decide nothing here)."""
+        return self._served_by
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

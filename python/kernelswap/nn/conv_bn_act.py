@@ -129,7 +129,7 @@ class ConvBNAct2d(KernelswapModule):
         args = (x, *w_args, self.activation, residual)
         if not (_runner.eager_ok(x) and (residual is None or _runner.eager_ok(residual))):
             return op.overload(*args)  # tracing, autograd, fake tensors: through the dispatcher
-        run = self._bind(self._key(x, residual), lambda: _runner.bind_plain(self.OP, op.check, args, args))
+        run = self._bind(self._key(x, residual), lambda: _runner.bind_plain(self.OP, op.check, args))
         return op.overload(*args) if run is None else run(x, residual)
 
     def recipe_config(self) -> dict:

@@ -44,10 +44,10 @@ def _call(impl, args: tuple) -> Callable:
     return lambda x: fn(x, *rest)
 
 
-def bind_tokens(op: str, check: Callable[..., None], x: Tensor, *weights) -> tuple[Runner, bool] | None:
+def bind_tokens(op: str, check: Callable[..., None], x: Tensor, *weights) -> tuple[Runner, bool, str] | None:
     """A runner for a linear-like op on x (..., K) -> (..., N), N = weights[0].shape[0];
-    (runner, whether it may be kept for this layout), or None (no runner: call the op).
-    Raises what the op would raise on these arguments."""
+    (runner, whether it may be kept for this layout, the backend that serves it), or None (no
+    runner: call the op). Raises what the op would raise on these arguments."""
     if x.is_meta:
         return None
     check(x, *weights)
@@ -56,23 +56,23 @@ def bind_tokens(op: str, check: Callable[..., None], x: Tensor, *weights) -> tup
     impl, lasting = _choose(op, x2.device, (x2, *w))
     call = _call(impl, (x2, *w))
     if x.dim() == 2 and x2 is x:  # contiguous (M, K): the decode case
-        return call, lasting
+        return call, lasting, impl.backend
     lead, k, n = tuple(x.shape[:-1]), x.shape[-1], w[0].shape[0]
     m = math.prod(lead)
     out_shape = (*lead, n)
     if x.is_contiguous():
-        return (lambda x: call(x.view(m, k)).view(out_shape)), lasting
-    return (lambda x: call(x.reshape(m, k).contiguous()).view(out_shape)), lasting
+        return (lambda x: call(x.view(m, k)).view(out_shape)), lasting, impl.backend
+    return (lambda x: call(x.reshape(m, k).contiguous()).view(out_shape)), lasting, impl.backend
 
 
-def bind_plain(op: str, check: Callable[..., None], args: tuple, impl_args: tuple) -> tuple[Runner, bool] | None:
-    """A runner for an op whose implementations take the op's own arguments (conv_bn_act):
-    `args` as the op gets them, `impl_args` as the implementations take them. The runner takes
-    the tensors that vary per call, x and the trailing residual: run(x, residual)."""
+def bind_plain(op: str, check: Callable[..., None], args: tuple) -> tuple[Runner, bool, str] | None:
+    """A runner for an op whose implementations take the op's own arguments (conv_bn_act, its
+    int lists as lists). The runner takes the tensors that vary per call, x and the trailing
+    residual: run(x, residual). Returns as bind_tokens does."""
     x = args[0]
     if x.is_meta:
         return None
     check(*args)
-    impl, lasting = _choose(op, x.device, impl_args)
-    fn, mid = impl.fn, impl_args[1:-1]
-    return (lambda x, residual: fn(x, *mid, residual)), lasting
+    impl, lasting = _choose(op, x.device, args)
+    fn, mid = impl.fn, args[1:-1]
+    return (lambda x, residual: fn(x, *mid, residual)), lasting, impl.backend
