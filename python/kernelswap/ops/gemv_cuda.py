@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .. import _ext
 from . import gemv_layout as L
+from ._cuda import bias32
 from ._prepared import PreparedWeights
 from .backend import Preference, register
 
@@ -110,10 +111,6 @@ def _serves(w: Tensor) -> bool:
     return w.is_cuda and _device_reason(_device_index(w)) is None
 
 
-def _bias32(bias: Tensor | None) -> Tensor | None:
-    return None if bias is None else bias.float().contiguous().clone()
-
-
 def _key(*tensors: Tensor | None) -> tuple[Tensor, ...]:
     return tuple(t for t in tensors if t is not None)
 
@@ -122,7 +119,7 @@ def _key(*tensors: Tensor | None) -> tuple[Tensor, ...]:
 def _int4_prepared(w_packed, scales, zeros, group_size, bias) -> Prepared:
     def make():
         w, s, z = L.int4_to_gemv(w_packed, scales, zeros, group_size)
-        return Prepared(w, s, z, _bias32(bias), L.counters(w_packed.shape[0], w_packed.device))
+        return Prepared(w, s, z, bias32(bias), L.counters(w_packed.shape[0], w_packed.device))
     return _INT4.get(_key(w_packed, scales, zeros, bias), make)
 
 
@@ -144,16 +141,14 @@ def _int4_bind(w_packed, scales, zeros, group_size, bias):
 
 @register("int4_linear", "cuda", supports=_int4_supports, prepare=_int4_prepare, bind=_int4_bind)
 def _int4_gemv(x, w_packed, scales, zeros, group_size, bias):
-    p = _int4_prepared(w_packed, scales, zeros, group_size, bias)
-    return torch.ops.kernelswap._C_int4_gemv(x, p.w, p.scales, p.zeros, p.bias, p.counters, group_size,
-                                             w_packed.shape[0])
+    return _int4_bind(w_packed, scales, zeros, group_size, bias)(x)
 
 
 # ---------------------------------------------------------------- int8: W8A16 and W8A8
 def _int8_prepared(cache: PreparedWeights, activations_int8: bool, w_q, w_scale, bias) -> Prepared:
     def make():
         w = L.int8_to_gemv(w_q, activations_int8)
-        return Prepared(w, w_scale.float().contiguous().clone(), None, _bias32(bias),
+        return Prepared(w, w_scale.float().contiguous().clone(), None, bias32(bias),
                         L.counters(w_q.shape[0], w_q.device))
     return cache.get(_key(w_q, w_scale, bias), make)
 
@@ -186,15 +181,17 @@ def _int8_bind(cache: PreparedWeights, activations_int8: bool, op_name: str):
     return bind
 
 
+_W8A16_BIND = _int8_bind(_W8A16, False, "_C_int8_weight_gemv")
+_W8A8_BIND = _int8_bind(_W8A8, True, "_C_int8_gemv")
+
+
 @register("int8_weight_linear", "cuda", supports=_int8_supports_for("int8_weight_linear"), prepare=_w8a16_prepare,
-          bind=_int8_bind(_W8A16, False, "_C_int8_weight_gemv"))
+          bind=_W8A16_BIND)
 def _int8_weight_gemv(x, w_q, w_scale, bias):
-    p = _int8_prepared(_W8A16, False, w_q, w_scale, bias)
-    return torch.ops.kernelswap._C_int8_weight_gemv(x, p.w, p.scales, p.bias, p.counters, w_q.shape[0])
+    return _W8A16_BIND(w_q, w_scale, bias)(x)
 
 
 @register("int8_linear", "cuda", supports=_int8_supports_for("int8_linear"), prepare=_w8a8_prepare,
-          bind=_int8_bind(_W8A8, True, "_C_int8_gemv"))
+          bind=_W8A8_BIND)
 def _int8_gemv(x, w_q, w_scale, bias):
-    p = _int8_prepared(_W8A8, True, w_q, w_scale, bias)
-    return torch.ops.kernelswap._C_int8_gemv(x, p.w, p.scales, p.bias, p.counters, w_q.shape[0])
+    return _W8A8_BIND(w_q, w_scale, bias)(x)

@@ -124,16 +124,10 @@ def tinygemm_bind(w_packed, scales, zeros, group_size, bias):
     def run(x):
         x = F.pad(x, (0, kp - x.shape[1])) if x.shape[1] != kp else x
         out = mm(x, w_tg, group_size, sz)
-        return out if b is None else out.add_(b)
+        return out if b is None else out.add_(b)  # tinygemm has no bias epilogue: one more bf16 rounding
     return run
 
 
 def tinygemm_linear(x, w_packed, scales, zeros, group_size, bias):
     """x (M, K) bf16 -> (M, N) bf16 through torch._weight_int4pack_mm (see the module docstring)."""
-    sources = tuple(t for t in (w_packed, scales, zeros) if t is not None)
-    w_tg, sz = _PREPARED.get(sources, lambda: _prepare(w_packed, scales, zeros))
-    kp = w_packed.shape[1] * 2
-    x = F.pad(x, (0, kp - x.shape[1])) if x.shape[1] != kp else x.contiguous()
-    out = torch._weight_int4pack_mm(x, w_tg, group_size, sz)
-    # tinygemm has no bias epilogue: one more bf16 rounding of the output.
-    return out if bias is None else out.add_(bias.to(out.dtype))
+    return tinygemm_bind(w_packed, scales, zeros, group_size, bias)(x.contiguous())

@@ -51,5 +51,4 @@ def _int8_linear_bind(w_q, w_scale, bias):
 
 @register("int8_linear", "cuda", supports=_int8_linear_supports, prepare=_prepare_bias, bind=_int8_linear_bind)
 def _int8_linear_cuda(x, w_q, w_scale, bias):
-    q, s = torch.ops.kernelswap._C_quantize_per_token_int8(x)
-    return torch.ops.kernelswap._C_int8_mm(q, s, w_q, w_scale, bias32(bias), x.dtype)
+    return _int8_linear_bind(w_q, w_scale, bias)(x)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from . import sparse24_sm80
-from ._cuda import ALIGN_KN, OUT_DTYPES, aligned, bias32, device_index, gemm_reason, out_reason, sm80_reason, sm90_reason
+from ._cuda import (ALIGN_KN, OUT_DTYPES, aligned, bias32, device_index, gemm_reason, out_reason, sm80_reason,
+                    sm90_reason)
 from ._prepared import PreparedWeights
 from .backend import Preference, register
 from .sparse24 import check_meta_valid, decompress_24_ref
@@ -114,8 +115,7 @@ def _sparse24_int8_bind(values, meta, w_scale, bias):
 @register("sparse24_linear", "cuda", supports=_sparse24_supports, bind=_sparse24_bind,
           prepare=_prepare_for("sparse24_linear", _sm90_weights_reason, _sm90_layout))
 def _sparse24_linear_cuda(x, values, meta, bias):
-    v, e = _prepared("sparse24_linear", values, meta, x.shape[1])
-    return torch.ops.kernelswap._C_sparse24_mm(x, v, e, bias32(bias))
+    return _sparse24_bind(values, meta, bias)(x)
 
 
 def _sparse24_int8_supports(x, values, meta, w_scale, bias):
@@ -128,9 +128,7 @@ def _sparse24_int8_supports(x, values, meta, w_scale, bias):
 @register("sparse24_int8_linear", "cuda", supports=_sparse24_int8_supports, bind=_sparse24_int8_bind,
           prepare=_prepare_for("sparse24_int8_linear", _sm90_weights_reason, _sm90_layout))
 def _sparse24_int8_linear_cuda(x, values, meta, w_scale, bias):
-    v, e = _prepared("sparse24_int8_linear", values, meta, x.shape[1])
-    q, s = torch.ops.kernelswap._C_quantize_per_token_int8(x)
-    return torch.ops.kernelswap._C_sparse24_int8_mm(q, s, v, e, w_scale, bias32(bias), x.dtype)
+    return _sparse24_int8_bind(values, meta, w_scale, bias)(x)
 
 
 # ---------------------------------------------------------------- sm_80+ (mma.sp)
