@@ -100,3 +100,26 @@ def tokens_fake(check):
         check(x, *weights)
         return x.new_empty((*x.shape[:-1], weights[0].shape[0]))
     return fake
+
+
+def per_token_check(op: str):
+    """The argument check of a per-token activation quantizer `op`: x (..., K) float, K > 0."""
+    def check(x: Tensor) -> None:
+        check_activation(op, x)
+        if x.shape[-1] == 0:
+            raise ValueError(f"kernelswap.{op}: x has K=0 features; nothing to quantize")
+    return check
+
+
+def per_token_call(plan, check, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The body of a per-token quantizer: (codes shaped like x, one fp32 scale per token)."""
+    q, s = plan((x,), check, lambda: (flatten_tokens(x),))
+    return q.reshape(x.shape), s.reshape(x.shape[:-1])
+
+
+def per_token_fake(check, dtype: torch.dtype):
+    """Its fake: codes of `dtype` shaped like x, fp32 scales of x's leading shape."""
+    def fake(x):
+        check(x)
+        return x.new_empty(x.shape, dtype=dtype), x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return fake

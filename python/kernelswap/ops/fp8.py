@@ -37,26 +37,17 @@ def quantize_fp8_rows(xf: Tensor, scale: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- quantize_per_token_fp8
-def _check_quantize(x: Tensor) -> None:
-    C.check_activation("quantize_per_token_fp8", x)
-    if x.shape[-1] == 0:
-        raise ValueError("kernelswap.quantize_per_token_fp8: x has K=0 features; nothing to quantize")
-
-
+_check_quantize = C.per_token_check("quantize_per_token_fp8")
 _QUANTIZE = Plan("quantize_per_token_fp8")
 
 
 @op("quantize_per_token_fp8(Tensor x) -> (Tensor, Tensor)", check=_check_quantize)
 def quantize_per_token_fp8(x: Tensor) -> tuple[Tensor, Tensor]:
     """x (..., K) float -> (q (..., K) float8_e4m3fn, scale (...) float32)."""
-    q, s = _QUANTIZE((x,), _check_quantize, lambda: (C.flatten_tokens(x),))
-    return q.reshape(x.shape), s.reshape(x.shape[:-1])
+    return C.per_token_call(_QUANTIZE, _check_quantize, x)
 
 
-@quantize_per_token_fp8.register_fake
-def _(x):
-    _check_quantize(x)
-    return x.new_empty(x.shape, dtype=FP8), x.new_empty(x.shape[:-1], dtype=torch.float32)
+quantize_per_token_fp8.register_fake(C.per_token_fake(_check_quantize, FP8))
 
 
 @register("quantize_per_token_fp8", "reference")
