@@ -71,17 +71,23 @@ def bias32(bias: torch.Tensor | None) -> torch.Tensor | None:
     return _BIAS.get((bias,), lambda: bias.float().contiguous())
 
 
+def sm80_code_reason(device_index: int, what: str) -> str | None:
+    """Why sm_80+ code (`what`, e.g. "mma.sp") cannot run on this device: an older GPU, or a
+    build that carries no code for it (None: it can)."""
+    major, minor = torch.cuda.get_device_capability(device_index)
+    if major < 8:
+        return f"{what} needs an sm_80 or later GPU; this one is sm_{major}{minor}"
+    archs = _ext.build_info().get("archs", "")
+    if not _ext.runs_here(archs, major, minor):
+        return f"kernelswap._C carries no code for sm_{major}{minor} (built for {archs!r})"
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def sm80_reason(device_index: int) -> str | None:
     """Why the Ampere 2:4 GEMMs should not serve this device (None: they should)."""
-    info = _ext.build_info()
-    if (why := cutlass_reason(info)) is not None:
+    if (why := cutlass_reason(_ext.build_info()) or sm80_code_reason(device_index, "mma.sp")) is not None:
         return why
-    major, minor = torch.cuda.get_device_capability(device_index)
-    if major < 8:
-        return f"mma.sp needs an sm_80 or later GPU; this one is sm_{major}{minor}"
-    if not _ext.runs_here(info.get("archs", ""), major, minor):
-        return f"kernelswap._C carries no code for sm_{major}{minor} (built for {info.get('archs')!r})"
     if sm90_reason(device_index) is None:
         return "the sm_90a 2:4 GEMM serves this GPU"
     return None

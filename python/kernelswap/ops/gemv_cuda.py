@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import _ext
 from . import gemv_layout as L
-from ._cuda import bias32
+from ._cuda import bias32, device_index, sm80_code_reason
 from ._prepared import PreparedWeights
 from .backend import Preference, register
 
@@ -69,21 +69,9 @@ def _build_reason() -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _device_reason(device_index: int) -> str | None:
-    """Why the GEMVs cannot run on this device (None: they can)."""
-    if (why := _build_reason()) is not None:
-        return why
-    major, minor = torch.cuda.get_device_capability(device_index)
-    if major < 8:
-        return f"the GEMVs use sm_80 mma.sync; this GPU is sm_{major}{minor}"
-    archs = _ext.build_info().get("archs", "")
-    if not _ext.runs_here(archs, major, minor):
-        return f"kernelswap._C carries no code for sm_{major}{minor} (built for {archs!r})"
-    return None
-
-
-def _device_index(t: Tensor) -> int:
-    return t.device.index if t.device.index is not None else torch.cuda.current_device()
+def _device_reason(index: int) -> str | None:
+    """Why the GEMVs cannot run on device `index` (None: they can)."""
+    return _build_reason() or sm80_code_reason(index, "the GEMVs' mma.sync")
 
 
 def _reason(x: Tensor, op: str) -> str | None:
@@ -101,14 +89,14 @@ def _reason(x: Tensor, op: str) -> str | None:
         return "x is not a CUDA tensor"
     if x.data_ptr() % 16:
         return "x is not 16-byte aligned (an offset view)"
-    why = _device_reason(_device_index(x))
+    why = _device_reason(device_index(x))
     if why is None and m > GEMV_UP_TO_M[op]:
         return Preference(f"M={m} > {GEMV_UP_TO_M[op]}: the GEMMs are faster here")
     return why
 
 
 def _serves(w: Tensor) -> bool:
-    return w.is_cuda and _device_reason(_device_index(w)) is None
+    return w.is_cuda and _device_reason(device_index(w)) is None
 
 
 def _key(*tensors: Tensor | None) -> tuple[Tensor, ...]:
