@@ -15,7 +15,7 @@ is the right one, never a silent zero.
 Calling an `Op` (kernelswap.ops.int8_linear(...); the nn modules call per-layout runners
 instead, kernelswap.ops._runner, or the dispatcher when those do not apply) skips the
 dispatcher when it has nothing to add: plain tensors, no torch.compile/export tracing, no
-TorchDispatchMode (fake tensors, FX proxies), no meta tensors (their shapes come from
+TorchDispatchMode (fake tensors, FX proxies), no functorch transform (vmap, grad), no meta tensors (their shapes come from
 the registered fake) and no input that requires grad. Then the
 implementation runs directly, saving the boxing and unboxing of every argument (on the
 H100 machine's host, a dispatcher round trip was about as long as a small kernel).
@@ -94,9 +94,16 @@ class Op:
                                         lib=_LIB)
 
 
+def tracing() -> bool:
+    """Is a call seen by something that needs the registered op: torch.compile / export tracing,
+    a TorchDispatchMode (fake tensors, FX proxies) or a functorch transform (vmap, grad)?"""
+    return (torch.compiler.is_compiling() or bool(torch._C._len_torch_dispatch_stack())
+            or torch._C._are_functorch_transforms_active())
+
+
 def _direct_ok(args: tuple) -> bool:
     """May this call skip the dispatcher (module docstring)?"""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+    if tracing():
         return False
     grad = torch.is_grad_enabled()
     for a in args:

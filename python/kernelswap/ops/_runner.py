@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import _checks as C
+from ._define import tracing
 from .backend import _choose
 
 Runner = Callable[..., Tensor]
@@ -31,9 +32,7 @@ Runner = Callable[..., Tensor]
 
 def eager_ok(x: Tensor) -> bool:
     """May a call on x skip the dispatcher (module docstring)? Cheap: it runs per call."""
-    return (type(x) is Tensor and not (x.requires_grad and torch.is_grad_enabled())
-            and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
-            and not torch._C._are_functorch_transforms_active())
+    return type(x) is Tensor and not (x.requires_grad and torch.is_grad_enabled()) and not tracing()
 
 
 def _call(impl, args: tuple) -> Callable:
