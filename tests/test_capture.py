@@ -161,7 +161,7 @@ def test_prepare_calls_each_kernelswap_module_that_has_prepare():
     swapped = [m for m in model.modules() if isinstance(m, ks.nn.KernelswapModule)]
     assert len(swapped) == 2
     for m in swapped:
-        m.prepare = lambda m=m: called.append(m)  # whether or not the class defines one yet
+        m.prepare = lambda m=m: called.append(m)  # record the calls instead of preparing
     assert ks.prepare(model) == 2
     assert called == swapped
 

@@ -42,17 +42,14 @@ class CaptureError(RuntimeError):
 def prepare(model: nn.Module) -> int:
     """Make every kernelswap layer's GPU-side weight layouts now, outside any forward.
 
-    Calls `prepare()` on each kernelswap module of `model` that has one, so nothing a layer
-    needs is made lazily inside a forward that may be under CUDA-graph capture. ks.capture
-    calls it before warming up. Returns how many modules were prepared."""
+    Calls `prepare()` on each kernelswap module of `model`, so nothing a layer needs is made
+    lazily inside a forward that may be under CUDA-graph capture. ks.capture calls it before
+    warming up. Returns how many modules were prepared."""
     from .nn import KernelswapModule
-    count = 0
-    for module in model.modules():
-        fn = getattr(module, "prepare", None) if isinstance(module, KernelswapModule) else None
-        if callable(fn):
-            fn()
-            count += 1
-    return count
+    layers = [m for m in model.modules() if isinstance(m, KernelswapModule)]
+    for m in layers:
+        m.prepare()
+    return len(layers)
 
 
 # ---------------------------------------------------------------- signatures (no GPU needed)
