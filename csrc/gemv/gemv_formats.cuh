@@ -4,17 +4,19 @@
 // the byte order; here each lane's 16 bytes per load are exactly its A fragments.
 //
 //   Int4<Act, GS>    W4A16: 4 loads a batch (64 K each: 4 k16 steps, one 32-bit word a step);
-//                    nibbles -> Act pairs with LOP3 + one exact subtraction of (magic + zero);
-//                    each group's MMA sum is scaled in fp32 (fp16 scales, per row and group).
+//                    nibbles -> (magic + q) Act pairs with one LOP3; each group's MMA sum is
+//                    scaled in fp32 and its zero point taken out with the staged sums of x
+//                    (fp16 scales, per row and group).
 //   Int8W16<Act>     W8A16: 8 loads a batch (32 K each: 2 k16 steps); bytes (q + 128) ->
 //                    exact Act pairs; per-row fp32 scale in the epilogue.
 //   Int8W8<Act>      W8A8: 8 loads a batch (one m16n8k32 int8 step each), x quantized per
 //                    token inside the kernel into shared memory, int32-exact accumulation,
 //                    epilogue (acc * a_scale[m]) * b_scale[n] + bias[n] rounded step by step.
+// The float formats read x from shared memory (XStage: the block's K range, staged once).
 //
 // Interface the kernel (gemv_kernel.cuh) uses:
-//   kLoads, Acc, Aux (per-batch side data, e.g. scales), Block (per-block state),
-//   smem_bytes(k_range, mp), setup(...), load_aux(...), batch(...), epilogue(...).
+//   kWarps, kBlocksPerSm, kLoads, Acc, Aux (per-batch side data, e.g. scales), Block (per-block
+//   state), smem_bytes(k_range, m, mp), setup(...), load_aux(...), batch(...), epilogue(...).
 #pragma once
 
 #include "gemv/gemv_mma.cuh"
@@ -35,28 +37,113 @@ struct Args {
   int M, N, n_tiles, batches, batches_per_split;
 };
 
-// Activation pairs for the 16-bit B fragment: x[m, k], x[m, k + 1] (K is even, k is even),
-// zero past M or K. Read through L1, which holds x for the block's warps.
-template <class Act>
-__device__ __forceinline__ uint32_t x_pair(const Args& a, int m, int64_t k) {
-  if (m >= a.M || k >= a.K) return 0u;
-  return __ldg(reinterpret_cast<const unsigned int*>(static_cast<const typename Act::T*>(a.x) + m * a.K + k));
-}
+// x staged in shared memory for the float formats (W4A16, W8A16): the block's K range of the
+// M real rows, then one zero row that lanes past M read, so the steps need no bounds checks.
+// Within each 16-value chunk of K the values are stored in B-fragment order (lane t's pairs
+// (2t, 2t+1) and (2t+8, 2t+9) adjacent), so a step's B fragment is one 8-byte shared load
+// per lane. Rows are padded by 32 bytes: the 8 rows a warp reads fall in two bank sets, the
+// minimum for 256 bytes. With GS > 0 it also holds, for each group of GS values of K in the
+// range and each of the kMp tokens, the fp32 sum of x over the group (0 past M), which the
+// int4 format needs to take its zero point out after the MMA.
+template <int GS>
+struct XStage {
+  static constexpr int row_bytes(int k_range) { return 2 * k_range + 32; }
+  static constexpr int sums_offset(int k_range, int m) { return (m + 1) * row_bytes(k_range); }
+  static constexpr int bytes(int k_range, int m, int mp) {
+    return sums_offset(k_range, m) + (GS ? k_range / GS * mp * 4 : 0);
+  }
 
-struct NoBlock {};
+  const unsigned char* base;  // row 0 of the block's K range
+  const float* sums;          // (k_range / GS, kMp) per-group sums, GS > 0
+  int row_bytes_;
 
-// Shared by the float formats: no block state, no shared memory.
-struct FloatBase {
-  using Acc = float;
-  using Block = NoBlock;
-  static constexpr int smem_bytes(int, int) { return 0; }
-  template <int NT>
-  __device__ static void setup(const Args&, int, int, unsigned char*, Block&) {}
+  // Fills the stage (all threads of the block; ends with a barrier).
+  template <class Act, int kMp>
+  __device__ void fill(const Args& a, int b0, int b1, unsigned char* smem) {
+    const int k_range = (b1 - b0) * kBatchK, rb = row_bytes(k_range);
+    const int64_t k_begin = static_cast<int64_t>(b0) * kBatchK;
+    const int vecs = k_range / 8;  // 16-byte vectors a row
+    const auto* x = static_cast<const typename Act::T*>(a.x);
+    for (int i = threadIdx.x; i < (a.M + 1) * vecs; i += blockDim.x) {
+      const int m = i / vecs, v = i % vecs;
+      const int64_t k = k_begin + 8 * v;
+      uint4 r = make_uint4(0u, 0u, 0u, 0u);
+      if (m < a.M && k < a.K) r = __ldg(reinterpret_cast<const uint4*>(x + m * a.K + k));
+      // values 8v .. 8v + 7 = half h of chunk v / 2: pair j goes to word 2j + h of the chunk
+      auto* chunk = reinterpret_cast<uint32_t*>(smem + m * rb + 32 * (v / 2)) + (v % 2);
+      chunk[0] = r.x;
+      chunk[2] = r.y;
+      chunk[4] = r.z;
+      chunk[6] = r.w;
+    }
+    base = smem;
+    row_bytes_ = rb;
+    if constexpr (GS > 0) {
+      __syncthreads();
+      auto* s = reinterpret_cast<float*>(smem + sums_offset(k_range, a.M));
+      const int groups = k_range / GS;
+      for (int i = threadIdx.x; i < groups * kMp; i += blockDim.x) {
+        const int grp = i / kMp, m = i % kMp;
+        float sum = 0.f;
+        if (m < a.M) {
+          const auto* w = reinterpret_cast<const uint4*>(smem + m * rb + 2 * GS * grp);
+#pragma unroll 4
+          for (int c = 0; c < GS / 8; ++c) {
+            const uint4 r = w[c];
+            const typename Act::T* e = reinterpret_cast<const typename Act::T*>(&r);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) sum += Act::to_float(e[j]);
+          }
+        }
+        s[i] = sum;
+      }
+      sums = s;
+    }
+    __syncthreads();
+  }
+
+  // The lane's row of the stage for fragment nt (the zero row past M).
+  __device__ const unsigned char* row(const Args& a, int nt, int g) const {
+    const int m = nt * 8 + g;
+    return base + (m < a.M ? m : a.M) * row_bytes_;
+  }
 };
 
+// B fragment of k16 step `step` (block-local) from a lane's staged row.
+__device__ __forceinline__ uint2 x_frag(const unsigned char* row, int step, int t) {
+  return *reinterpret_cast<const uint2*>(row + 32 * step + 8 * t);
+}
+
+// (a & mask) | c in one LOP3.
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(c));
+  return d;
+}
+
 template <class Act, int GS>
-struct Int4 : FloatBase {
+struct FloatBase {
+  using Acc = float;
+  // Block shape and split target, per format, from the H200 sweep of benchmarks/gemv_lab.cu
+  // (2026-12-01, 8192x28672 and 4096x14336, M 1/4/16): int4 is fastest in blocks of 4 warps
+  // with about 4 blocks a SM (M = 1: 74.8% of copy bandwidth, against 59.7% with 8 warps and 2);
+  // the int8 formats in blocks of 8 warps with 2 (W8A16 M = 1: 82.0% against 71.6%).
+  static constexpr int kWarps = 4, kBlocksPerSm = 4;
+  using Block = XStage<GS>;
+  static constexpr int smem_bytes(int k_range, int m, int mp) { return Block::bytes(k_range, m, mp); }
+  template <int NT>
+  __device__ static void setup(const Args& a, int b0, int b1, unsigned char* smem, Block& blk) {
+    blk.template fill<Act, 8 * NT>(a, b0, b1, smem);
+  }
+};
+
+// W4A16. Each pair of codes goes into the MMA as (magic + q) exactly (one LOP3), so the
+// group's MMA sum is S = sum (magic + q) x = sum (q - z) x + (magic + z) sum x, and the
+// group adds scale * S - scale * (magic + z) * sum x (the staged group sums) to acc.
+template <class Act, int GS>
+struct Int4 : FloatBase<Act, GS> {
   static_assert(GS == 32 || GS == 64 || GS == 128, "group size");
+  using Block = XStage<GS>;
   static constexpr int kLoads = 4;
   static constexpr int kGroups = kBatchK / GS;  // groups a batch
   static constexpr int kStepsPerGroup = GS / 16;
@@ -81,9 +168,13 @@ struct Int4 : FloatBase {
   }
 
   template <int NT>
-  __device__ static void batch(const Args& a, const Block&, int b, int g, int t, const uint4 (&w)[kLoads],
+  __device__ static void batch(const Args& a, const Block& blk, int b, int g, int t, const uint4 (&w)[kLoads],
                                const Aux& aux, float (&acc)[NT][4]) {
-    const int64_t k0 = static_cast<int64_t>(b) * kBatchK;
+    const int b_local = b - blockIdx.y * a.batches_per_split;
+    const unsigned char* rows[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) rows[nt] = blk.row(a, nt, g) + 32 * 16 * b_local;
+    constexpr float kMagic = Act::kMagicValue;
     float gacc[NT][4];
 #pragma unroll
     for (int s = 0; s < kLoads * 4; ++s) {  // k16 steps
@@ -95,27 +186,27 @@ struct Int4 : FloatBase {
 #pragma unroll
           for (int i = 0; i < 4; ++i) gacc[nt][i] = 0.f;
       }
-      // (magic + zero) for row g and row g + 8, in both halves.
-      const uint32_t zm0 = Act::kMagic4 + (aux.z[grp] & 0xFFu) * 0x10001u;
-      const uint32_t zm1 = Act::kMagic4 + ((aux.z[grp] >> 8) & 0xFFu) * 0x10001u;
       const uint32_t q = word(w[s / 4], s % 4);
       uint32_t ra[4];
 #pragma unroll
-      for (int p = 0; p < 4; ++p) ra[p] = Act::sub2(((q >> (4 * p)) & 0x000F000Fu) | Act::kMagic4, (p & 1) ? zm1 : zm0);
-      const int64_t k = k0 + 16 * s + 2 * t;
+      for (int p = 0; p < 4; ++p) ra[p] = and_or(q >> (4 * p), 0x000F000Fu, Act::kMagic4);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const int m = nt * 8 + g;
-        Act::mma(gacc[nt], ra, x_pair<Act>(a, m, k), x_pair<Act>(a, m, k + 8));
+        const uint2 xb = x_frag(rows[nt], s, t);
+        Act::mma(gacc[nt], ra, xb.x, xb.y);
       }
       if (s % kSpg == kSpg - 1) {
         const float2 sc = __half22float2(*reinterpret_cast<const __half2*>(&aux.s[grp]));
+        const float o0 = sc.x * (kMagic + static_cast<float>(aux.z[grp] & 0xFFu));
+        const float o1 = sc.y * (kMagic + static_cast<float>((aux.z[grp] >> 8) & 0xFFu));
+        const float* sums = blk.sums + (b_local * kGroups + grp) * (8 * NT) + 2 * t;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          acc[nt][0] += gacc[nt][0] * sc.x;
-          acc[nt][1] += gacc[nt][1] * sc.x;
-          acc[nt][2] += gacc[nt][2] * sc.y;
-          acc[nt][3] += gacc[nt][3] * sc.y;
+          const float2 xs = *reinterpret_cast<const float2*>(sums + 8 * nt);  // tokens 8 nt + 2t, + 1
+          acc[nt][0] += gacc[nt][0] * sc.x - o0 * xs.x;
+          acc[nt][1] += gacc[nt][1] * sc.x - o0 * xs.y;
+          acc[nt][2] += gacc[nt][2] * sc.y - o1 * xs.x;
+          acc[nt][3] += gacc[nt][3] * sc.y - o1 * xs.y;
         }
       }
     }
@@ -128,25 +219,29 @@ struct Int4 : FloatBase {
 };
 
 template <class Act>
-struct Int8W16 : FloatBase {
+struct Int8W16 : FloatBase<Act, 0> {
+  static constexpr int kWarps = 8, kBlocksPerSm = 2;
+  using Block = XStage<0>;
   static constexpr int kLoads = 8;
   struct Aux {};
   __device__ static void load_aux(const Args&, int, int, int, Aux&) {}
 
   template <int NT>
-  __device__ static void batch(const Args& a, const Block&, int b, int g, int t, const uint4 (&w)[kLoads],
+  __device__ static void batch(const Args& a, const Block& blk, int b, int g, int t, const uint4 (&w)[kLoads],
                                const Aux&, float (&acc)[NT][4]) {
-    const int64_t k0 = static_cast<int64_t>(b) * kBatchK;
+    const int b_local = b - blockIdx.y * a.batches_per_split;
+    const unsigned char* rows[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) rows[nt] = blk.row(a, nt, g) + 32 * 16 * b_local;
 #pragma unroll
     for (int s = 0; s < kLoads * 2; ++s) {  // k16 steps: words (2j, 2j + 1) of load s / 2
       const uint32_t lo = word(w[s / 2], 2 * (s % 2)), hi = word(w[s / 2], 2 * (s % 2) + 1);
       const uint32_t ra[4] = {Act::from_biased_bytes(lo, 0), Act::from_biased_bytes(lo, 1),
                               Act::from_biased_bytes(hi, 0), Act::from_biased_bytes(hi, 1)};
-      const int64_t k = k0 + 16 * s + 2 * t;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const int m = nt * 8 + g;
-        Act::mma(acc[nt], ra, x_pair<Act>(a, m, k), x_pair<Act>(a, m, k + 8));
+        const uint2 xb = x_frag(rows[nt], s, t);
+        Act::mma(acc[nt], ra, xb.x, xb.y);
       }
     }
   }
@@ -169,6 +264,7 @@ __device__ __forceinline__ int quantize_one(float x, float s) {
 
 template <class Act>
 struct Int8W8 {
+  static constexpr int kWarps = 8, kBlocksPerSm = 2;  // as Int8W16 (see FloatBase)
   using T = typename Act::T;
   using Acc = int;
   static constexpr int kLoads = 8;
@@ -180,7 +276,7 @@ struct Int8W8 {
     int stride;
   };
   static constexpr int row_stride(int k_range) { return k_range + 16; }  // 16: no bank conflicts
-  static constexpr int smem_bytes(int k_range, int mp) { return kScaleBytes + mp * row_stride(k_range); }
+  static constexpr int smem_bytes(int k_range, int, int mp) { return kScaleBytes + mp * row_stride(k_range); }
 
   // Per-token amax over all of K, then this block's K range of x quantized into shared memory
   // (zero past M and K). The amax pass walks all M rows as one flat range of 16-byte vectors,
@@ -201,7 +297,7 @@ struct Int8W8 {
     int row = -1;
     unsigned int run = 0u;
 #pragma unroll 4
-    for (int64_t i = threadIdx.x; i < a.M * kv; i += kThreads) {
+    for (int64_t i = threadIdx.x; i < a.M * kv; i += blockDim.x) {
       const int m = static_cast<int>(i / kv);
       const uint4 r = __ldg(reinterpret_cast<const uint4*>(x) + i);
       const T* e = reinterpret_cast<const T*>(&r);
@@ -222,7 +318,7 @@ struct Int8W8 {
     const int k_range = (b1 - b0) * kBatchK, stride = row_stride(k_range);
     const int64_t k_begin = static_cast<int64_t>(b0) * kBatchK;
     const int vecs = k_range / 8;
-    for (int i = threadIdx.x; i < kMp * vecs; i += kThreads) {
+    for (int i = threadIdx.x; i < kMp * vecs; i += blockDim.x) {
       const int m = i / vecs, v = i % vecs;
       const int64_t k = k_begin + 8 * v;
       uint32_t packed[2] = {0u, 0u};

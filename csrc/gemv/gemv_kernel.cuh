@@ -1,7 +1,7 @@
 // The one decode GEMV kernel, templated on the weight format F (gemv_formats.cuh) and on
 // NT, the number of 8-token B fragments (M <= 8 * NT).
 //
-// Grid: x = blocks of kWarps tiles (16 output rows each, one warp a tile), y = splits of K.
+// Grid: x = blocks of F::kWarps tiles (16 output rows each, one warp a tile), y = splits of K.
 // Each warp streams its tile's weights over the split's batches (kBatchK values of K each,
 // F::kLoads 16-byte loads a lane, the next batch's loads issued before this one's math) and
 // keeps NT x 4 accumulators. With one split the warp writes out directly; with several, each
@@ -12,8 +12,31 @@
 
 #include "gemv/gemv_formats.cuh"
 
+#include <algorithm>
+
 namespace kernelswap {
 namespace gemv {
+
+constexpr int kSmemLimit = 48 * 1024;  // dynamic shared memory a block, no opt-in attribute needed
+
+struct Plan {
+  int splits, batches_per_split, smem;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Host side: the splits of K for n_blocks blocks of tiles over `batches` batches at M rows
+// (mp = 8 * NT): enough blocks to keep every SM streaming (F::kBlocksPerSm a SM), at
+// least 2 batches a split, and no more batches a split than the format's shared memory allows.
+// smem > kSmemLimit when even one batch a split does not fit.
+template <class F>
+Plan plan_splits(int64_t n_blocks, int64_t batches, int m, int mp, int sms) {
+  int64_t s = std::max<int64_t>(1, std::min(ceil_div(int64_t(F::kBlocksPerSm) * sms, n_blocks), batches / 2));
+  int64_t per = ceil_div(batches, s);
+  while (per > 1 && F::smem_bytes(static_cast<int>(per * kBatchK), m, mp) > kSmemLimit) per = ceil_div(per, 2);
+  const int64_t splits = ceil_div(batches, per);
+  return Plan{static_cast<int>(splits), static_cast<int>(per), F::smem_bytes(static_cast<int>(per * kBatchK), m, mp)};
+}
 
 template <class F, int NT>
 __device__ __forceinline__ void load_weights(const uint4* p, uint64_t policy, uint4 (&w)[F::kLoads]) {
@@ -35,12 +58,12 @@ __device__ __forceinline__ void for_outputs(const Args& a, int n0, int t, Fn&& f
 }
 
 template <class Act, class F, int NT>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const Args a) {
+__global__ void __launch_bounds__(F::kWarps * 32) gemv_kernel(const Args a) {
   using Acc = typename F::Acc;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int last_block;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int tile = blockIdx.x * kWarps + warp;
+  const int tile = blockIdx.x * F::kWarps + warp;
   const int b0 = blockIdx.y * a.batches_per_split;
   const int b1 = min(b0 + a.batches_per_split, a.batches);
   typename F::Block blk;

@@ -23,8 +23,9 @@
 namespace kernelswap {
 namespace gemv {
 
-constexpr int kWarps = 4;           // warps a block; each owns one tile of 16 output rows
-constexpr int kThreads = kWarps * 32;
+// Warps a block (each owns one tile of 16 output rows) are the format's F::kWarps, at least
+// kMinWarps: the split-K counters are sized for blocks of kMinWarps tiles.
+constexpr int kMinWarps = 4;
 constexpr int kTileN = 16;          // output rows a warp (the MMA's M)
 constexpr int kBatchK = 256;        // K elements a warp streams per loop iteration (all formats)
 
@@ -84,6 +85,7 @@ __device__ __forceinline__ uint32_t sub2_as(uint32_t a, uint32_t b) {
 struct BF16 {
   using T = __nv_bfloat16;
   static constexpr uint32_t kMagic4 = 0x43004300u;  // bf16x2 (128, 128)
+  static constexpr float kMagicValue = 128.f;      // kMagic4 | nibble = kMagicValue + nibble
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     KS_GEMV_MMA_16BIT("bf16", d, a, b0, b1);
   }
@@ -104,6 +106,7 @@ struct BF16 {
 struct FP16 {
   using T = __half;
   static constexpr uint32_t kMagic4 = 0x64006400u;  // fp16x2 (1024, 1024)
+  static constexpr float kMagicValue = 1024.f;
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     KS_GEMV_MMA_16BIT("f16", d, a, b0, b1);
   }

@@ -28,12 +28,10 @@ namespace {
 
 using gemv::Args;
 using gemv::kBatchK;
-using gemv::kThreads;
 using gemv::kTileN;
-using gemv::kWarps;
+using gemv::kMinWarps;
 
 constexpr int64_t kMaxM = 64;
-constexpr int kSmemLimit = 48 * 1024;  // no opt-in attribute needed
 
 int sm_count(int dev) {
   static int cache[64] = {};
@@ -46,7 +44,7 @@ int sm_count(int dev) {
   return cache[dev];
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using gemv::ceil_div;
 
 // A tensor the kernel reads or writes must live on x's GPU (Meta calls check shapes only).
 void check_on_x_device(const char* op, const char* name, const Tensor& t, const Tensor& x) {
@@ -76,32 +74,18 @@ int64_t check_common(const char* op, const Tensor& x, const Tensor& w, int64_t b
   check_on_x_device(op, "counters", counters, x);
   if (bias.has_value()) check_on_x_device(op, "bias", *bias, x);
   STD_TORCH_CHECK(counters.dim() == 1 && counters.scalar_type() == ScalarType::Int && counters.is_contiguous() &&
-                      counters.size(0) >= ceil_div(ceil_div(n, kTileN), kWarps),
+                      counters.size(0) >= ceil_div(ceil_div(n, kTileN), kMinWarps),
                   op, ": counters must be a contiguous int32 vector of at least ceil(n / 64) zeros");
   return batches;
 }
 
-// Splits of K: enough blocks to keep every SM streaming (about 8 a SM), at least 2 batches a
-// split, and no more batches a split than the format's shared memory allows.
-template <class F>
-void plan(int64_t n_blocks, int64_t batches, int mp, int sms, int& splits, int& bps, int& smem) {
-  int64_t s = std::max<int64_t>(1, std::min(ceil_div(8LL * sms, n_blocks), batches / 2));
-  int64_t per = ceil_div(batches, s);
-  int64_t cap = batches;
-  while (cap > 1 && F::smem_bytes(static_cast<int>(cap * kBatchK), mp) > kSmemLimit) cap = cap / 2;
-  STD_TORCH_CHECK(F::smem_bytes(static_cast<int>(std::min(per, cap) * kBatchK), mp) <= kSmemLimit,
-                  "kernelswap GEMV: shared memory plan failed");
-  per = std::min(per, cap);
-  bps = static_cast<int>(per);
-  splits = static_cast<int>(ceil_div(batches, per));
-  smem = F::smem_bytes(bps * kBatchK, mp);
-}
-
 template <class Act, class F, int NT>
 void launch_nt(Args a, const Tensor& x, int64_t n_blocks) {
-  int splits = 1, bps = 1, smem = 0;
-  plan<F>(n_blocks, a.batches, 8 * NT, sm_count(x.get_device_index()), splits, bps, smem);
-  a.batches_per_split = bps;
+  const gemv::Plan p = gemv::plan_splits<F>(n_blocks, a.batches, a.M, 8 * NT, sm_count(x.get_device_index()));
+  STD_TORCH_CHECK(p.smem <= gemv::kSmemLimit, "kernelswap GEMV: K=", a.K, " at M=", a.M,
+                  " needs more shared memory than a block has");
+  const int splits = p.splits, smem = p.smem;
+  a.batches_per_split = p.batches_per_split;
   std::optional<Tensor> ws;
   if (splits > 1) {
     ws = torch::stable::new_empty(x, {int64_t(splits), int64_t(a.M), int64_t(a.N)}, std::is_same_v<typename F::Acc, int> ? ScalarType::Int
@@ -109,14 +93,14 @@ void launch_nt(Args a, const Tensor& x, int64_t n_blocks) {
     a.ws = ws->mutable_data_ptr();
   }
   const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(splits));
-  gemv::gemv_kernel<Act, F, NT><<<grid, kThreads, smem, current_stream(x)>>>(a);
+  gemv::gemv_kernel<Act, F, NT><<<grid, F::kWarps * 32, smem, current_stream(x)>>>(a);
   KS_CHECK_LAUNCH();
 }
 
 // NT = the number of 8-token fragments: M <= 8, 16, 32, 64.
 template <class Act, class F>
 void launch(const Args& a, const Tensor& x) {
-  const int64_t n_blocks = ceil_div(a.n_tiles, kWarps);
+  const int64_t n_blocks = ceil_div(a.n_tiles, F::kWarps);
   STD_TORCH_CHECK(n_blocks < (1LL << 31) && a.batches < (1 << 30), "kernelswap GEMV: problem too large");
   if (a.M <= 8) {
     launch_nt<Act, F, 1>(a, x, n_blocks);

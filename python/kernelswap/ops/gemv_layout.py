@@ -33,7 +33,7 @@ from .int4 import SYMMETRIC_ZERO, unpack_int4
 
 TILE_N = 16
 BATCH_K = 256
-WARPS = 4  # tiles a block: the GEMV's counters need ceil(n_tiles / WARPS) entries
+WARPS = 4  # the fewest tiles a GEMV block has (kMinWarps in csrc/gemv): counters need ceil(n_tiles / WARPS)
 
 
 # (chunk K, element maps) per format: row_in_tile[lane, e] and k_in_chunk[lane, e] of the
