@@ -8,8 +8,9 @@ the cuda backend forced (so host time is the op's real per-call path), and on an
 CUTLASS W8A8 GEMM (quantize kernel + int8 GEMM) it displaces; --with-triton adds the Triton
 backend of the same ops. At M in {1, 4, 16, 64} on (K, N) in {(4096, 4096),
 (4096, 14336), (14336, 4096), (8192, 28672)}. Each provider cycles through enough copies of its
-weights that they cannot sit in L2 (and triton.testing.do_bench clears L2 before each call
-too); time = do_bench's median. GB/s counts the weight bytes the kernel must read (codes +
+weights that they cannot sit in L2. us = one call's time replayed from a CUDA graph of one call
+per weight copy (the kernels alone, no host time); eager_us = do_bench's median of one eager call
+(it clears L2 first), which also holds the host time where that outlasts the GPU work. GB/s counts the weight bytes the kernel must read (codes +
 scales + zeros, public sizes); % copy is that against a device-to-device copy timed here; "x bf16"
 is the time over cuBLAS bf16's (F.linear) at the same M. Prints a table last; --out writes the CSV.
 """
@@ -70,9 +71,36 @@ OPS = {"w4a16-g128": "int4_linear", "w4a16-g32sym": "int4_linear", "w8a16": "int
 
 
 def time_rotating(fn, weights) -> float:
-    """Median ms of fn(weights[i]) with i cycling, so each call reads weights not in L2."""
+    """Median ms of one eager fn(weights[i]) with i cycling, so each call reads weights not in
+    L2 (do_bench also clears L2 first): GPU time, plus host time where the call's host path
+    outlasts the queued GPU work."""
     it = itertools.cycle(weights)
     return triton.testing.do_bench(lambda: fn(next(it)), warmup=25, rep=200)
+
+
+def time_graph(fn, weights, replays: int = 5) -> float:
+    """ms of one fn(weights[i]) replayed from a CUDA graph of one call per weight (no host time):
+    the kernels' own time, each call reading weights the previous calls did not."""
+    for w in weights:
+        fn(w)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w in weights:
+            fn(w)
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / (replays * len(weights))
+
+
+def row(kernel, be, m, k, n, ms, eager_ms, nbytes, bw, bf16_ms) -> dict:
+    return dict(kernel=kernel, backend=be, M=m, K=k, N=n, us=ms * 1e3, GBps=nbytes / (ms * 1e-3) / 1e9,
+                pct_copy=100 * nbytes / (ms * 1e-3) / bw, x_bf16=ms / bf16_ms[m], eager_us=eager_ms * 1e3)
 
 
 def main() -> None:
@@ -94,12 +122,11 @@ def main() -> None:
         dense_bytes = n * k * 2
         dense = [torch.randn(n, k, device="cuda").to(dtype) for _ in range(copies(dense_bytes))]
         xs = {m: torch.randn(m, k, device="cuda").to(dtype) for m in MS}
-        bf16_ms = {m: time_rotating(lambda w, x=xs[m]: F.linear(x, w), dense) for m in MS}
+        bf16_ms = {m: time_graph(lambda w, x=xs[m]: F.linear(x, w), dense) for m in MS}
+        bf16_eager = {m: time_rotating(lambda w, x=xs[m]: F.linear(x, w), dense) for m in MS}
         del dense
         for m in MS:
-            rows.append(dict(kernel="bf16 F.linear", backend="cublas", M=m, K=k, N=n, us=bf16_ms[m] * 1e3,
-                             GBps=dense_bytes / (bf16_ms[m] * 1e-3) / 1e9,
-                             pct_copy=100 * dense_bytes / (bf16_ms[m] * 1e-3) / bw, x_bf16=1.0))
+            rows.append(row("bf16 F.linear", "cublas", m, k, n, bf16_ms[m], bf16_eager[m], dense_bytes, bw, bf16_ms))
         for kind, op_name in OPS.items():
             op = getattr(kernelswap.ops, op_name)
             probe, nbytes = make_weights(kind, k, n, 1)
@@ -109,18 +136,17 @@ def main() -> None:
                 try:
                     with kernelswap.use_backend(be):
                         op(x, *weights[0])  # raises where this backend cannot serve the call
-                        ms = time_rotating(lambda w, x=x: op(x, *w), weights)
+                        ms = time_graph(lambda w, x=x: op(x, *w), weights)
+                        eager = time_rotating(lambda w, x=x: op(x, *w), weights)
                 except RuntimeError as e:
                     print(f"skip {kind} {be} M={m} K={k} N={n}: {str(e).splitlines()[0][:120]}")
                     continue
-                rows.append(dict(kernel=kind, backend=be, M=m, K=k, N=n, us=ms * 1e3, GBps=nbytes / (ms * 1e-3) / 1e9,
-                                 pct_copy=100 * nbytes / (ms * 1e-3) / bw, x_bf16=ms / bf16_ms[m]))
+                rows.append(row(kind, be, m, k, n, ms, eager, nbytes, bw, bf16_ms))
             if kind == "w8a8" and cutlass_ok:  # the CUTLASS GEMM the GEMV displaces at decode M
                 for m in MS:
-                    ms = time_rotating(lambda w, x=xs[m]: int8_cuda._int8_linear_cuda(x, *w), weights)
-                    rows.append(dict(kernel=kind, backend="cutlass", M=m, K=k, N=n, us=ms * 1e3,
-                                     GBps=nbytes / (ms * 1e-3) / 1e9, pct_copy=100 * nbytes / (ms * 1e-3) / bw,
-                                     x_bf16=ms / bf16_ms[m]))
+                    fn = lambda w, x=xs[m]: int8_cuda._int8_linear_cuda(x, *w)  # noqa: E731
+                    rows.append(row(kind, "cutlass", m, k, n, time_graph(fn, weights), time_rotating(fn, weights),
+                                    nbytes, bw, bf16_ms))
             del weights, probe
             torch.cuda.empty_cache()
     with open(opts.out, "w", newline="") as f:
@@ -128,10 +154,11 @@ def main() -> None:
         writer.writeheader()
         for r in rows:
             writer.writerow(dict(r, copy_GBps=bw / 1e9, gpu=torch.cuda.get_device_name(), dtype=opts.dtype))
-    print(f"\n{'kernel':<14}{'backend':<8}{'M':>4}{'K':>7}{'N':>7}{'us':>9}{'GB/s':>8}{'%copy':>7}{'x bf16':>8}")
+    print(f"\n{'kernel':<14}{'backend':<8}{'M':>4}{'K':>7}{'N':>7}{'us':>9}{'GB/s':>8}{'%copy':>7}{'x bf16':>8}"
+          f"{'eager us':>10}")
     for r in rows:
         print(f"{r['kernel']:<14}{r['backend']:<8}{r['M']:>4}{r['K']:>7}{r['N']:>7}{r['us']:>9.1f}{r['GBps']:>8.0f}"
-              f"{r['pct_copy']:>7.1f}{r['x_bf16']:>8.2f}")
+              f"{r['pct_copy']:>7.1f}{r['x_bf16']:>8.2f}{r['eager_us']:>10.1f}")
     print(f"wrote {opts.out}")
 
 
