@@ -9,6 +9,8 @@ graph's memory pool) makes them.
 import pytest
 import torch
 
+import kernelswap
+
 from test_capture_gpu import LINEAR_RECIPES, assert_matches, cnn, images, linear_stack
 from utils import needs_cuda, rel_err
 
@@ -60,6 +62,21 @@ def test_raw_cuda_graph(recipe, m):
         with torch.no_grad():
             ref = model(x)
         assert_matches(static_y, ref, f"{recipe} M={m}: new input {step}")
+
+
+@pytest.mark.parametrize("recipe", LINEAR_RECIPES)
+def test_reference_path_captures(recipe):
+    """The reference path serves on a GPU where no kernel can (a build without CUTLASS, an
+    unaligned shape): it must be graph-safe too (no host copies or host reads under capture)."""
+    model, make = model_and_inputs(recipe, 16)
+    static_x = make()
+    with kernelswap.use_backend("reference"):
+        graph, static_y = raw_capture(model, static_x)
+        x = make()
+        static_x.copy_(x)
+        graph.replay()
+        with torch.no_grad():
+            assert_matches(static_y, model(x), f"{recipe} (reference backend): new input")
 
 
 @pytest.mark.parametrize("m", [1, 16])

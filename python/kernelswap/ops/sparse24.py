@@ -34,7 +34,13 @@ def meta_indices(meta: Tensor) -> Tensor:
 
 
 def check_meta_valid(op: str, meta: Tensor) -> None:
-    """Every nibble must name two distinct positions in order; costs one pass over meta."""
+    """Every nibble must name two distinct positions in order; costs one pass over meta.
+
+    Skipped while a CUDA stream is capturing a graph: the check reads its verdict back to the
+    host, which capture forbids. An invalid meta captured that way is not reported (its groups
+    decompress with a position named twice); the next eager call reports it."""
+    if meta.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
     nibbles = torch.stack((meta & 0x0F, meta >> 4), dim=-1)
     ok = torch.isin(nibbles, torch.tensor(_VALID_NIBBLES, dtype=meta.dtype, device=meta.device))
     if not bool(ok.all()):
