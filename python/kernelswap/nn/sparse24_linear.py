@@ -24,6 +24,18 @@ from ..packing import compress_24, is_24_sparse, prune_24, quantize_int8
 from ._base import LinearModule, check_features, check_linear
 
 
+def sparse24_weight(cls_name: str, linear: nn.Linear, prune: bool, name: str | None) -> torch.Tensor:
+    """from_float's 2:4 weight: linear's weight pruned by magnitude when prune, else checked to be 2:4."""
+    w = linear.weight.detach()
+    if prune:
+        return prune_24(w)
+    if not is_24_sparse(w):
+        raise ValueError(f"{cls_name}.from_float" + (f" ({name!r})" if name else "") +
+                         ": prune=False but the weight is not 2:4 sparse; pass prune=True "
+                         "(magnitude pruning) or prune it with kernelswap.packing.prune_24")
+    return w
+
+
 class Sparse24Linear(LinearModule):
     FIXED_DTYPE_BUFFERS = ("w_scale",)
     method = "magnitude"  # how the mask was chosen (ks.Sparse24(method=...)); kept in recipe_config
@@ -49,13 +61,7 @@ class Sparse24Linear(LinearModule):
     def from_float(cls, linear: nn.Linear, int8: bool = False, prune: bool = True,
                    name: str | None = None) -> "Sparse24Linear":
         check_linear(cls.__name__, linear, name)
-        w = linear.weight.detach()
-        if prune:
-            w = prune_24(w)
-        elif not is_24_sparse(w):
-            raise ValueError(f"{cls.__name__}.from_float" + (f" ({name!r})" if name else "") +
-                             ": prune=False but the weight is not 2:4 sparse; pass prune=True "
-                             "(magnitude pruning) or prune it with kernelswap.packing.prune_24")
+        w = sparse24_weight(cls.__name__, linear, prune, name)
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, int8, device=w.device,
                 dtype=w.dtype, name=name)
         if int8:
