@@ -43,8 +43,10 @@ def test_meta_shapes(sparse):
     assert q.shape == (m, k) and q.dtype == FP8 and s.shape == (m,) and s.dtype == torch.float32
     w_scale = torch.empty(n, device="meta")
     if sparse:
-        values, meta = C._C_sparse24_prepare(torch.empty(n, k, dtype=torch.int8, device="meta"))
-        y = C._C_sparse24_fp8_mm(q, s, values.view(FP8), meta, w_scale, None, torch.bfloat16)
+        # the layouts _C_sparse24_prepare makes for 8-bit weights (tests/test_cuda_ext.py checks them)
+        values = torch.empty(n, -(-k // 32) * 16, dtype=FP8, device="meta")
+        meta = torch.empty(-(-n // 64) * 64, -(-k // 128) * 16, dtype=torch.uint8, device="meta")
+        y = C._C_sparse24_fp8_mm(q, s, values, meta, w_scale, None, torch.bfloat16)
     else:
         y = C._C_fp8_mm(q, s, torch.empty(n, k, dtype=FP8, device="meta"), w_scale, None, torch.bfloat16)
     assert y.shape == (m, n) and y.dtype == torch.bfloat16 and y.device.type == "meta"
