@@ -3,7 +3,8 @@
 Baselines besides the dense layer: torch._scaled_mm with row-wise scales (cuBLASLt's FP8 GEMM,
 sm_90+), its e4m3 activation quantization included and timed (eager, and under torch.compile,
 which fuses the quantization); peer: torchao's Float8DynamicActivationFloat8WeightConfig with
-PerRow granularity, under torch.compile. For the sparse op the same dense FP8 layers are the
+PerRow granularity, under torch.compile (its default Float8MMConfig uses fast accumulation;
+ours and torch._scaled_mm's default do not). For the sparse op the same dense FP8 layers are the
 baselines (on the unpruned weight: what 2:4 must beat), FLOP/s dense-equivalent.
 """
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _make_scaled_mm(compile_: bool):
 def _make_torchao_float8(s: LinearShape, dtype, device) -> Case:
     quant = _import("torchao.quantization")
     config_cls = getattr(quant, "Float8DynamicActivationFloat8WeightConfig", None)
-    per_row = getattr(quant, "PerRow", None)
+    per_row = getattr(quant, "PerRow", None) or getattr(_import("torchao.quantization.granularity"), "PerRow", None)
     if config_cls is None or per_row is None:
         raise Absent(f"torchao {getattr(_import('torchao'), '__version__', '?')} has no "
                      f"Float8DynamicActivationFloat8WeightConfig / PerRow")
