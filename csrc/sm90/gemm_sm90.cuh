@@ -93,7 +93,7 @@ struct Gemm {
   // int8: exact int32 sums. e4m3: fp32. The kernel schedules below are CUTLASS's FP8 default
   // ("slow" accumulation): the wgmma accumulator, whose additions keep fewer bits than fp32,
   // is added into fp32 registers every 4 k-blocks (128 K). The *FP8FastAccum schedules skip
-  // that promotion and accumulate all of K in the tensor cores (a few % faster, errors that
+  // that promotion and accumulate all of K in the tensor cores (faster, with errors that
   // grow with K); kernelswap does not instantiate them.
   using Acc = std::conditional_t<In == DType::kI8, int32_t, float>;
   static constexpr int kAlignIn = 128 / cutlass::sizeof_bits<ElementIn>::value;
