@@ -199,3 +199,14 @@ def test_every_fp8_baseline_runs_and_agrees_on_gpu():
         pytest.skip("torch._scaled_mm row-wise needs sm_90+")
     outs = _provider_outputs("fp8_linear", S.LinearShape(64, 1024, 512), torch.bfloat16, torch.device("cuda"))
     assert "scaled_mm-rowwise" in _check_agreement("fp8_linear", outs, must_run={"torch-dense", "scaled_mm-rowwise"})
+
+
+@needs_cuda
+@pytest.mark.skipif(ON_SM90 and CUTLASS and HAS_OPS, reason="this GPU and build run the FP8 GEMMs")
+def test_other_gpus_and_builds_fall_back_with_the_reason():
+    x = torch.randn(3, 64, device="cuda", dtype=torch.bfloat16)
+    w_q, w_s = packing.quantize_fp8(torch.randn(32, 64, device="cuda"))
+    why = fp8_cuda._fp8_linear_supports(x, w_q, w_s, None)
+    assert why, "a GPU or build without the FP8 GEMMs must decline with a reason"
+    assert backend.choose("fp8_linear", x.device, x, w_q, w_s, None).backend == "reference"
+    assert_exact(ks.ops.fp8_linear(x, w_q, w_s, None), fp8_linear_ref(x, w_q, w_s, None), what="fallback")
