@@ -58,17 +58,10 @@ class Fp8Linear(LinearModule):
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, sparse24, device=w.device,
                 dtype=w.dtype, name=name)
         w_q, w_scale = quantize_fp8(w)  # zeros stay zero, so a 2:4 weight stays 2:4
-        if sparse24:
-            values, meta = compress_24(w_q.float())  # float32 holds every e4m3 value exactly
-            m.values.copy_(values.to(FP8))
-            m.meta.copy_(meta)
-        else:
-            m.w_q.copy_(w_q)
-        m.w_scale.copy_(w_scale)
-        if linear.bias is not None:
-            m.bias.copy_(linear.bias.detach())
-        m.prepare()
-        return m
+        if not sparse24:
+            return m.fill_from(linear, w_q=w_q, w_scale=w_scale)
+        values, meta = compress_24(w_q.float())  # float32 holds every e4m3 value exactly
+        return m.fill_from(linear, values=values.to(FP8), meta=meta, w_scale=w_scale)
 
     def op_args(self) -> tuple:
         b = self._buffers

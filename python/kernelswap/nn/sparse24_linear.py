@@ -64,18 +64,11 @@ class Sparse24Linear(LinearModule):
         w = sparse24_weight(cls.__name__, linear, prune, name)
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, int8, device=w.device,
                 dtype=w.dtype, name=name)
+        w_scale = None
         if int8:
-            w_q, w_scale = quantize_int8(w)  # zeros stay zero, so w_q is still 2:4
-            values, meta = compress_24(w_q)
-            m.w_scale.copy_(w_scale)
-        else:
-            values, meta = compress_24(w)
-        m.values.copy_(values)
-        m.meta.copy_(meta)
-        if linear.bias is not None:
-            m.bias.copy_(linear.bias.detach())
-        m.prepare()
-        return m
+            w, w_scale = quantize_int8(w)  # zeros stay zero, so the codes are still 2:4
+        values, meta = compress_24(w)
+        return m.fill_from(linear, values=values, meta=meta, w_scale=w_scale)
 
     def op_args(self) -> tuple:
         b = self._buffers
