@@ -11,6 +11,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <cstdint>
 #include <tuple>
 
 namespace kernelswap {
@@ -50,15 +51,26 @@ struct E4M3Format {
   }
 };
 
-template <class F, typename T>
+// V consecutive elements, moved by one load / store (16 bytes of x when V > 1).
+template <typename T, int V> struct alignas(sizeof(T) * V) Vec { T v[V]; };
+
+// One block per row; each thread reads V elements at a time (V = 16 bytes of x where K and the
+// pointer allow, else 1). The max is order-independent (NaN included), so V does not change results.
+template <class F, typename T, int V>
 __global__ void quantize_per_token_kernel(const T* __restrict__ x,         // (M, K) row-major
                                           typename F::Code* __restrict__ q,  // (M, K)
                                           float* __restrict__ scale,         // (M,)
                                           int64_t K) {
-  const int64_t row = blockIdx.x;
-  const T* xr = x + row * K;
+  using In = Vec<T, V>;
+  using Out = Vec<typename F::Code, V>;
+  const int64_t row = blockIdx.x, n = K / V;
+  const In* xr = reinterpret_cast<const In*>(x + row * K);
   float amax = 0.f;
-  for (int64_t k = threadIdx.x; k < K; k += kThreads) amax = nan_max(fabsf(to_float(xr[k])), amax);
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+    const In a = xr[i];
+#pragma unroll
+    for (int j = 0; j < V; ++j) amax = nan_max(fabsf(to_float(a.v[j])), amax);
+  }
   __shared__ float warp_max[kThreads / 32];
   for (int off = 16; off > 0; off >>= 1) amax = nan_max(__shfl_xor_sync(0xffffffff, amax, off), amax);
   if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = amax;
@@ -71,8 +83,25 @@ __global__ void quantize_per_token_kernel(const T* __restrict__ x,         // (M
   __syncthreads();
   const float s = __fdiv_rn(warp_max[0], F::kMax);
   if (threadIdx.x == 0) scale[row] = s;
-  typename F::Code* qr = q + row * K;
-  for (int64_t k = threadIdx.x; k < K; k += kThreads) qr[k] = F::encode(to_float(xr[k]), s);
+  Out* qr = reinterpret_cast<Out*>(q + row * K);
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+    const In a = xr[i];
+    Out c;
+#pragma unroll
+    for (int j = 0; j < V; ++j) c.v[j] = F::encode(to_float(a.v[j]), s);
+    qr[i] = c;
+  }
+}
+
+template <class F, typename T>
+void launch(const void* x, typename F::Code* q, float* scale, int64_t M, int64_t K, cudaStream_t stream) {
+  constexpr int kV = 16 / sizeof(T);
+  const T* xp = static_cast<const T*>(x);
+  if (K % kV == 0 && reinterpret_cast<uintptr_t>(xp) % 16 == 0) {  // rows of whole 16-byte vectors
+    quantize_per_token_kernel<F, T, kV><<<M, kThreads, 0, stream>>>(xp, q, scale, K);
+  } else {
+    quantize_per_token_kernel<F, T, 1><<<M, kThreads, 0, stream>>>(xp, q, scale, K);
+  }
 }
 
 template <class F>
@@ -92,11 +121,11 @@ std::tuple<Tensor, Tensor> quantize_per_token(const Tensor& x) {
   auto* sp = static_cast<float*>(scale.mutable_data_ptr());
   const void* xp = x.const_data_ptr();
   if (dt == ScalarType::Float) {
-    quantize_per_token_kernel<F><<<M, kThreads, 0, stream>>>(static_cast<const float*>(xp), qp, sp, K);
+    launch<F, float>(xp, qp, sp, M, K, stream);
   } else if (dt == ScalarType::Half) {
-    quantize_per_token_kernel<F><<<M, kThreads, 0, stream>>>(static_cast<const __half*>(xp), qp, sp, K);
+    launch<F, __half>(xp, qp, sp, M, K, stream);
   } else {
-    quantize_per_token_kernel<F><<<M, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(xp), qp, sp, K);
+    launch<F, __nv_bfloat16>(xp, qp, sp, M, K, stream);
   }
   KS_CHECK_LAUNCH();
   return {q, scale};

@@ -71,21 +71,51 @@ def test_scaled_mm_baseline_computes_our_layer_cpu():
 
 
 # ================================================================ GPU: the quantizer (any CUDA GPU)
-@needs_cuda
-@needs_fp8_ops
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("m", AWKWARD_M + (4096,))
-def test_quantize_per_token_fp8_exact(m, dtype):
-    x = (torch.randn(m, 1000, device="cuda") * torch.logspace(-4, 3, 1000, device="cuda")).to(dtype)
+def _rows(m, k, dtype, offset=0):
+    """(m, k) of dtype over 7 decades, an all-zero row and a NaN row; `offset` elements into its
+    storage (1: not 16-byte aligned, so the quantizer's scalar path)."""
+    base = torch.empty(m * k + offset, device="cuda", dtype=dtype)
+    x = base[offset:].view(m, k)
+    x.copy_(torch.randn(m, k, device="cuda") * torch.logspace(-4, 3, k, device="cuda"))
     if m >= 3:
         x[1] = 0  # all-zero row: scale 0, codes 0
         x[2, 7] = float("nan")  # NaN reaches the output through the scale
+    return x
+
+
+# K = 1000 and 8192 take the 16-byte vector path for every dtype; K = 37 and offset views the scalar one.
+QUANT_CASES = [(1000, 0), (8192, 0), (37, 0), (1000, 1)]
+
+
+@needs_cuda
+@needs_fp8_ops
+@pytest.mark.parametrize("k,offset", QUANT_CASES, ids=[f"K{k}+{o}" for k, o in QUANT_CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m", AWKWARD_M + (4096,))
+def test_quantize_per_token_fp8_exact(m, dtype, k, offset):
+    x = _rows(m, k, dtype, offset)
     with use_backend("cuda"):
         q, s = ks.ops.quantize_per_token_fp8(x)
     q_ref, s_ref = quantize_per_token_fp8_ref(x)
-    assert_exact(s, s_ref, what=f"scale M={m} {dtype}")
+    assert_exact(s, s_ref, what=f"scale M={m} K={k} {dtype}")
     ok = ~torch.isnan(s_ref)
-    assert_exact(q[ok].float(), q_ref[ok].float(), what=f"codes M={m} {dtype}")
+    assert_exact(q[ok].float(), q_ref[ok].float(), what=f"codes M={m} K={k} {dtype}")
+
+
+@needs_cuda
+@needs_ext
+@pytest.mark.parametrize("k,offset", QUANT_CASES, ids=[f"K{k}+{o}" for k, o in QUANT_CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_quantize_per_token_int8_exact_on_both_paths(dtype, k, offset):
+    """The int8 quantizer shares the kernel body (csrc/quantize_per_token.cu)."""
+    from kernelswap.ops.int8 import quantize_per_token_ref
+
+    x = _rows(33, k, dtype, offset)
+    q, s = C._C_quantize_per_token_int8(x)
+    q_ref, s_ref = quantize_per_token_ref(x)
+    ok = ~torch.isnan(s_ref)
+    assert_exact(s[ok], s_ref[ok], what=f"int8 scale K={k} {dtype}")
+    assert_exact(q[ok], q_ref[ok], what=f"int8 codes K={k} {dtype}")
 
 
 # ================================================================ GPU: the sm_90a GEMMs
