@@ -40,6 +40,7 @@ template <DType D> struct CutlassType;
 template <> struct CutlassType<DType::kBF16> { using type = cutlass::bfloat16_t; };
 template <> struct CutlassType<DType::kFP16> { using type = cutlass::half_t; };
 template <> struct CutlassType<DType::kI8> { using type = int8_t; };
+template <> struct CutlassType<DType::kE4M3> { using type = cutlass::float_e4m3_t; };
 
 // fp32 multiply / add with IEEE rounding at each step. nvcc would otherwise contract
 // (acc * s) + bias into one FMA, which rounds once and so differs from the reference

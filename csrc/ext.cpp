@@ -31,11 +31,16 @@ Tensor build_info() {
 STABLE_TORCH_LIBRARY_FRAGMENT(kernelswap, m) {
   m.def("_C_build_info() -> Tensor");
   m.def("_C_quantize_per_token_int8(Tensor x) -> (Tensor, Tensor)");
+  m.def("_C_quantize_per_token_fp8(Tensor x) -> (Tensor, Tensor)");
   // sm_90a CUTLASS GEMMs (csrc/sm90_gemm_ops.cu, csrc/sparse24_prepare.cu).
   m.def("_C_int8_mm(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor? bias, ScalarType out_dtype) -> Tensor");
   m.def("_C_sparse24_prepare(Tensor w) -> (Tensor, Tensor)");
   m.def("_C_sparse24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
   m.def("_C_sparse24_int8_mm(Tensor x, Tensor x_scale, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias, "
+        "ScalarType out_dtype) -> Tensor");
+  // The same two on float8_e4m3fn inputs (sm_90a, bfloat16 out).
+  m.def("_C_fp8_mm(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor? bias, ScalarType out_dtype) -> Tensor");
+  m.def("_C_sparse24_fp8_mm(Tensor x, Tensor x_scale, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias, "
         "ScalarType out_dtype) -> Tensor");
   // sm_80+ (mma.sp) CUTLASS 2:4 GEMMs (csrc/sm80_sparse_ops.cu); layouts from kernelswap.ops.sparse24_sm80.
   m.def("_C_sparse24_mm_sm80(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");

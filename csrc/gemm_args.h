@@ -16,18 +16,19 @@
 
 namespace kernelswap {
 
-enum class DType { kBF16, kFP16, kI8 };
+// kI8 and kE4M3 (float8_e4m3fn) are the 8-bit inputs with the scaled epilogue.
+enum class DType { kBF16, kFP16, kI8, kE4M3 };
 // kSmall: tiles for M <= kSmallM tokens, where the weight read dominates and big tiles
 // would leave SMs idle; kLarge: the big tiles (each arch's header says which).
 enum class Tiles { kSmall, kLarge };
 constexpr int64_t kSmallM = 64;
 
 struct GemmProblem {
-  const void* w;        // (N, K) int8 weight, or the 2:4 values in the arch's compressed layout
+  const void* w;        // (N, K) int8 / e4m3 weight, or the 2:4 values in the arch's compressed layout
   const void* meta;     // sparse only: 2:4 metadata in the arch's layout
   const void* x;        // (M, K) activations, row-major, same element type as w
-  const float* x_scale; // (M,) per-token scale, int8 only
-  const float* w_scale; // (N,) per-channel scale, int8 only
+  const float* x_scale; // (M,) per-token scale, 8-bit inputs only
+  const float* w_scale; // (N,) per-channel scale, 8-bit inputs only
   const float* bias;    // (N,) fp32, or null
   void* out;            // the output: (M, N) row-major (sm90); (N, M) row-major (sm80, see gemm_sm80.cuh)
   int M, N, K;

@@ -8,10 +8,12 @@
 //       x (M, K) bf16 / fp16, values + meta from _C_sparse24_prepare -> (M, N) x.dtype = x @ w.T + bias
 //   _C_sparse24_int8_mm(x, x_scale, values, meta, w_scale, bias, out_dtype)
 //       the int8 epilogue of _C_int8_mm over a 2:4 sparse int8 weight
+//   _C_fp8_mm, _C_sparse24_fp8_mm: the same two with float8_e4m3fn x and w / values (fp32
+//       accumulation, see csrc/sm90/gemm_sm90.cuh), out_dtype bfloat16 only
 //
 // Limits, each with its own error: an sm_90 GPU and a build with 9.0a; K and N multiples
-// of 16 (TMA moves 16-byte aligned rows: K int8 / bf16 elements per row of x and w, N
-// output elements per row of out), K a multiple of 32 for int8 2:4 (its K / 2 compressed
+// of 16 (TMA moves 16-byte aligned rows: K 8-bit / bf16 elements per row of x and w, N
+// output elements per row of out), K a multiple of 32 for 8-bit 2:4 (its K / 2 compressed
 // values per row); 16-byte aligned, contiguous inputs; M, N, K < 2^31.
 #include "common.h"
 
@@ -37,8 +39,10 @@ void check_kn(const char* op, int64_t K, int64_t N) {
 // The GEMMs are sm_90a code: refused on any other GPU, and by a build without 9.0a.
 constexpr GpuNeed kSm90a{"the sm_90a GEMMs", "9.0a", 90, 90, "an sm_90 (Hopper) GPU"};
 
+bool is_8bit(ScalarType dt) { return dt == ScalarType::Char || dt == ScalarType::Float8_e4m3fn; }
+
 // The sparse layouts of _C_sparse24_prepare (CUTLASS's Sm90GemmSparseConfig): values pad K
-// to 16 bytes of compressed data (K_a = K rounded up to 16 for 16-bit, 32 for int8);
+// to 16 bytes of compressed data (K_a = K rounded up to 16 for 16-bit, 32 for 8-bit);
 // meta holds one byte per 8 logical elements, with rows padded to 64 and K to 128.
 void check_sparse(const char* op, const Tensor& values, const Tensor& meta, ScalarType dt, const char* dt_name,
                   int64_t K) {
@@ -47,10 +51,10 @@ void check_sparse(const char* op, const Tensor& values, const Tensor& meta, Scal
   const int64_t N = values.size(0);
   check_kn(op, K, N);
   // CUTLASS's sparse mainloop asks for 16-byte rows of the compressed values (K / 2
-  // elements): K % 32 for int8 (CollectiveMma::can_implement refuses K = 16 or 208).
-  STD_TORCH_CHECK(dt != ScalarType::Char || K % 32 == 0, op, ": int8 2:4 needs K to be a multiple of 32 "
+  // elements): K % 32 for 8-bit (CollectiveMma::can_implement refuses K = 16 or 208).
+  STD_TORCH_CHECK(!is_8bit(dt) || K % 32 == 0, op, ": 8-bit 2:4 needs K to be a multiple of 32 "
                   "(16-byte rows of K/2 compressed values for TMA), got K=", K);
-  const int64_t k_a = round_up(K, dt == ScalarType::Char ? 32 : 16);
+  const int64_t k_a = round_up(K, is_8bit(dt) ? 32 : 16);
   STD_TORCH_CHECK(values.size(1) * 2 == k_a, op, ": values has ", values.size(1), " columns; K=", K,
                   " needs ", k_a / 2, ". Make values and meta with _C_sparse24_prepare");
   STD_TORCH_CHECK(meta.size(0) == round_up(N, 64) && meta.size(1) == round_up(K, 128) / 8, op, ": meta is (",
@@ -70,14 +74,17 @@ void launch(DType out, sm90::GemmProblem& p) {
       small ? sm90::run_gemm<Sparse, In, DType::kFP16, Tiles::kSmall>(p)
             : sm90::run_gemm<Sparse, In, DType::kFP16, Tiles::kLarge>(p);
     }
+  } else if constexpr (In == DType::kE4M3) {  // bf16 out only (csrc/generate.py); fp8_out_type checked it
+    small ? sm90::run_gemm<Sparse, In, DType::kBF16, Tiles::kSmall>(p)
+          : sm90::run_gemm<Sparse, In, DType::kBF16, Tiles::kLarge>(p);
   } else {
     small ? sm90::run_gemm<Sparse, In, In, Tiles::kSmall>(p) : sm90::run_gemm<Sparse, In, In, Tiles::kLarge>(p);
   }
 #endif
 }
 
-// What the three entry points check beyond their operands: M, and the epilogue's inputs
-// (x_scale per row and w_scale per column for int8, null for 2:4 bf16/fp16; bias per column).
+// What the entry points check beyond their operands: M, and the epilogue's inputs
+// (x_scale per row and w_scale per column for 8-bit inputs, null for 2:4 bf16/fp16; bias per column).
 void check_epilogue(const char* op, int64_t M, int64_t N, const Tensor* x_scale, const Tensor* w_scale,
                     const std::optional<Tensor>& bias) {
   STD_TORCH_CHECK(M < (1LL << 31), op, ": M must be below 2^31");
@@ -98,24 +105,75 @@ std::optional<sm90::GemmProblem> problem(const char* op, const Tensor& x, const 
                            y.mutable_data_ptr(), int(x.size(0)), int(y.size(1)), int(x.size(1)), &x};
 }
 
-}  // namespace
+// The 8-bit input types of the scaled GEMMs: torch's dtype and its name in errors.
+template <DType In> struct Input8;
+template <> struct Input8<DType::kI8> {
+  static constexpr ScalarType kType = ScalarType::Char;
+  static constexpr const char* kName = "int8";
+};
+template <> struct Input8<DType::kE4M3> {
+  static constexpr ScalarType kType = ScalarType::Float8_e4m3fn;
+  static constexpr const char* kName = "float8_e4m3fn";
+};
 
-Tensor int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Tensor& w_scale,
-               const std::optional<Tensor>& bias, ScalarType out_dtype) {
-  constexpr const char* op = "_C_int8_mm";
-  check_tensor(op, "x", x, ScalarType::Char, "int8", 2);
-  check_tensor(op, "w", w, ScalarType::Char, "int8", 2);
+// The output of the scaled GEMMs: bf16 / fp16 for int8; bf16 alone is instantiated for e4m3.
+template <DType In> DType scaled_out_type(const char* op, ScalarType dt) {
+  if constexpr (In == DType::kE4M3) {
+    STD_TORCH_CHECK(dt == ScalarType::BFloat16, op, ": out_dtype must be bfloat16 (the only output "
+                    "instantiated for float8_e4m3fn inputs, see csrc/generate.py)");
+  }
+  return out_type(op, dt);
+}
+
+// _C_int8_mm / _C_fp8_mm: dense 8-bit x and w, the scaled epilogue.
+template <DType In>
+Tensor scaled_mm(const char* op, const Tensor& x, const Tensor& x_scale, const Tensor& w, const Tensor& w_scale,
+                 const std::optional<Tensor>& bias, ScalarType out_dtype) {
+  using T = Input8<In>;
+  check_tensor(op, "x", x, T::kType, T::kName, 2);
+  check_tensor(op, "w", w, T::kType, T::kName, 2);
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   STD_TORCH_CHECK(w.size(1) == K, op, ": x is (M, K=", K, ") but w is (N, K=", w.size(1), ")");
   check_kn(op, K, N);
   check_epilogue(op, M, N, &x_scale, &w_scale, bias);
-  const DType out = out_type(op, out_dtype);
+  const DType out = scaled_out_type<In>(op, out_dtype);
   Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
   auto p = problem(op, x, w.const_data_ptr(), nullptr, &x_scale, &w_scale, bias, y);
   if (!p) return y;
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
-  launch<false, DType::kI8>(out, *p);
+  launch<false, In>(out, *p);
   return y;
+}
+
+// _C_sparse24_int8_mm / _C_sparse24_fp8_mm: 8-bit x, 2:4 8-bit values + meta, the scaled epilogue.
+template <DType In>
+Tensor sparse24_scaled_mm(const char* op, const Tensor& x, const Tensor& x_scale, const Tensor& values,
+                          const Tensor& meta, const Tensor& w_scale, const std::optional<Tensor>& bias,
+                          ScalarType out_dtype) {
+  using T = Input8<In>;
+  check_tensor(op, "x", x, T::kType, T::kName, 2);
+  const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
+  check_sparse(op, values, meta, T::kType, T::kName, K);
+  check_epilogue(op, M, N, &x_scale, &w_scale, bias);
+  const DType out = scaled_out_type<In>(op, out_dtype);
+  Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
+  auto p = problem(op, x, values.const_data_ptr(), meta.const_data_ptr(), &x_scale, &w_scale, bias, y);
+  if (!p) return y;
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
+  launch<true, In>(out, *p);
+  return y;
+}
+
+}  // namespace
+
+Tensor int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Tensor& w_scale,
+               const std::optional<Tensor>& bias, ScalarType out_dtype) {
+  return scaled_mm<DType::kI8>("_C_int8_mm", x, x_scale, w, w_scale, bias, out_dtype);
+}
+
+Tensor fp8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Tensor& w_scale,
+              const std::optional<Tensor>& bias, ScalarType out_dtype) {
+  return scaled_mm<DType::kE4M3>("_C_fp8_mm", x, x_scale, w, w_scale, bias, out_dtype);
 }
 
 Tensor sparse24_mm(const Tensor& x, const Tensor& values, const Tensor& meta, const std::optional<Tensor>& bias) {
@@ -141,18 +199,12 @@ Tensor sparse24_mm(const Tensor& x, const Tensor& values, const Tensor& meta, co
 
 Tensor sparse24_int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& values, const Tensor& meta,
                         const Tensor& w_scale, const std::optional<Tensor>& bias, ScalarType out_dtype) {
-  constexpr const char* op = "_C_sparse24_int8_mm";
-  check_tensor(op, "x", x, ScalarType::Char, "int8", 2);
-  const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
-  check_sparse(op, values, meta, ScalarType::Char, "int8", K);
-  check_epilogue(op, M, N, &x_scale, &w_scale, bias);
-  const DType out = out_type(op, out_dtype);
-  Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
-  auto p = problem(op, x, values.const_data_ptr(), meta.const_data_ptr(), &x_scale, &w_scale, bias, y);
-  if (!p) return y;
-  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
-  launch<true, DType::kI8>(out, *p);
-  return y;
+  return sparse24_scaled_mm<DType::kI8>("_C_sparse24_int8_mm", x, x_scale, values, meta, w_scale, bias, out_dtype);
+}
+
+Tensor sparse24_fp8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& values, const Tensor& meta,
+                       const Tensor& w_scale, const std::optional<Tensor>& bias, ScalarType out_dtype) {
+  return sparse24_scaled_mm<DType::kE4M3>("_C_sparse24_fp8_mm", x, x_scale, values, meta, w_scale, bias, out_dtype);
 }
 
 }  // namespace kernelswap
@@ -161,10 +213,14 @@ STABLE_TORCH_LIBRARY_IMPL(kernelswap, CUDA, m) {
   m.impl("_C_int8_mm", TORCH_BOX(&kernelswap::int8_mm));
   m.impl("_C_sparse24_mm", TORCH_BOX(&kernelswap::sparse24_mm));
   m.impl("_C_sparse24_int8_mm", TORCH_BOX(&kernelswap::sparse24_int8_mm));
+  m.impl("_C_fp8_mm", TORCH_BOX(&kernelswap::fp8_mm));
+  m.impl("_C_sparse24_fp8_mm", TORCH_BOX(&kernelswap::sparse24_fp8_mm));
 }
 
 STABLE_TORCH_LIBRARY_IMPL(kernelswap, Meta, m) {
   m.impl("_C_int8_mm", TORCH_BOX(&kernelswap::int8_mm));
   m.impl("_C_sparse24_mm", TORCH_BOX(&kernelswap::sparse24_mm));
   m.impl("_C_sparse24_int8_mm", TORCH_BOX(&kernelswap::sparse24_int8_mm));
+  m.impl("_C_fp8_mm", TORCH_BOX(&kernelswap::fp8_mm));
+  m.impl("_C_sparse24_fp8_mm", TORCH_BOX(&kernelswap::sparse24_fp8_mm));
 }

@@ -106,3 +106,44 @@ def test_fp8_weight_quantization_and_gradient():
     y.backward(g)
     torch.testing.assert_close(x.grad, g @ (w_q.float() * w_s[:, None]))
     assert fp8.FP8_MAX == torch.finfo(torch.float8_e4m3fn).max
+
+
+# ---------------------------------------------------------------- sparse24_fp8_linear
+def _sparse_fp8(n, k, device="cpu"):
+    """(the pruned e4m3 weight as an independent oracle, values, meta, w_scale)."""
+    w_q, w_s = packing.quantize_fp8(packing.prune_24(torch.randn(n, k, device=device)))
+    values, meta = packing.compress_24(w_q.float())
+    return w_q, values.to(torch.float8_e4m3fn), meta, w_s
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("m", AWKWARD_M)
+@pytest.mark.parametrize("k", [64, 37])  # 37: K padded to Kp = 40 in the compressed format
+def test_sparse24_fp8_linear_is_the_exact_product_of_its_codes(device, m, k):
+    w_q, values, meta, w_s = _sparse_fp8(24, k, device)
+    bias = torch.randn(24, device=device)
+    x = torch.randn(m, 3, k, device=device).to(torch.bfloat16)
+    out = ks.ops.sparse24_fp8_linear(x, values, meta, w_s, bias)
+    assert out.shape == (m, 3, 24) and out.dtype == torch.bfloat16
+    q, s = ks.ops.quantize_per_token_fp8(x.reshape(-1, k))
+    acc = (q.double() @ w_q.double().t()).float()  # the pruned codes before compression: no decompress here
+    want = ((acc * s[:, None]) * w_s[None, :] + bias).to(torch.bfloat16).reshape(m, 3, 24)
+    assert_exact(out, want, what=f"sparse24_fp8_linear M={m} K={k}")
+    # the same numbers as the dense FP8 op on the pruned weight
+    assert_exact(out, ks.ops.fp8_linear(x, w_q, w_s, bias), what="sparse vs dense fp8")
+
+
+def test_sparse24_fp8_linear_checks_and_gradient():
+    w_q, values, meta, w_s = _sparse_fp8(16, 32)
+    x = torch.randn(4, 32)
+    with pytest.raises(TypeError, match="values must be float8_e4m3fn"):
+        ks.ops.sparse24_fp8_linear(x, values.float(), meta, w_s, None)
+    with pytest.raises(ValueError, match="meta is not 2:4 metadata"):
+        ks.ops.sparse24_fp8_linear(x, values, torch.zeros_like(meta), w_s, None)
+    with pytest.raises(ValueError, match="w_scale"):
+        ks.ops.sparse24_fp8_linear(x, values, meta, w_s[:8], None)
+    xg = x.clone().requires_grad_(True)
+    y = torch.ops.kernelswap.sparse24_fp8_linear(xg, values, meta, w_s, None)
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(xg.grad, g @ (w_q.float() * w_s[:, None]))

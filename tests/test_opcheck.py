@@ -18,11 +18,15 @@ def _samples(device):
     v8, m8 = P.compress_24(P.quantize_int8(P.prune_24(w))[0])
     a = torch.randint(-127, 128, (6, 40), dtype=torch.int8, device=device)
     w8, s8 = P.quantize_fp8(w)
+    w8s, s8s = P.quantize_fp8(P.prune_24(w))
+    v8f, m8f = P.compress_24(w8s.float())
     xc = torch.randn(2, 8, 9, 9, device=device).to(memory_format=torch.channels_last)
     wc = torch.randn(16, 8, 3, 3, device=device)
     return {
         "quantize_per_token_fp8": [(x,), (x.bfloat16(),)],
         "fp8_linear": [(x, w8, s8, bias), (x.half(), w8, s8, None)],
+        "sparse24_fp8_linear": [(x, v8f.to(torch.float8_e4m3fn), m8f, s8s, bias),
+                                (x[..., :35].bfloat16(), v8f.to(torch.float8_e4m3fn), m8f, s8s, None)],
         "quantize_per_token_int8": [(x,), (x.half(),)],
         "int8_scaled_mm": [(a, torch.rand(6, device=device), w_q, w_s, bias, torch.bfloat16),
                            (a, torch.rand(6, device=device), w_q, w_s, None, torch.float32)],

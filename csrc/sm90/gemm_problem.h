@@ -14,8 +14,9 @@ using kernelswap::Tiles;
 // sm90 Tiles: kSmall = 64x64 tiles, ping-pong warpgroups, no cluster; kLarge = 128x128
 // tiles, cooperative warpgroups (sparse) or ping-pong (dense), 2-CTA clusters.
 //
-// out = epilogue(x @ w.T): float inputs: acc + bias; int8: (acc * x_scale[m]) * w_scale[n] + bias[n],
-// each step rounded in fp32 (no FMA contraction), so the int8 path is bit-exact with the reference.
+// out = epilogue(x @ w.T): float inputs: acc + bias; int8 / e4m3: (acc * x_scale[m]) * w_scale[n] + bias[n],
+// each step rounded in fp32 (no FMA contraction), so the int8 path is bit-exact with the reference
+// (e4m3 sums in fp32 in the tensor cores' order, so it matches the reference to fp32 rounding only).
 // Explicitly instantiated in csrc/sm90/inst_*.cu; throws on a CUTLASS error.
 template <bool Sparse, DType In, DType Out, Tiles T>
 void run_gemm(const GemmProblem& p);

@@ -1,5 +1,5 @@
 // The one CUTLASS 3.x Hopper GEMM template behind every sm_90a kernel of kernelswap._C:
-// dense int8 (TMA warp-specialized) and 2:4 sparse (sparse wgmma) with the same fused
+// dense int8 / e4m3 (TMA warp-specialized) and 2:4 sparse (sparse wgmma) with the same fused
 // epilogue. Included only by the generated csrc/sm90/inst_*.cu files (one instantiation
 // each, so they compile in parallel) and by sparse24_prepare.cu (for the sparse layouts).
 // See csrc/gemm_args.h for the swapped orientation (weight = A, tokens = B).
@@ -39,7 +39,7 @@ template <class Tile> using PerToken = fusion::Sm90RowBroadcast<0, Tile, float, 
 template <class Tile, class Out>
 using EpilogueBias = fusion::Sm90EVT<fusion::Sm90Compute<AddRn, Out, float, kRN>,
                                      fusion::Sm90AccFetch, PerFeature<Tile>>;
-// int8 inputs: D = (acc * x_scale[m]) * w_scale[n] + bias[n]
+// 8-bit inputs (int8, e4m3): D = (acc * x_scale[m]) * w_scale[n] + bias[n]
 template <class Tile, class Out>
 using EpilogueScaled = fusion::Sm90EVT<
     fusion::Sm90Compute<AddRn, Out, float, kRN>,
@@ -55,9 +55,17 @@ using EpilogueScaled = fusion::Sm90EVT<
 // config keeps 64-row weight tiles so a 28672-wide layer gives 448 tiles (3.4 waves on
 // 132 SMs) instead of 224. K tile >= 128 for sparse: the metadata layout depends on
 // min(K tile, 128), and sparse24_prepare.cu builds it once for all configs.
+//
+// e4m3 uses the int8 configs, except that the dense small config keeps a 128 K tile: the
+// FP8 mainloop promotes the tensor cores' accumulator into fp32 registers every
+// mma_promotion_interval (4) wgmma k-blocks and needs that interval to divide the K tile's
+// k-blocks (dense e4m3 wgmma k = 32: 128 / 32 = 4; sparse k = 64: 256 / 64 = 4).
+constexpr bool is_8bit(DType d) { return d == DType::kI8 || d == DType::kE4M3; }
+template <bool Sparse, DType In> constexpr bool kWideK = In == DType::kI8 || (Sparse && In == DType::kE4M3);
+
 template <bool Sparse, DType In, Tiles T> struct Config;
 template <bool Sparse, DType In> struct Config<Sparse, In, Tiles::kSmall> {
-  using Tile = Shape<_64, _64, std::conditional_t<In == DType::kI8, _256, _128>>;
+  using Tile = Shape<_64, _64, std::conditional_t<kWideK<Sparse, In>, _256, _128>>;
   using Cluster = Shape<_1, _1, _1>;
   using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
   using Epi = cutlass::epilogue::TmaWarpSpecialized;
@@ -69,7 +77,7 @@ template <DType In> struct Config<false, In, Tiles::kLarge> {
   using Epi = cutlass::epilogue::TmaWarpSpecialized;
 };
 template <DType In> struct Config<true, In, Tiles::kLarge> {
-  using Tile = Shape<_128, _128, std::conditional_t<In == DType::kI8, _256, _128>>;
+  using Tile = Shape<_128, _128, std::conditional_t<kWideK<true, In>, _256, _128>>;
   using Cluster = Shape<_1, _2, _1>;
   using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
   using Epi = cutlass::epilogue::TmaWarpSpecializedCooperative;
@@ -81,13 +89,18 @@ struct Gemm {
   using Tile = typename Cfg::Tile;
   using ElementIn = typename CutlassType<In>::type;
   using ElementOut = typename CutlassType<Out>::type;
-  static constexpr bool kInt8 = In == DType::kI8;
-  using Acc = std::conditional_t<kInt8, int32_t, float>;
+  static constexpr bool kScaled = is_8bit(In);  // the scaled epilogue
+  // int8: exact int32 sums. e4m3: fp32. The kernel schedules below are CUTLASS's FP8 default
+  // ("slow" accumulation): the wgmma accumulator, whose additions keep fewer bits than fp32,
+  // is added into fp32 registers every 4 k-blocks (128 K). The *FP8FastAccum schedules skip
+  // that promotion and accumulate all of K in the tensor cores (faster, with errors that
+  // grow with K); kernelswap does not instantiate them.
+  using Acc = std::conditional_t<In == DType::kI8, int32_t, float>;
   static constexpr int kAlignIn = 128 / cutlass::sizeof_bits<ElementIn>::value;
   static constexpr int kAlignOut = 128 / cutlass::sizeof_bits<ElementOut>::value;
   using OpClass = std::conditional_t<Sparse, cutlass::arch::OpClassSparseTensorOp, cutlass::arch::OpClassTensorOp>;
   using LayoutD = cutlass::layout::ColumnMajor;  // (N, M) column-major == out (M, N) row-major
-  using Fusion = std::conditional_t<kInt8, EpilogueScaled<Tile, ElementOut>, EpilogueBias<Tile, ElementOut>>;
+  using Fusion = std::conditional_t<kScaled, EpilogueScaled<Tile, ElementOut>, EpilogueBias<Tile, ElementOut>>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, OpClass, Tile, typename Cfg::Cluster,
@@ -135,6 +148,15 @@ void run_gemm(const GemmProblem& p) {
   typename G::CollectiveMainloop::Arguments mainloop;
   if constexpr (Sparse) {
     using SparseConfig = typename G::CollectiveMainloop::SparseConfig;
+    if constexpr (In == DType::kE4M3) {
+      // kernelswap.ops.fp8_cuda makes e4m3 2:4 layouts with the int8 compressor (bytes moved
+      // as int8): right only while the two 8-bit configs share the layouts of values and meta.
+      using Int8Config = typename Gemm<true, DType::kI8, Out, T>::CollectiveMainloop::SparseConfig;
+      static_assert(std::is_same_v<decltype(SparseConfig::deduce_layoutA()), decltype(Int8Config::deduce_layoutA())> &&
+                        std::is_same_v<decltype(SparseConfig::deduce_layoutE()), decltype(Int8Config::deduce_layoutE())> &&
+                        std::is_same_v<typename SparseConfig::TensorEAtom, typename Int8Config::TensorEAtom>,
+                    "e4m3 and int8 2:4 layouts differ; give _C_sparse24_prepare an e4m3 compressor");
+    }
     using ElementE = typename G::CollectiveMainloop::ElementE;
     mainloop = {static_cast<const ElementIn*>(p.w), SparseConfig::fill_layoutA(problem),
                 static_cast<const ElementIn*>(p.x), stride_b,
@@ -145,7 +167,7 @@ void run_gemm(const GemmProblem& p) {
   }
 
   typename G::CollectiveEpilogue::Arguments epilogue{{}, nullptr, stride_d, static_cast<ElementOut*>(p.out), stride_d};
-  if constexpr (G::kInt8) {
+  if constexpr (G::kScaled) {
     epilogue.thread = {{{{}, {p.x_scale}, {}}, {p.w_scale}, {}}, {p.bias}, {}};
   } else {
     epilogue.thread = {{}, {p.bias}, {}};

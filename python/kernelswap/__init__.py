@@ -15,6 +15,7 @@ from . import ops, packing  # noqa: E402
 from . import nn  # noqa: E402
 from .ops import use_backend  # noqa: E402
 from .recipes import Fuse, Int4, Int8, Int8Weight, Recipe, Sparse24, Sparse24Int8, register_recipe  # noqa: E402
+from .recipes import Fp8, Sparse24Fp8  # noqa: E402
 from .serialization import load, save  # noqa: E402
 from .compress import DistillReport, PruneReport, distill, prune  # noqa: E402
 from .swap import LayerSwap, SwapReport, swap  # noqa: E402
@@ -31,3 +32,4 @@ __all__ = ["Fuse", "Int4", "Int8", "Int8Weight", "LayerSwap", "Recipe", "Sparse2
 __all__ += ["capture", "pipeline", "prepare"]
 __all__ += ["EvalReport", "Ensemble", "ensemble", "evaluate"]
 __all__ += ["DistillReport", "PruneReport", "distill", "prune"]  # kernelswap.compress
+__all__ += ["Fp8", "Sparse24Fp8"]

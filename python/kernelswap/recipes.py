@@ -7,6 +7,9 @@
   "sparse24"      Sparse24(method="magnitude"): 2:4 pruning, float values;
                   method "wanda" / "sparsegpt" calibrate
   "sparse24-int8" Sparse24Int8(method="magnitude"): 2:4 pruning + W8A8
+  "fp8"           Fp8(): W8A8 in float8_e4m3fn, dynamic per-token e4m3 activations, per-channel
+                  e4m3 weights (Hopper GEMMs; the reference elsewhere)
+  "sparse24-fp8"  Sparse24Fp8(method="magnitude"): 2:4 pruning + FP8 W8A8
   "fuse"          Fuse(): Conv2d + BatchNorm2d (+ residual add) (+ activation) -> ConvBNAct2d
 
 Linear recipes turn one nn.Linear into one module; at most one of them per swap call
@@ -24,7 +27,7 @@ from typing import Any, ClassVar, Iterable
 from torch import nn
 
 from .compress.driver import INT4_METHODS, PRUNE_METHODS, int4_weights, pruned_weights
-from .nn import Int4Linear, Int8Linear, Sparse24Linear
+from .nn import Fp8Linear, Int4Linear, Int8Linear, Sparse24Linear
 from .ops.int4 import GROUP_SIZES
 
 
@@ -122,14 +125,18 @@ class Sparse24(Recipe):
     def calibrate(self, model, layers, data):
         return pruned_weights(model, layers, data, self.method)[0]
 
+    def layer(self, linear, prune, name):
+        """The swapped module for `linear` (pruned by magnitude when prune, else already 2:4)."""
+        return Sparse24Linear.from_float(linear, int8=self.int8, prune=prune, name=name)
+
     def convert(self, linear, name, state=None):
         if state is None:
-            m = Sparse24Linear.from_float(linear, int8=self.int8, name=name)
+            m = self.layer(linear, True, name)
         else:  # the calibrated 2:4 weight, packed as it is
             weight = linear.weight.data
             linear.weight.data = state.to(weight.dtype)
             try:
-                m = Sparse24Linear.from_float(linear, int8=self.int8, prune=False, name=name)
+                m = self.layer(linear, False, name)
             finally:
                 linear.weight.data = weight
         m.method = self.method
@@ -140,6 +147,22 @@ class Sparse24(Recipe):
 class Sparse24Int8(Sparse24):
     name: ClassVar[str] = "sparse24-int8"
     int8: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Fp8(Recipe):
+    name: ClassVar[str] = "fp8"
+
+    def convert(self, linear, name):
+        return Fp8Linear.from_float(linear, name=name)
+
+
+@dataclass(frozen=True)
+class Sparse24Fp8(Sparse24):
+    name: ClassVar[str] = "sparse24-fp8"
+
+    def layer(self, linear, prune, name):
+        return Fp8Linear.from_float(linear, sparse24=True, prune=prune, name=name)
 
 
 @dataclass(frozen=True)
@@ -158,7 +181,7 @@ def register_recipe(cls: type[Recipe]) -> type[Recipe]:
     return cls
 
 
-for _cls in (Int8, Int8Weight, Int4, Sparse24, Sparse24Int8, Fuse):
+for _cls in (Int8, Int8Weight, Int4, Sparse24, Sparse24Int8, Fp8, Sparse24Fp8, Fuse):
     register_recipe(_cls)
 
 
@@ -197,5 +220,5 @@ def recipe_from_config(config: dict) -> Recipe:
         raise ValueError(f"bad fields in recipe config {config!r}: {e}") from None
 
 
-__all__ = ["Fuse", "Int4", "Int8", "Int8Weight", "RECIPES", "Recipe", "Sparse24", "Sparse24Int8", "get_recipe",
+__all__ = ["Fp8", "Fuse", "Int4", "Int8", "Int8Weight", "RECIPES", "Recipe", "Sparse24", "Sparse24Fp8", "Sparse24Int8", "get_recipe",
            "recipe_from_config", "register_recipe", "resolve"]

@@ -151,6 +151,10 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
+# Float dtypes that are codes of a weight format (FP8 weights), not values load may convert.
+_CODES = (torch.float8_e4m3fn,)
+
+
 def _check_state(where: str, have: dict[str, torch.Tensor], file: dict[str, torch.Tensor]) -> None:
     missing, unexpected = sorted(set(have) - set(file)), sorted(set(file) - set(have))
     if missing or unexpected:
@@ -159,7 +163,7 @@ def _check_state(where: str, have: dict[str, torch.Tensor], file: dict[str, torc
     for k, t in file.items():
         h = have[k]
         if tuple(h.shape) != tuple(t.shape) or h.is_floating_point() != t.is_floating_point() or \
-                (not h.is_floating_point() and h.dtype != t.dtype):
+                ((not h.is_floating_point() or h.dtype in _CODES) and h.dtype != t.dtype):
             raise ValueError(f"{where}: tensor {k!r} is {tuple(t.shape)} {t.dtype} in the file but "
                              f"{tuple(h.shape)} {h.dtype} in the model; is it the same architecture and recipe?")
 

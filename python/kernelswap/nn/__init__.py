@@ -7,8 +7,9 @@ or let kernelswap.swap do it.
 """
 from ._base import KernelswapModule
 from .conv_bn_act import ConvBNAct2d, activation_name
+from .fp8_linear import Fp8Linear
 from .int4_linear import Int4Linear
 from .int8_linear import Int8Linear
 from .sparse24_linear import Sparse24Linear
 
-__all__ = ["ConvBNAct2d", "Int4Linear", "Int8Linear", "KernelswapModule", "Sparse24Linear", "activation_name"]
+__all__ = ["ConvBNAct2d", "Fp8Linear", "Int4Linear", "Int8Linear", "KernelswapModule", "Sparse24Linear", "activation_name"]

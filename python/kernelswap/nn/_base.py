@@ -175,6 +175,17 @@ class LinearModule(KernelswapModule):
 
     in_features: int
 
+    def fill_from(self, linear: nn.Linear, **tensors: torch.Tensor | None):
+        """from_float's last step: copy each tensor into the buffer of its name (None: skipped) and
+        the float layer's bias into `bias`, then prepare(); returns self."""
+        for name, t in tensors.items():
+            if t is not None:
+                self._buffers[name].copy_(t)
+        if linear.bias is not None:
+            self._buffers["bias"].copy_(linear.bias.detach())
+        self.prepare()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) float -> (..., N) x.dtype
         if _runner.eager_ok(x):
             hit = self._runs.get((x.shape, x.stride(), x.dtype, x.device, forced_backend()))

@@ -49,14 +49,7 @@ class Int4Linear(LinearModule):
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, symmetric,
                 device=w.device, dtype=w.dtype, name=name)
         q = quantize_int4(w, group_size, symmetric)
-        m.w_packed.copy_(q.packed)
-        m.scales.copy_(q.scales)
-        if q.zeros is not None:
-            m.zeros.copy_(q.zeros)
-        if linear.bias is not None:
-            m.bias.copy_(linear.bias.detach())
-        m.prepare()
-        return m
+        return m.fill_from(linear, w_packed=q.packed, scales=q.scales, zeros=q.zeros)
 
     def op_args(self) -> tuple:
         b = self._buffers

@@ -42,12 +42,7 @@ class Int8Linear(LinearModule):
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, mode, device=w.device,
                 dtype=w.dtype, name=name)
         w_q, w_scale = quantize_int8(w)
-        m.w_q.copy_(w_q)
-        m.w_scale.copy_(w_scale)
-        if linear.bias is not None:
-            m.bias.copy_(linear.bias.detach())
-        m.prepare()
-        return m
+        return m.fill_from(linear, w_q=w_q, w_scale=w_scale)
 
     def op_args(self) -> tuple:
         b = self._buffers

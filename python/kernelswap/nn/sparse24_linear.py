@@ -24,6 +24,18 @@ from ..packing import compress_24, is_24_sparse, prune_24, quantize_int8
 from ._base import LinearModule, check_features, check_linear
 
 
+def sparse24_weight(cls_name: str, linear: nn.Linear, prune: bool, name: str | None) -> torch.Tensor:
+    """from_float's 2:4 weight: linear's weight pruned by magnitude when prune, else checked to be 2:4."""
+    w = linear.weight.detach()
+    if prune:
+        return prune_24(w)
+    if not is_24_sparse(w):
+        raise ValueError(f"{cls_name}.from_float" + (f" ({name!r})" if name else "") +
+                         ": prune=False but the weight is not 2:4 sparse; pass prune=True "
+                         "(magnitude pruning) or prune it with kernelswap.packing.prune_24")
+    return w
+
+
 class Sparse24Linear(LinearModule):
     FIXED_DTYPE_BUFFERS = ("w_scale",)
     method = "magnitude"  # how the mask was chosen (ks.Sparse24(method=...)); kept in recipe_config
@@ -49,27 +61,14 @@ class Sparse24Linear(LinearModule):
     def from_float(cls, linear: nn.Linear, int8: bool = False, prune: bool = True,
                    name: str | None = None) -> "Sparse24Linear":
         check_linear(cls.__name__, linear, name)
-        w = linear.weight.detach()
-        if prune:
-            w = prune_24(w)
-        elif not is_24_sparse(w):
-            raise ValueError(f"{cls.__name__}.from_float" + (f" ({name!r})" if name else "") +
-                             ": prune=False but the weight is not 2:4 sparse; pass prune=True "
-                             "(magnitude pruning) or prune it with kernelswap.packing.prune_24")
+        w = sparse24_weight(cls.__name__, linear, prune, name)
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, int8, device=w.device,
                 dtype=w.dtype, name=name)
+        w_scale = None
         if int8:
-            w_q, w_scale = quantize_int8(w)  # zeros stay zero, so w_q is still 2:4
-            values, meta = compress_24(w_q)
-            m.w_scale.copy_(w_scale)
-        else:
-            values, meta = compress_24(w)
-        m.values.copy_(values)
-        m.meta.copy_(meta)
-        if linear.bias is not None:
-            m.bias.copy_(linear.bias.detach())
-        m.prepare()
-        return m
+            w, w_scale = quantize_int8(w)  # zeros stay zero, so the codes are still 2:4
+        values, meta = compress_24(w)
+        return m.fill_from(linear, values=values, meta=meta, w_scale=w_scale)
 
     def op_args(self) -> tuple:
         b = self._buffers

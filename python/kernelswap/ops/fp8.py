@@ -1,8 +1,9 @@
-"""FP8 (e4m3) ops: dynamic per-token activation quantization and W8A8 linear in float8_e4m3fn.
+"""FP8 (e4m3) ops: dynamic per-token activation quantization and W8A8 linear in float8_e4m3fn,
+dense and on a 2:4 sparse weight.
 
-The op contract of the FP8 recipe (issue "FP8 for Hopper"): schema, fake, CPU reference and
-gradient. No fast path is registered yet, so every device runs the reference; there is no
-recipe or layer on top until the sm_90a GEMMs exist (a swap must never be slower).
+The op contract of the "fp8" and "sparse24-fp8" recipes: schema, fake, CPU reference and
+gradient. The sm_90a CUTLASS GEMMs serve them on Hopper (kernelswap.ops.fp8_cuda); every
+other device runs the reference.
 
 Numerics:
   quantize_per_token_fp8  scale[m] = max|x[m,:]| / 448 (fp32, 448 = the largest e4m3fn value);
@@ -13,7 +14,10 @@ Numerics:
                           product of two e4m3 values and their sum over K are exact in float64 for
                           K < 2^17) and rounded once to fp32; out = (acc * s[m]) * w_scale[n]
                           + bias[n] in fp32 (the int8 epilogue, kernelswap.ops.int8), x.dtype out.
-Weights: kernelswap.packing.quantize_fp8 (per-output-channel scale max|w_n| / 448).
+  sparse24_fp8_linear     the same on a 2:4 sparse e4m3 weight in the compressed format of
+                          kernelswap.ops.sparse24 (values (N, Kp // 2) float8_e4m3fn, meta).
+Weights: kernelswap.packing.quantize_fp8 (per-output-channel scale max|w_n| / 448), then
+kernelswap.packing.compress_24 for the sparse op.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from . import _checks as C
 from ._define import op
 from .backend import Plan, register
 from .int8 import scale_epilogue_ref
+from .sparse24 import check_compressed, check_meta_valid, decompress_24_ref
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
@@ -60,18 +65,26 @@ def quantize_per_token_fp8_ref(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------- fp8_linear (W8A8)
+def _check_k_exact(name: str, k: int) -> None:
+    if k >= MAX_K:
+        raise ValueError(f"kernelswap.{name}: K={k} >= {MAX_K} is past the K whose sums the "
+                         f"reference keeps exact; split the layer")
+
+
+def _check_scale_bias(name: str, n: int, w_scale: Tensor, bias: Tensor | None) -> None:
+    C.check_dtype(name, "w_scale", w_scale, (torch.float32,))
+    C.check_shape(name, "w_scale", w_scale, (n,), "(N,)")
+    C.check_bias(name, bias, n)
+
+
 def _check_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> None:
     name = "fp8_linear"
     C.check_activation(name, x)
     C.check_dtype(name, "w_q", w_q, (FP8,))
     C.check_dim(name, "w_q", w_q, 2, "(N, K)")
     C.check_k(name, x, w_q.shape[1], "w_q")
-    if w_q.shape[1] >= MAX_K:
-        raise ValueError(f"kernelswap.{name}: K={w_q.shape[1]} >= {MAX_K} is past the K whose sums the "
-                         f"reference keeps exact; split the layer")
-    C.check_dtype(name, "w_scale", w_scale, (torch.float32,))
-    C.check_shape(name, "w_scale", w_scale, (w_q.shape[0],), "(N,)")
-    C.check_bias(name, bias, w_q.shape[0])
+    _check_k_exact(name, w_q.shape[1])
+    _check_scale_bias(name, w_q.shape[0], w_scale, bias)
     C.check_same_device(name, x, w_q=w_q, w_scale=w_scale, bias=bias)
 
 
@@ -92,6 +105,49 @@ fp8_linear.register_input_grad(lambda w_q, w_scale, bias: w_q.float() * w_scale.
 
 @register("fp8_linear", "reference")
 def fp8_linear_ref(x, w_q, w_scale, bias):
+    return exact_product_ref(x, w_q, w_scale, bias)
+
+
+def exact_product_ref(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The W8A8 e4m3 result for a dense (N, K) e4m3 weight: the module docstring's numerics."""
     q, s = quantize_per_token_fp8_ref(x)
     acc = q.double() @ w_q.double().t()  # exact: see the module docstring
     return scale_epilogue_ref(acc, s, w_scale, bias, x.dtype)
+
+
+# ---------------------------------------------------------------- sparse24_fp8_linear (2:4 W8A8)
+def _check_sparse(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tensor, bias: Tensor | None) -> None:
+    name = "sparse24_fp8_linear"
+    check_compressed(name, x, values, meta, (FP8,))
+    _check_k_exact(name, x.shape[-1])
+    _check_scale_bias(name, values.shape[0], w_scale, bias)
+    C.check_same_device(name, x, values=values, meta=meta, w_scale=w_scale, bias=bias)
+
+
+_SPARSE = Plan("sparse24_fp8_linear")
+
+
+@op("sparse24_fp8_linear(Tensor x, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias) -> Tensor",
+    check=_check_sparse)
+def sparse24_fp8_linear(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """2:4 FP8 W8A8: x (..., K) float, values (N, Kp // 2) e4m3, meta (N, Kp // 8) uint8, w_scale (N,) fp32."""
+    return C.tokens_call(_SPARSE, _check_sparse, x, values, meta, w_scale, bias)
+
+
+sparse24_fp8_linear.register_fake(C.tokens_fake(_check_sparse))
+
+
+def dense_fp8_weight(values: Tensor, meta: Tensor, k: int) -> Tensor:
+    """The (N, k) e4m3 weight a 2:4 e4m3 (values, meta) pair stands for (decompressed in float32,
+    which holds every e4m3 value exactly, as torch has no scatter for float8)."""
+    return decompress_24_ref(values.float(), meta)[:, :k].to(FP8)
+
+
+sparse24_fp8_linear.register_input_grad(
+    lambda values, meta, w_scale, bias: decompress_24_ref(values.float(), meta) * w_scale.float()[:, None])
+
+
+@register("sparse24_fp8_linear", "reference")
+def sparse24_fp8_linear_ref(x, values, meta, w_scale, bias):
+    check_meta_valid("sparse24_fp8_linear", meta)
+    return exact_product_ref(x, dense_fp8_weight(values, meta, x.shape[1]), w_scale, bias)

@@ -59,7 +59,7 @@ def decompress_24_ref(values: Tensor, meta: Tensor) -> Tensor:
     return dense.reshape(n, half * 2)
 
 
-def _check_compressed(op: str, x: Tensor, values: Tensor, meta: Tensor, value_dtypes) -> None:
+def check_compressed(op: str, x: Tensor, values: Tensor, meta: Tensor, value_dtypes) -> None:
     C.check_activation(op, x)
     C.check_dtype(op, "values", values, value_dtypes)
     C.check_dim(op, "values", values, 2, "(N, Kp // 2)")
@@ -75,7 +75,7 @@ def _check_compressed(op: str, x: Tensor, values: Tensor, meta: Tensor, value_dt
 # ---------------------------------------------------------------- sparse24_linear
 def _check_float(x, values, meta, bias) -> None:
     op = "sparse24_linear"
-    _check_compressed(op, x, values, meta, C.FLOAT_DTYPES)
+    check_compressed(op, x, values, meta, C.FLOAT_DTYPES)
     C.check_bias(op, bias, values.shape[0])
     C.check_same_device(op, x, values=values, meta=meta, bias=bias)
 
@@ -115,7 +115,7 @@ def _sparse24_linear_torch(x, values, meta, bias):
 # ---------------------------------------------------------------- sparse24_int8_linear
 def _check_int8(x, values, meta, w_scale, bias) -> None:
     op = "sparse24_int8_linear"
-    _check_compressed(op, x, values, meta, (torch.int8,))
+    check_compressed(op, x, values, meta, (torch.int8,))
     C.check_dtype(op, "w_scale", w_scale, (torch.float32,))
     C.check_shape(op, "w_scale", w_scale, (values.shape[0],), "(N,)")
     C.check_bias(op, bias, values.shape[0])

@@ -82,3 +82,4 @@ def _load() -> None:
         _LOADED = True
         # Import order is table order: linear families, then conv, then the optional peers.
         from . import int8, int4, sparse24, conv, peers  # noqa: F401 - each registers its providers
+        from . import fp8  # noqa: F401 - FP8 (Hopper) W8A8, after the int8 families' peers
