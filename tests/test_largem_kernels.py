@@ -13,6 +13,8 @@ large-M config of both lists, bf16, at an M that is not a multiple of any tile.
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,3 +170,39 @@ def test_large_m_swap_configs_fit_hopper(which):
         assert c.num_stages in (3, 4) and c.num_warps in (4, 8), c
         per_stage = sum(kw[r] * kw["BLOCK_K"] * smem[arg] for r, arg in rows)
         assert per_stage * c.num_stages <= H100_SMEM, (kw, per_stage * c.num_stages)
+
+
+# ---------------------------------------------------------------- the lowering itself
+_A_OPERAND = re.compile(r"warp_group_dot .*?:\s+(tensor<|!\w+\.memdesc<)")
+
+
+def _sm90() -> bool:
+    return not ON_CPU and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.skipif(not _sm90(), reason="wgmma: an sm_90 GPU")
+@pytest.mark.parametrize("which", ["w8a16", "w4a16"])
+def test_swap_tiles_feed_wgmma_from_registers(which):
+    """The point of SWAP_AB: in the compiled kernel (its TTGIR) the weight operand of every
+    warp_group_dot is a register tensor (a dot_op layout), not a shared-memory descriptor."""
+    from kernelswap.kernels import _launch
+
+    if not _launch.ENABLED:
+        pytest.skip("KERNELSWAP_FAST_LAUNCH=0: the compiled kernel is not kept")
+    _launch.clear()
+    if which == "w8a16":
+        config = next(_as_dict(c) for c in w8a16_gemm.w8a16_large_m_configs() if c.kwargs.get("SWAP_AB"))
+        x, w, w_s, b, _, _ = _w8a16_problem(256, 1024, 512, False)
+        w8a16_gemm.int8_weight_linear(x, w, w_s, b, split_k=1, config=config)
+    else:
+        config = next(_as_dict(c) for c in w4a16_gemm.large_m_configs() if c.kwargs.get("SWAP_AB"))
+        x, q, b, _, _ = _w4a16_problem(256, 1024, 512, 128, False, bias=False)
+        w4a16_gemm.w4a16_gemm(x, q.packed, q.scales, q.zeros, 128, b, small_m=False, config=config)
+    compiled = [hit[0] for hit in _launch._CACHE.values() if isinstance(hit, tuple)]
+    assert len(compiled) == 1, "expected exactly one kernel compiled for this call"
+    ttgir = compiled[0].asm["ttgir"]
+    operands = [m.group(1) for m in _A_OPERAND.finditer(ttgir)]
+    assert operands, f"no warp_group_dot in the TTGIR of {which} {config}: not lowered to wgmma"
+    assert all(o == "tensor<" for o in operands), (
+        f"{which} {config}: the weight operand of warp_group_dot comes from shared memory ({operands}); "
+        + next(line.strip() for line in ttgir.splitlines() if "warp_group_dot " in line))
