@@ -133,9 +133,18 @@ def impl_runs(op: str, x: torch.Tensor, weights: tuple) -> list[tuple[str, Calla
         why = impl.supports(x, *weights)
         if why is not None and not isinstance(why, Preference):
             continue
-        run = impl.bind(*weights) if impl.bind is not None else (lambda x, fn=impl.fn: fn(x, *weights))
+        try:
+            run = impl.bind(*weights) if impl.bind is not None else (lambda x, fn=impl.fn: fn(x, *weights))
+        except Exception as e:  # noqa: BLE001 - e.g. a layout not prepared: the row records it
+            run = _raises(e)
         out.append((f"impl:{impl.backend}/{impl.fn.__name__}", run))
     return out
+
+
+def _raises(error: Exception) -> Callable:
+    def run(x):
+        raise error
+    return run
 
 
 def cusparselt_linear(weight: torch.Tensor) -> Callable | None:

@@ -147,7 +147,7 @@ def test_cslt_forced_matches_reference(m, dtype, bias):
     with use_backend("torch"):
         assert backend.choose("sparse24_linear", x.device, x, values, meta, b).fn.__name__ == "_sparse24_linear_cslt"
         out = sparse24_linear(x, values, meta, b)
-    assert out.dtype == dtype
+    assert out.dtype == dtype and out.is_contiguous()
     _check(out, x, w, None if b is None else b.to(dtype), f"cslt m={m} {dtype} bias={bias}")
 
 

@@ -120,7 +120,7 @@ def sparse_mm_rows(mm, w_c: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | 
     m = x.shape[0]
     pad = -m % ALIGN_DENSE_M
     xp = F.pad(x, (0, 0, 0, pad)) if pad else x
-    out = mm(w_c, xp.t(), bias, None, None, True)
+    out = mm(w_c, xp.t(), bias, None, None, True)  # allocated (M + pad, N), row-major
     return out[:m] if pad else out
 
 
