@@ -90,20 +90,6 @@ def _gemm_kernel(
                 acc = tl.dot(a, b_ptr.load([pid_n * BLOCK_N, k]).T, acc, out_dtype=tl.int32)
             else:
                 acc = tl.dot(a, b_ptr.load([pid_n * BLOCK_N, k]).T.to(a.dtype), acc, input_precision=DOT_PRECISION)
-    elif SWAP_AB:
-        rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
-        rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
-        rk = tl.arange(0, BLOCK_K)
-        a_rows = a_ptr + rm.to(tl.int64)[:, None] * stride_am
-        w_rows = b_ptr + rn.to(tl.int64)[:, None] * stride_bn  # (BLOCK_N, BLOCK_K) tiles, K-contiguous
-        for k in range(k_lo, k_hi, BLOCK_K):
-            if EVEN_K:
-                a = tl.load(a_rows + (k + rk)[None, :])
-                w = tl.load(w_rows + (k + rk)[None, :])
-            else:
-                a = tl.load(a_rows + (k + rk)[None, :], mask=(k + rk)[None, :] < K, other=0)
-                w = tl.load(w_rows + (k + rk)[None, :], mask=(k + rk)[None, :] < K, other=0)
-            acc = tl.dot(w.to(a.dtype), tl.trans(a), acc, input_precision=DOT_PRECISION)
     else:
         # Rows / columns past the edge wrap around instead of being masked: loads stay
         # in bounds and vectorized; the store masks them out.
@@ -111,18 +97,31 @@ def _gemm_kernel(
         rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
         rk = tl.arange(0, BLOCK_K)
         a_rows = a_ptr + rm.to(tl.int64)[:, None] * stride_am
-        b_cols = b_ptr + rn.to(tl.int64)[None, :] * stride_bn
+        if SWAP_AB:
+            b_rows = b_ptr + rn.to(tl.int64)[:, None] * stride_bn  # (BLOCK_N, BLOCK_K) tiles: rows of W
+        else:
+            b_cols = b_ptr + rn.to(tl.int64)[None, :] * stride_bn  # (BLOCK_K, BLOCK_N) tiles
         for k in range(k_lo, k_hi, BLOCK_K):
+            a_k = (k + rk)[None, :]
             if EVEN_K:
-                a = tl.load(a_rows + (k + rk)[None, :])
-                b = tl.load(b_cols + (k + rk)[:, None])
+                a = tl.load(a_rows + a_k)
             else:
-                a = tl.load(a_rows + (k + rk)[None, :], mask=(k + rk)[None, :] < K, other=0)
-                b = tl.load(b_cols + (k + rk)[:, None], mask=(k + rk)[:, None] < K, other=0)
-            if A_INT8:
-                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+                a = tl.load(a_rows + a_k, mask=a_k < K, other=0)
+            if SWAP_AB:
+                if EVEN_K:
+                    w = tl.load(b_rows + a_k)
+                else:
+                    w = tl.load(b_rows + a_k, mask=a_k < K, other=0)
+                acc = tl.dot(w.to(a.dtype), tl.trans(a), acc, input_precision=DOT_PRECISION)
             else:
-                acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
+                if EVEN_K:
+                    b = tl.load(b_cols + (k + rk)[:, None])
+                else:
+                    b = tl.load(b_cols + (k + rk)[:, None], mask=(k + rk)[:, None] < K, other=0)
+                if A_INT8:
+                    acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+                else:
+                    acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
 
     if SWAP_AB:
         acc = tl.trans(acc)  # (BLOCK_M, BLOCK_N): the epilogue's orientation
