@@ -23,7 +23,9 @@ bf16's in the same mode at the same shape and M.
 Writes DIR/never_slower.csv (long format: one row per shape, M, recipe, provider, mode; the
 GPU, torch and triton versions on every row) after each layer size, and DIR/never_slower.md:
 per layer size, the graph-mode ratio of every provider per M and how many auto points are at
-or below bf16. --seconds stops starting new recipes past that budget (the table says so).
+or below bf16; then, for each per-M constant of the dispatcher (THRESHOLDS), the smallest swept
+M from which its upper implementation is no slower at every larger M on every layer size.
+--seconds stops starting new recipes past that budget (the table says so).
 """
 from __future__ import annotations
 
@@ -69,6 +71,41 @@ def parse_ints(text: str | None, default: tuple[int, ...], what: str) -> list[in
     return values
 
 
+# The dispatcher's per-M constants and the two implementations each one chooses between:
+# (constant, recipe, the implementation below it, the one from it on).
+THRESHOLDS = (
+    ("ops/sparse24_cslt.CSLT_FROM_M", "sparse24", "impl:cuda/_sparse24_linear_cuda", "impl:torch/_sparse24_linear_cslt"),
+    ("ops/int8_triton.W8A16_TORCH_FROM_M", "int8-weight", "impl:triton/_int8_weight_linear_triton",
+     "impl:torch/_int8_weight_linear_torch"),
+    ("ops/int4_triton.TORCH_FROM_M", "int4", "impl:triton/_int4_linear_triton", "impl:torch/_int4_linear_torch"),
+)
+
+
+def crossover(rows: list[dict], recipe: str, below: str, above: str) -> tuple[int | None, str]:
+    """(the smallest swept M from which `above` is no slower than `below` at that M and every
+    larger swept M, on every layer size measured; None if no such M), and a line of evidence.
+    Graph-mode times; an M where either is missing on some layer size counts against `above`."""
+    times: dict[tuple[str, int], dict[str, float]] = {}
+    for r in rows:
+        if r["recipe"] == recipe and r["mode"] == "graph" and r["provider"] in (below, above) and r["us"] != "":
+            times.setdefault((r["shape"], r["m"]), {})[r["provider"]] = r["us"]
+    shapes = sorted({s for s, _ in times})
+    ms = sorted({m for _, m in times})
+    if not ms:
+        return None, "not measured"
+    wins = {m: all(len(times.get((s, m), {})) == 2 and times[(s, m)][above] <= times[(s, m)][below] for s in shapes)
+            for m in ms}
+    start = None
+    for m in reversed(ms):
+        if not wins[m]:
+            break
+        start = m
+    evidence = "; ".join(f"M={m}: " + ", ".join(
+        f"{s} {times[(s, m)][below]:.0f}/{times[(s, m)][above]:.0f} us" if len(times.get((s, m), {})) == 2
+        else f"{s} n/a" for s in shapes) for m in ms)
+    return start, evidence
+
+
 def markdown(rows: list[dict], stopped: str = "") -> str:
     """The graph-mode table per layer size: x bf16 per provider and M, and the auto count."""
     lines = ["# Never slower than bf16 (benchmarks/never_slower.py)", ""]
@@ -92,6 +129,11 @@ def markdown(rows: list[dict], stopped: str = "") -> str:
         auto = [r for r in here if r["provider"] == "auto" and r["x_bf16"] != ""]
         ok = sum(1 for r in auto if r["x_bf16"] <= 1.0)
         lines += ["", f"auto at or below bf16: {ok} of {len(auto)} points.", ""]
+    lines += ["## Thresholds read off this run (graph mode)", "",
+              "| constant | from M on (None: never) | times below / above, per M and layer size |", "|---|---|---|"]
+    for name, recipe, below, above in THRESHOLDS:
+        start, evidence = crossover(rows, recipe, below, above)
+        lines.append(f"| {name} | {start} | {evidence} |")
     return "\n".join(lines) + "\n"
 
 

@@ -62,3 +62,23 @@ def test_parsing():
         SWEEP["parse_shapes"]("4096")
     with pytest.raises(SystemExit, match=">= 1"):
         SWEEP["parse_ints"]("0,4", (7,), "--m")
+
+
+def _row(shape, m, provider, us, recipe="int4", mode="graph"):
+    return dict(shape=shape, m=m, recipe=recipe, provider=provider, mode=mode, us=us)
+
+
+def test_crossover_needs_every_larger_m_on_every_shape():
+    below, above = "impl:triton/_int4_linear_triton", "impl:torch/_int4_linear_torch"
+    times = {  # (shape, M): (below, above)
+        ("a", 128): (10, 12), ("a", 512): (20, 19), ("a", 2048): (50, 40), ("a", 8192): (200, 150),
+        ("b", 128): (10, 9), ("b", 512): (20, 21), ("b", 2048): (50, 45), ("b", 8192): (200, 190),
+    }
+    rows = [_row(s, m, p, t) for (s, m), pair in times.items() for p, t in zip((below, above), pair)]
+    rows.append(_row("a", 2048, above, 1.0, mode="eager"))  # eager rows do not count
+    start, evidence = SWEEP["crossover"](rows, "int4", below, above)
+    assert start == 2048  # M=128 wins on b only, M=512 on a only
+    assert "M=512: a 20/19 us, b 20/21 us" in evidence
+    rows = [r for r in rows if not (r["shape"] == "b" and r["m"] == 8192 and r["provider"] == above)]
+    assert SWEEP["crossover"](rows, "int4", below, above)[0] is None  # a missing point is no win
+    assert SWEEP["crossover"]([], "int4", below, above) == (None, "not measured")
