@@ -82,3 +82,19 @@ def test_crossover_needs_every_larger_m_on_every_shape():
     rows = [r for r in rows if not (r["shape"] == "b" and r["m"] == 8192 and r["provider"] == above)]
     assert SWEEP["crossover"](rows, "int4", below, above)[0] is None  # a missing point is no win
     assert SWEEP["crossover"]([], "int4", below, above) == (None, "not measured")
+
+
+def test_plot_from_the_csv(tmp_path, one_thread):
+    rows, _ = SWEEP["sweep"]([(64, 32), (32, 48)], [1, 5], ["int8", "sparse24"], _timer([]), device="cpu",
+                             log=lambda s: None)
+    SWEEP["write"](str(tmp_path), rows)
+    plot = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "benchmarks" / "never_slower_plot.py"))
+    with open(tmp_path / "never_slower.csv") as f:
+        back = list(csv.DictReader(f))
+    lines = plot["series"](back, "graph")
+    assert set(lines) == {"64x32", "32x48"} and set(lines["64x32"]) == {"int8", "sparse24"}
+    assert lines["64x32"]["int8"] == [(1, 1.0), (5, 1.0)]
+    path = plot["plot"](back, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000 and path.endswith("p.png")
+    with pytest.raises(SystemExit, match="nothing to plot"):
+        plot["plot"]([], str(tmp_path / "q.png"))
