@@ -171,6 +171,22 @@ def test_cslt_under_cuda_graph():
 
 @pytest.mark.gpu
 @needs_cslt
+def test_prepare_makes_the_compressed_weight_only_where_it_is_chosen(monkeypatch):
+    from kernelswap.ops._cuda import device_index, sm90_reason
+
+    if sm90_reason(device_index(torch.empty(1, device="cuda"))) is not None:
+        pytest.skip("the rule applies where the CUTLASS sm_90a 2:4 GEMM can serve")
+    _, _, values, meta = _case(1, 512, 1024, torch.bfloat16, "cuda")
+    monkeypatch.setattr(sparse24_cslt, "CSLT_FROM_M", None)  # ours at every M: no copy
+    backend.prepare_weights("sparse24_linear", values, meta, None)
+    assert not sparse24_cslt._CSLT.holds((values, meta))
+    monkeypatch.setattr(sparse24_cslt, "CSLT_FROM_M", 256)
+    backend.prepare_weights("sparse24_linear", values, meta, None)
+    assert sparse24_cslt._CSLT.holds((values, meta))
+
+
+@pytest.mark.gpu
+@needs_cslt
 def test_cslt_declines_under_capture_without_prepared_weight():
     x, _, values, meta = _case(256, 512, 1024, torch.bfloat16, "cuda")
     torch.cuda.synchronize()

@@ -6,7 +6,8 @@
 torch ships cuSPARSELt (torch.backends.cusparselt); its compressed form of a weight is made
 once per weight buffer by torch._cslt_compress from the dense 2:4 weight (our public format
 decompressed: kernelswap.ops.sparse24), by the `prepare` hook when the layer's buffers are
-made, moved or loaded, and kept in a PreparedWeights cache with the bias in x's dtype (the
+made, moved or loaded (where the dispatcher may choose cuSPARSELt: `_chosen_automatically`),
+and kept in a PreparedWeights cache with the bias in x's dtype (the
 bias cuSPARSELt adds in its epilogue must have the operands' dtype, as torch's own
 to_sparse_semi_structured path requires).
 
@@ -103,11 +104,23 @@ def _supports(x, values, meta, bias):
     return why
 
 
+def _chosen_automatically(values) -> bool:
+    """Whether the dispatcher picks cuSPARSELt for these weights at some M: from CSLT_FROM_M on
+    where our sm_90a GEMM can serve them, past the GEMV where no CUTLASS GEMM can. Elsewhere
+    the compressed copy (~0.56x of the dense weight) is not made at prepare time: a forced
+    torch backend then makes it on its first eager call."""
+    from . import sparse24_cuda  # here, not at import: sparse24_cuda imports this module
+
+    if sparse24_cuda._sm90_weights_reason(values) is None:
+        return CSLT_FROM_M is not None
+    return sparse24_cuda._sm80_weights_reason(values) is not None
+
+
 def _prepare(values, meta, bias):
     if not values.is_cuda or values.dtype not in OUT_DTYPES or available_reason() is not None:
         return
     kp, n = values.shape[1] * 2, values.shape[0]
-    if kp % ALIGN_SPARSE or n % ALIGN_SPARSE:
+    if kp % ALIGN_SPARSE or n % ALIGN_SPARSE or not _chosen_automatically(values):
         return
     _prepared(values, meta)
     _bias_as(bias, values.dtype)
