@@ -21,7 +21,8 @@ median with p20 / p80) of the call or of the graph's replay; each provider's fir
 bf16's in the same mode at the same shape and M.
 
 Writes DIR/never_slower.csv (long format: one row per shape, M, recipe, provider, mode; the
-GPU, torch and triton versions on every row) after each layer size, and DIR/never_slower.md:
+GPU, torch and triton versions on every row; `note` holds an error, or the configs a Triton
+tuning run chose during that row's first call) after each layer size, and DIR/never_slower.md:
 per layer size, the graph-mode ratio of every provider per M and how many auto points are at
 or below bf16; then, for each per-M constant of the dispatcher (THRESHOLDS), the smallest swept
 M from which its upper implementation is no slower at every larger M on every layer size.
@@ -189,6 +190,34 @@ def _raises(error: Exception) -> Callable:
     return run
 
 
+def autotuners() -> list:
+    """Every triton Autotuner that kernelswap's kernel modules hold (module attributes and
+    the values of dicts of them), to report what each tuning run chose."""
+    import sys
+
+    import triton
+
+    found = []
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("kernelswap.kernels.") or mod is None:
+            continue
+        for value in vars(mod).values():
+            for v in value.values() if isinstance(value, dict) else (value,):
+                if isinstance(v, triton.runtime.Autotuner) and all(v is not f for f in found):
+                    found.append(v)
+    return found
+
+
+def tuned_since(before: dict[int, set]) -> str:
+    """The configs tuned since `before` ({id(autotuner): its cache keys}), as one note."""
+    notes = []
+    for tuner in autotuners():
+        for key in set(tuner.cache) - before.get(id(tuner), set()):
+            c = tuner.cache[key]
+            notes.append(f"{getattr(tuner.fn, '__name__', 'kernel')}: {c.kwargs} w{c.num_warps} s{c.num_stages}")
+    return "; ".join(notes)
+
+
 def cusparselt_linear(weight: torch.Tensor) -> Callable | None:
     """F.linear on torch's cuSPARSELt 2:4 tensor of this (already 2:4) weight, or None."""
     try:
@@ -228,6 +257,7 @@ def sweep(shapes: list[tuple[int, int]], ms: list[int], recipes: list[str], time
             row = dict(tag, shape=shape, k=k, n=n, m=m, recipe=recipe, provider=provider, mode=mode, impl=impl,
                        us="", us_p20="", us_p80="", tflops="", x_bf16="", note="")
             rows.append(row)
+            before = {id(t): set(t.cache) for t in autotuners()}
             try:
                 us, p20, p80 = timer(lambda: fn(xs[m]), mode)
             except Exception as e:  # noqa: BLE001 - one failing provider must not end the sweep
@@ -238,7 +268,8 @@ def sweep(shapes: list[tuple[int, int]], ms: list[int], recipes: list[str], time
                 bf16[(m, mode)] = us
             ref = bf16.get((m, mode))
             row.update(us=round(us, 2), us_p20=round(p20, 2), us_p80=round(p80, 2),
-                       tflops=round(2.0 * m * k * n / (us * 1e-6) / 1e12, 1), x_bf16=round(us / ref, 3) if ref else "")
+                       tflops=round(2.0 * m * k * n / (us * 1e-6) / 1e12, 1), x_bf16=round(us / ref, 3) if ref else "",
+                       note=tuned_since(before))  # what a Triton tuning run on this call chose
 
         with torch.no_grad():
             for m in ms:

@@ -98,3 +98,25 @@ def test_plot_from_the_csv(tmp_path, one_thread):
     assert (tmp_path / "p.png").stat().st_size > 1000 and path.endswith("p.png")
     with pytest.raises(SystemExit, match="nothing to plot"):
         plot["plot"]([], str(tmp_path / "q.png"))
+
+
+def test_tuned_since_reports_new_tuning_choices(monkeypatch):
+    import sys
+    import types
+
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _kernel(x, BLOCK: tl.constexpr):
+        pass
+
+    tuner = triton.autotune(configs=[triton.Config({"BLOCK": 4})], key=[])(_kernel)
+    module = types.ModuleType("kernelswap.kernels._sweep_test_only")
+    module.TUNED = {"large": tuner}
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert any(t is tuner for t in SWEEP["autotuners"]())
+    before = {id(t): set(t.cache) for t in SWEEP["autotuners"]()}
+    assert SWEEP["tuned_since"](before) == ""
+    tuner.cache[("k",)] = triton.Config({"BLOCK": 8}, num_warps=2, num_stages=3)
+    assert SWEEP["tuned_since"](before) == "_kernel: {'BLOCK': 8} w2 s3"
