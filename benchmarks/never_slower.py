@@ -135,6 +135,14 @@ def markdown(rows: list[dict], stopped: str = "") -> str:
     for name, recipe, below, above in THRESHOLDS:
         start, evidence = crossover(rows, recipe, below, above)
         lines.append(f"| {name} | {start} | {evidence} |")
+    failed = [r for r in rows if r["us"] == ""]
+    if failed:
+        lines += ["", "## Not timed (errors)", ""]
+        lines += [f"- {r['shape']} M={r['m']} {r['recipe']} {r['provider']} {r['mode']}: {r['note']}" for r in failed]
+    tuned = [r for r in rows if r["us"] != "" and r["note"]]
+    if tuned:
+        lines += ["", "## Triton configs tuned (first call of the row)", ""]
+        lines += [f"- {r['shape']} M={r['m']} {r['recipe']} {r['provider']}: {r['note']}" for r in tuned]
     return "\n".join(lines) + "\n"
 
 

@@ -48,6 +48,7 @@ def test_sweep_failure_is_a_row_and_budget_stops(one_thread):
     rows, _ = SWEEP["sweep"]([(64, 32)], [3], ["int8"], timer, device="cpu", log=lambda s: None)
     assert rows and all(r["note"] == "RuntimeError: capture failed" and r["us"] == "" for r in rows)
     assert "auto at or below bf16: 0 of 0 points." in SWEEP["markdown"](rows)
+    assert "- 64x32 M=3 int8 auto graph: RuntimeError: capture failed" in SWEEP["markdown"](rows)
     rows, stopped = SWEEP["sweep"]([(64, 32), (32, 64)], [3], ["int8", "int4"], _timer([]), seconds=1e-9,
                                    device="cpu", log=lambda s: None)
     assert "not measured" in stopped and {r["recipe"] for r in rows} == {"bf16"}
