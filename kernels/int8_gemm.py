@@ -11,6 +11,11 @@ and three orthogonal launch choices, all tl.constexpr:
   USE_TMA       a and b arrive as host TensorDescriptors (Hopper TMA loads, zero fill out
                 of bounds); needs K * elem % 16 == 0.
   EVEN_K        K % BLOCK_K == 0: the K loop loads without masks.
+  SWAP_AB       W8A16 only: the tile computes out^T = b @ a^T, so the int8 -> x.dtype
+                converted weight tile is the dot's left operand, which Hopper's wgmma takes
+                from registers (no shared-memory round trip of the converted tile); the
+                activations are the right operand, read from shared memory. The
+                accumulator is transposed once for the epilogue.
 Programs are ordered in GROUP_M-row super-tiles so consecutive programs share b tiles in L2.
 
 This file holds the kernel and the W8A8 launcher; the W8A16 launcher is w8a16_gemm.py.
@@ -57,6 +62,7 @@ def _gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 activations (no TF32); unused otherwise
     EVEN_K: tl.constexpr,
+    SWAP_AB: tl.constexpr = False,  # W8A16 large-M configs set it (module docstring)
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -69,17 +75,21 @@ def _gemm_kernel(
 
     if A_INT8:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    elif SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     if USE_TMA:
         for k in range(k_lo, k_hi, BLOCK_K):
             a = a_ptr.load([pid_m * BLOCK_M, k])
-            b = b_ptr.load([pid_n * BLOCK_N, k]).T
-            if A_INT8:
-                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            if SWAP_AB:
+                w = b_ptr.load([pid_n * BLOCK_N, k])  # (BLOCK_N, BLOCK_K), converted in registers
+                acc = tl.dot(w.to(a.dtype), a.T, acc, input_precision=DOT_PRECISION)
+            elif A_INT8:
+                acc = tl.dot(a, b_ptr.load([pid_n * BLOCK_N, k]).T, acc, out_dtype=tl.int32)
             else:
-                acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
+                acc = tl.dot(a, b_ptr.load([pid_n * BLOCK_N, k]).T.to(a.dtype), acc, input_precision=DOT_PRECISION)
     else:
         # Rows / columns past the edge wrap around instead of being masked: loads stay
         # in bounds and vectorized; the store masks them out.
@@ -87,19 +97,34 @@ def _gemm_kernel(
         rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
         rk = tl.arange(0, BLOCK_K)
         a_rows = a_ptr + rm.to(tl.int64)[:, None] * stride_am
-        b_cols = b_ptr + rn.to(tl.int64)[None, :] * stride_bn
+        if SWAP_AB:
+            b_rows = b_ptr + rn.to(tl.int64)[:, None] * stride_bn  # (BLOCK_N, BLOCK_K) tiles: rows of W
+        else:
+            b_cols = b_ptr + rn.to(tl.int64)[None, :] * stride_bn  # (BLOCK_K, BLOCK_N) tiles
         for k in range(k_lo, k_hi, BLOCK_K):
+            a_k = (k + rk)[None, :]
             if EVEN_K:
-                a = tl.load(a_rows + (k + rk)[None, :])
-                b = tl.load(b_cols + (k + rk)[:, None])
+                a = tl.load(a_rows + a_k)
             else:
-                a = tl.load(a_rows + (k + rk)[None, :], mask=(k + rk)[None, :] < K, other=0)
-                b = tl.load(b_cols + (k + rk)[:, None], mask=(k + rk)[:, None] < K, other=0)
-            if A_INT8:
-                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+                a = tl.load(a_rows + a_k, mask=a_k < K, other=0)
+            if SWAP_AB:
+                if EVEN_K:
+                    w = tl.load(b_rows + a_k)
+                else:
+                    w = tl.load(b_rows + a_k, mask=a_k < K, other=0)
+                acc = tl.dot(w.to(a.dtype), tl.trans(a), acc, input_precision=DOT_PRECISION)
             else:
-                acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
+                if EVEN_K:
+                    b = tl.load(b_cols + (k + rk)[:, None])
+                else:
+                    b = tl.load(b_cols + (k + rk)[:, None], mask=(k + rk)[:, None] < K, other=0)
+                if A_INT8:
+                    acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+                else:
+                    acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
 
+    if SWAP_AB:
+        acc = tl.trans(acc)  # (BLOCK_M, BLOCK_N): the epilogue's orientation
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if SPLIT_K > 1:
@@ -206,6 +231,7 @@ def launch_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     if m == 0 or n == 0:
         return out
     a_int8 = a.dtype == torch.int8
+    assert not (a_int8 and config is not None and config.get("SWAP_AB")), "SWAP_AB is a W8A16 mode"
     use_tma = use_tma and k > 0 and tma_ok(a, b)  # otherwise the pointer path serves
     split_k = max(1, min(split_k, triton.cdiv(k, 64)))
     if split_k > 1:

@@ -142,17 +142,26 @@ def small_m_configs() -> list[triton.Config]:
 
 
 def large_m_configs() -> list[triton.Config]:
-    """M > 16: Hopper-sized bf16 tiles (the shapes Triton's own matmul tutorial tunes best
-    on H100), each with and without swap-AB; the autotuner keeps whichever wins."""
-    base = [
+    """M > 16. For M >= 128, swap-AB tiles (out^T = W x^T: the dequantized weight tile is
+    wgmma's register operand, the activations its shared-memory operand) of 128 weight rows
+    x 64-256 tokens x 64/128 of K, 3-4 stages. The dequantize costs ~5 ALU ops per weight
+    element and is shared by the BLOCK_M tokens of the tile, so the 256-token tiles amortize
+    it best (estimate: ALU ~1/3 of the wgmma time at 256 tokens, ~2/3 at 128). Two plain
+    tiles stay for M between 16 and 128, where a wide token tile is mostly padding; the
+    autotuner keeps the faster per M bucket. Not yet measured on a GPU
+    (benchmarks/never_slower.py times the op)."""
+    swapped = [
+        dict(bm=256, bn=128, bk=64, warps=8, stages=3),
+        dict(bm=128, bn=128, bk=64, warps=8, stages=4),
         dict(bm=128, bn=128, bk=64, warps=4, stages=4),
-        dict(bm=128, bn=256, bk=64, warps=8, stages=3),
+        dict(bm=64, bn=128, bk=64, warps=4, stages=4),
+        dict(bm=256, bn=128, bk=128, warps=8, stages=3),
         dict(bm=128, bn=128, bk=128, warps=8, stages=3),
     ]
+    plain = [dict(bm=128, bn=128, bk=64, warps=4, stages=4), dict(bm=64, bn=128, bk=64, warps=4, stages=4)]
     out = [_cfg(32, 32, 32, warps=4, stages=2)]  # interpreter's single config
-    for c in base:
-        out.append(_cfg(c["bm"], c["bn"], c["bk"], warps=c["warps"], stages=c["stages"]))
-        out.append(_cfg(c["bm"], c["bn"], c["bk"], swap=True, warps=c["warps"], stages=c["stages"]))
+    out += [_cfg(c["bm"], c["bn"], c["bk"], swap=True, warps=c["warps"], stages=c["stages"]) for c in swapped]
+    out += [_cfg(c["bm"], c["bn"], c["bk"], warps=c["warps"], stages=c["stages"]) for c in plain]
     return out if interpreting() else out[1:]
 
 

@@ -4,7 +4,9 @@ The kernel is int8_gemm's, in its A_INT8=False mode: b tiles are converted to x'
 in registers (int8 -> fp16/bf16 is exact), products accumulate in fp32, and the epilogue
 applies acc * w_scale[n] + bias[n] before the cast to x.dtype
 (kernelswap.ops.int8.int8_weight_linear_ref). Small M streams the weights with thin tiles
-and, when N alone gives too few programs, split-K; large M uses Hopper-sized tiles.
+and, when N alone gives too few programs, split-K; large M computes out^T = W x^T
+(SWAP_AB) so the converted weight tile feeds Hopper's wgmma from registers and no
+dequantized copy of the weight is ever written.
 """
 from __future__ import annotations
 
@@ -14,18 +16,29 @@ import triton
 from .int8_gemm import cfg, default_split_k, launch_gemm, make_tuned
 
 
+def _swap(bn: int, bm: int, bk: int, stages: int, warps: int) -> triton.Config:
+    """A SWAP_AB config: BLOCK_N weight rows are the wgmma M side (the register operand),
+    BLOCK_M tokens its N side (shared memory)."""
+    c = cfg(bm, bn, bk, stages, warps)
+    return triton.Config({**c.kwargs, "SWAP_AB": True}, num_stages=stages, num_warps=warps)
+
+
 def w8a16_large_m_configs() -> list[triton.Config]:
-    """M > 32. 16-bit wgmma tiles as in Triton's Hopper matmul tutorial, BLOCK_K = 64 (128
-    bytes of a row of x per stage); the int8 b tile costs half the shared memory of a
-    bf16 one, so 4 stages of 128x256x64 fit (TileBytes guard drops what does not)."""
+    """M > 32. SWAP_AB tiles (the converted weight tile as wgmma's register operand, module
+    docstring): 128 weight rows x 64-256 tokens x 64/128 of K, 3-4 stages; per stage the
+    int8 weight tile is half the bytes of a bf16 one, so 128 x 256 x 64 fits 4 deep (the
+    TileBytes guard drops what does not fit). Two plain tiles stay for M just above 32, where
+    a 64-token swapped tile is mostly padding; the autotuner keeps the faster per M bucket.
+    Not yet measured on a GPU (benchmarks/never_slower.py times them)."""
     return [
+        _swap(128, 128, 64, 4, 4),
+        _swap(128, 128, 64, 4, 8),
+        _swap(128, 256, 64, 4, 8),
+        _swap(128, 64, 64, 4, 4),
+        _swap(128, 128, 128, 3, 8),
+        _swap(128, 64, 128, 4, 4),
         cfg(128, 256, 64, 3, 8),
-        cfg(128, 128, 64, 4, 4),
-        cfg(128, 128, 64, 4, 8),
-        cfg(256, 128, 64, 3, 8),
-        cfg(128, 256, 64, 4, 8),
         cfg(64, 128, 64, 4, 4),
-        cfg(64, 256, 64, 4, 8),
     ]
 
 

@@ -64,5 +64,9 @@ class PreparedWeights:
         weakref.finalize(tensors[0], self._cache.pop, key, None)  # drop it with the source buffer
         return value
 
+    def holds(self, tensors: tuple[Tensor, ...]) -> bool:
+        """Whether the prepared form of `tensors` is made (a `supports` may decline under capture when not)."""
+        return self._key(tensors) in self._cache
+
     def __len__(self) -> int:
         return len(self._cache)

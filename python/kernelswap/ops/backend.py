@@ -70,8 +70,12 @@ def _always(*args, **kwargs) -> None:
 
 
 def register(op: str, backend: str, supports: Callable[..., str | None] = _always,
-             prepare: Callable[..., None] | None = None, bind: Callable[..., Callable] | None = None):
+             prepare: Callable[..., None] | None = None, bind: Callable[..., Callable] | None = None,
+             first: bool = False):
     """Decorator: `fn` serves `op` on `backend` whenever `supports(*args)` is None.
+
+    first=True puts `fn` before the implementations of the same backend registered earlier
+    (e.g. cuSPARSELt ahead of the torch backend's dense fallback, which supports everything).
 
     `prepare(*weights)`, when given, makes the weight layouts `fn` reads from a cache
     (the op's arguments after x, e.g. (w_q, w_scale, bias)); `prepare_weights` calls it at
@@ -82,7 +86,8 @@ def register(op: str, backend: str, supports: Callable[..., str | None] = _alway
 
     def deco(fn):
         impls = _REGISTRY.setdefault(op, [])
-        impls.append(Impl(backend, fn, supports, prepare, bind))
+        impl = Impl(backend, fn, supports, prepare, bind)
+        impls.insert(0, impl) if first else impls.append(impl)
         impls.sort(key=lambda i: BACKENDS.index(i.backend))  # stable: cuda, triton, torch, reference
         _candidates.cache_clear()
         clear_plans()

@@ -39,6 +39,10 @@ SMALL_M_MAX = 16  # mirrors kernelswap.kernels.w4a16_gemm.SMALL_M_MAX
 #   512 x 8192 x 8192         97.3         245.9             572.1                    ~263
 #  4096 x 8192 x 8192 (P5)   687.1        1891.5            1186.1                    ~853
 # At M = 512 the two shapes disagree (gemm_large loses 14% / wins 6%): 512 keeps the loss small.
+# That table is gemm_large before its issue-13 configs (swap-AB tiles of 128 weight rows x
+# 64-256 tokens, kernels/w4a16_gemm.large_m_configs), NOT YET MEASURED: set this (None: the
+# Triton GEMM at every M past tinygemm) from benchmarks/never_slower.py, the "int4" rows
+# impl:triton/_int4_linear_triton against impl:torch/_int4_linear_torch.
 TORCH_FROM_M: int | None = 512
 
 

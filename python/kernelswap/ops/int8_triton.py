@@ -42,8 +42,11 @@ def _int8_linear_triton(x, w_q, w_scale, bias):
 # adds one pass over it, ~64 MB read + 128 MB written for 8192x8192), while at M = 1 and 16
 # it won (123 / 101 us against 179 / 180 us). M between 16 and 4096 was not measured; 1024
 # is where the GEMM's ~1.45x compute deficit at M = 4096 and the dequantize pass cost about
-# the same by that estimate.
-W8A16_TORCH_FROM_M = 1024
+# the same by that estimate. Those numbers are the kernel before its SWAP_AB large-M configs
+# (kernels/w8a16_gemm.py, issue 13), which are NOT YET MEASURED: set this (None: the Triton
+# GEMM at every M) from benchmarks/never_slower.py, the "int8-weight" rows
+# impl:triton/_int8_weight_linear_triton against impl:torch/_int8_weight_linear_torch.
+W8A16_TORCH_FROM_M: int | None = 1024
 
 
 def _w8a16_supports(x, w_q, w_scale, bias):
@@ -51,7 +54,7 @@ def _w8a16_supports(x, w_q, w_scale, bias):
         # fp32 x needs an IEEE fp32 tl.dot (CUDA cores, no TF32): cuBLAS's fp32 GEMM in the
         # "torch" backend is the better-tuned kernel for that (not measured here).
         return "fp32 activations on the GPU go to cuBLAS (Triton W8A16 targets fp16/bf16)"
-    if x.is_cuda and x.shape[0] >= W8A16_TORCH_FROM_M:
+    if x.is_cuda and W8A16_TORCH_FROM_M is not None and x.shape[0] >= W8A16_TORCH_FROM_M:
         return Preference(f"M={x.shape[0]} >= {W8A16_TORCH_FROM_M}: dequantize + cuBLAS (torch backend) is "
                           f"faster here")
     return None

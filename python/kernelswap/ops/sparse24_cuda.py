@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import sparse24_sm80
+from . import sparse24_cslt, sparse24_sm80
 from ._cuda import (ALIGN_KN, OUT_DTYPES, aligned, bias32, device_index, gemm_reason, out_reason, sm80_reason,
                     sm90_reason)
 from ._prepared import PreparedWeights
@@ -92,7 +92,7 @@ def _sparse24_supports(x, values, meta, bias):
     why = _sparse_reason(x, values, meta)
     if why is None and x.shape[0] <= SPARSE24_TRITON_UP_TO_M:
         return Preference(f"M={x.shape[0]} <= {SPARSE24_TRITON_UP_TO_M}: the Triton 2:4 GEMV is faster here")
-    return why
+    return why or sparse24_cslt.preference(x, values)  # cuSPARSELt from CSLT_FROM_M tokens on
 
 
 def _sparse24_bind(values, meta, bias):
