@@ -32,13 +32,15 @@ from ._prepared import PreparedWeights
 from .backend import Preference, register
 
 # The GEMVs serve M up to MAX_M when forced; automatically up to GEMV_UP_TO_M[op]. Measured on
-# an H200 (benchmarks/gemv_quick.py, bf16, us; K x N = 4096x4096 / 4096x14336 / 14336x4096 /
-# 8192x28672): int4 g128 M=4: 17.7 / 28.0 / 31.1 / 91.6 against cuBLAS bf16's 18.7 / 40.0 /
-# 41.6 / 123.0, but M=16: 24.0 / 52.8 / 61.2 / 156.7 (slower than bf16); W8A16 M=4: 17.6 / 36.7 /
-# 38.7 / 99.8 (faster), M=16 1.5-1.8x slower; W8A8 M=1: 17.3 / 32.1 / 42.1 / 96.4 against the
-# CUTLASS quantize + GEMM's 19.1 / 33.8 / 45.4 / 98.1, but M=4: 25.1 / 47.6 / 84.1 / 139.4 against
-# 19.3 / 34.2 / 43.5 / 98.8. M = 2, 3 and 5-15 were not measured.
-GEMV_UP_TO_M = {"int4_linear": 4, "int8_weight_linear": 4, "int8_linear": 1}
+# an H200 (2026-12-01, bf16, kernels replayed from a CUDA graph: benchmarks/gemv_quick.py, and
+# benchmarks/never_slower.py for M = 32; time / cuBLAS bf16's at K x N = 4096x4096 / 4096x14336 /
+# 14336x4096 / 8192x28672): int4 g128 M=16: 1.18 / 0.89 / 1.17 / 0.77, where the Triton GEMM
+# after it takes 1.6x at M = 32; M=32: 1.60-1.62 (4096x14336,
+# 8192x28672), the Triton GEMM 1.63 there. W8A16 M=4: 0.96 / 0.79 / 0.71 / 0.65, M=16: 1.37 /
+# 1.03 / 1.20 / 0.84 against the Triton GEMM's 0.82-0.95 at M = 32. W8A8 M=1: 0.82 / 0.75 /
+# 0.70 / 0.59, M=4: 1.22 / 0.94 / 1.07 / 0.81 against the CUTLASS quantize + GEMM's 0.73-0.86
+# at M = 1 and 32. M = 2, 3, 5-15 and 17-31 were not measured.
+GEMV_UP_TO_M = {"int4_linear": 16, "int8_weight_linear": 4, "int8_linear": 1}
 MAX_M = 64
 ALIGN_K = 8  # x rows are read as 16-byte vectors (W8A8) and 4-byte pairs
 MAX_K_INT8 = 1 << 17  # int32 accumulation of K products of 127 * 127 stays exact
