@@ -179,3 +179,17 @@ def test_declines_builds_and_layers_it_cannot_serve(fake_gpu):
 def test_reference_serves_on_cpu():
     for op in ("quantize_per_token_fp8", "fp8_linear", "sparse24_fp8_linear"):
         assert backend.choose(op, torch.device("cpu")).backend == "reference"
+
+
+def test_calibrated_sparse24_fp8_round_trips(tmp_path):
+    pytest.importorskip("safetensors")
+    model = _mlp(seed=0)
+    torch.manual_seed(3)
+    ks.swap(model, ks.Sparse24Fp8(method="wanda"), probe=False, calibration=[torch.randn(16, 40) for _ in range(2)])
+    layers = [m for m in model.modules() if isinstance(m, Fp8Linear)]
+    assert [m.recipe_config() for m in layers] == [{"recipe": "sparse24-fp8", "method": "wanda"}] * 3
+    path = tmp_path / "m.safetensors"
+    ks.save(model, path)
+    fresh = ks.load(_mlp(seed=1), path)
+    x = torch.randn(3, 40)
+    assert_exact(fresh(x), model(x), what="wanda sparse24-fp8 after load")
