@@ -193,3 +193,14 @@ def test_calibrated_sparse24_fp8_round_trips(tmp_path):
     fresh = ks.load(_mlp(seed=1), path)
     x = torch.randn(3, 40)
     assert_exact(fresh(x), model(x), what="wanda sparse24-fp8 after load")
+
+
+def test_info_says_whether_the_fp8_gemms_run(fake_gpu, monkeypatch):
+    from kernelswap import info
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_ext, "load", lambda: True)
+    fake_gpu((8, 9))
+    assert info._fp8_status().startswith("no: sm_89") and "no wgmma" in info._fp8_status()
+    fake_gpu((9, 0))
+    assert info._fp8_status().startswith("yes")
