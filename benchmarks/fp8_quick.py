@@ -16,7 +16,8 @@ Each provider cycles through enough weight copies that they cannot sit in L2; ti
 triton.testing.do_bench's median (CUDA events, L2 cleared before each call). x_bf16 is the time
 over bf16's, x_scaled_mm over eager scaled_mm's at the same shape; sqnr_db is the output's SQNR
 against x @ W.T + b in fp32 with the provider's own (dequantized, 2:4-decompressed) weight, i.e.
-the error of the activation quantization and the GEMM alone. Prints a table; --out writes the CSV.
+the error of the activation quantization and the GEMM alone. TFLOP/s count 2 M N K (dense-equivalent
+for 2:4). Prints a table; --out writes the CSV.
 """
 from __future__ import annotations
 

@@ -179,3 +179,28 @@ def test_declines_builds_and_layers_it_cannot_serve(fake_gpu):
 def test_reference_serves_on_cpu():
     for op in ("quantize_per_token_fp8", "fp8_linear", "sparse24_fp8_linear"):
         assert backend.choose(op, torch.device("cpu")).backend == "reference"
+
+
+def test_calibrated_sparse24_fp8_round_trips(tmp_path):
+    pytest.importorskip("safetensors")
+    model = _mlp(seed=0)
+    torch.manual_seed(3)
+    ks.swap(model, ks.Sparse24Fp8(method="wanda"), probe=False, calibration=[torch.randn(16, 40) for _ in range(2)])
+    layers = [m for m in model.modules() if isinstance(m, Fp8Linear)]
+    assert [m.recipe_config() for m in layers] == [{"recipe": "sparse24-fp8", "method": "wanda"}] * 3
+    path = tmp_path / "m.safetensors"
+    ks.save(model, path)
+    fresh = ks.load(_mlp(seed=1), path)
+    x = torch.randn(3, 40)
+    assert_exact(fresh(x), model(x), what="wanda sparse24-fp8 after load")
+
+
+def test_info_says_whether_the_fp8_gemms_run(fake_gpu, monkeypatch):
+    from kernelswap import info
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_ext, "load", lambda: True)
+    fake_gpu((8, 9))
+    assert info._fp8_status().startswith("no: sm_89") and "no wgmma" in info._fp8_status()
+    fake_gpu((9, 0))
+    assert info._fp8_status().startswith("yes")

@@ -40,7 +40,19 @@ def collect() -> dict:
         info[f"backend {name}"] = ("yes: " if ok else "no: ") + why
     forced = backend.forced_backend()
     info["forced backend"] = forced or "none (automatic)"
+    info["FP8 GEMMs"] = _fp8_status()
     return info
+
+
+def _fp8_status() -> str:
+    """Whether the "fp8" / "sparse24-fp8" recipes run their sm_90a GEMMs on GPU 0, or why not."""
+    if not torch.cuda.is_available():
+        return "no: no GPU visible (the reference serves)"
+    if not _ext.load():
+        return "no: kernelswap._C is not built (the reference serves)"
+    from .ops.fp8_cuda import fp8_gpu_reason
+    why = fp8_gpu_reason(0)
+    return "yes: sm_90a CUTLASS e4m3 GEMMs, bfloat16 layers" if why is None else f"no: {why}"
 
 
 def op_table() -> list[tuple[str, str, str]]:

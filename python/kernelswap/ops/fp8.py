@@ -105,11 +105,6 @@ fp8_linear.register_input_grad(lambda w_q, w_scale, bias: w_q.float() * w_scale.
 
 @register("fp8_linear", "reference")
 def fp8_linear_ref(x, w_q, w_scale, bias):
-    return exact_product_ref(x, w_q, w_scale, bias)
-
-
-def exact_product_ref(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
-    """The W8A8 e4m3 result for a dense (N, K) e4m3 weight: the module docstring's numerics."""
     q, s = quantize_per_token_fp8_ref(x)
     acc = q.double() @ w_q.double().t()  # exact: see the module docstring
     return scale_epilogue_ref(acc, s, w_scale, bias, x.dtype)
@@ -150,4 +145,4 @@ sparse24_fp8_linear.register_input_grad(
 @register("sparse24_fp8_linear", "reference")
 def sparse24_fp8_linear_ref(x, values, meta, w_scale, bias):
     check_meta_valid("sparse24_fp8_linear", meta)
-    return exact_product_ref(x, dense_fp8_weight(values, meta, x.shape[1]), w_scale, bias)
+    return fp8_linear_ref(x, dense_fp8_weight(values, meta, x.shape[1]), w_scale, bias)
