@@ -76,6 +76,15 @@ template <DType In> struct Config<false, In, Tiles::kLarge> {
   using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
   using Epi = cutlass::epilogue::TmaWarpSpecialized;
 };
+// Dense e4m3 keeps two accumulators a thread (the wgmma one and the fp32 one it is promoted
+// into), so a 128x128 tile per warp group (Pingpong) spills (ptxas: 168 registers, 932 bytes of
+// spill stores): Cooperative splits the tile over two consumer warp groups (no spills).
+template <> struct Config<false, DType::kE4M3, Tiles::kLarge> {
+  using Tile = Shape<_128, _128, _128>;
+  using Cluster = Shape<_2, _1, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using Epi = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
 template <DType In> struct Config<true, In, Tiles::kLarge> {
   using Tile = Shape<_128, _128, std::conditional_t<kWideK<true, In>, _256, _128>>;
   using Cluster = Shape<_1, _2, _1>;
