@@ -19,6 +19,7 @@ from kernelswap import packing
 from kernelswap.compress import calibration as C
 from kernelswap.compress.awq import awq_int4, awq_model, find_producers, search_clip
 from kernelswap.compress.gptq import gptq_int4
+from kernelswap.compress import sequential as seq
 from kernelswap.compress.sparsegpt import sparsegpt_24
 from kernelswap.compress.wanda import keep_24, wanda_24
 from kernelswap.recipes import recipe_from_config
@@ -180,9 +181,67 @@ def test_calibration_accepts_tensor_tuple_and_dict_batches():
 
 def test_blocks_groups_by_module_list_entry():
     model = Toy()
-    groups = C.blocks([(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)])
+    groups = seq.blocks([(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)])
     assert [[n for n, _ in g] for g in groups] == [[f"layers.{i}.{p}" for p in ("gate", "up", "down")]
                                                    for i in (0, 1)] + [["head"]]
+
+
+class Scaled(nn.Module):
+    """Blocks with something between them (x * 0.5): the hand-over check must fail and recapture."""
+    def __init__(self, d: int = 64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList([Block(d) for _ in range(3)])
+
+    def forward(self, x):
+        for b in self.layers:
+            x = b(x) * 0.5
+        return x
+
+
+def _tiny_llama(layers: int = 3):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    data = [{"input_ids": torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(i))} for i in range(3)]
+    return transformers.LlamaForCausalLM(cfg).eval(), data
+
+
+def _nudge(seen):
+    """A process() that changes the layer by its statistics (so later statistics depend on it) and records them."""
+    def process(name, linear, st):
+        seen[name] = st.hessian.clone()
+        with torch.no_grad():
+            linear.weight.add_(0.5 * linear.weight @ st.hessian / st.hessian.norm())
+    return process
+
+
+@pytest.mark.parametrize("which", ["llama", "toy", "scaled"])
+def test_sequential_matches_rerunning_the_model_set_by_set(which):
+    """sequential() (captured block inputs, hand-over, true-sequential sets) gives the statistics of the plain
+    way: the whole model rerun for every set of Linears reading one input, everything before it processed."""
+    if which == "llama":
+        model, data = _tiny_llama()
+        sets = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+        order = [[f"model.layers.{i}.{n}" for n in s] for i in range(3) for s in sets]
+    else:
+        model, data = (Toy() if which == "toy" else Scaled()).eval(), _toy_data(3, 0)
+        order = [[f"layers.{i}.gate", f"layers.{i}.up"] for i in range(2 if which == "toy" else 3) for _ in "x"]
+        order = [s for i, s in enumerate(order) for s in (s, [f"layers.{i}.down"])] + ([["head"]] if which == "toy" else [])
+    ref_model = copy.deepcopy(model)
+    mods = dict(ref_model.named_modules())
+    ref, got = {}, {}
+    for names in order:  # the plain way
+        stats = C.collect(ref_model, {n: mods[n] for n in names}, data, ("hessian",), show=False)
+        for n in names:
+            _nudge(ref)(n, mods[n], stats[n])
+    layers = [(n, m) for names in order for n in names for m in [dict(model.named_modules())[n]]]
+    seq.sequential(model, layers, data, ("hessian",), _nudge(got), "test", show=False)
+    assert list(got) == list(ref)  # true-sequential order
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-5, atol=1e-5 * float(ref[n].abs().max()))
 
 
 def test_awq_folds_only_where_exact():

@@ -12,14 +12,10 @@ For each watched Linear, forward pre-hooks accumulate over every calibration row
 The reconstruction error of a replacement weight Q on that data is then
 ||(W - Q) X^T||^2 = tr((W - Q) H (W - Q)^T) (output_error), no activations kept.
 
-sequential() runs the methods block by block (Linears grouped by the ModuleList entry
-they sit in, e.g. model.layers.3), as the GPTQ/SparseGPT/Wanda papers do: a block's
-statistics are collected with the earlier blocks already compressed, and each pass
-stops as soon as the block's layers have all seen the input.
+sequential.py runs the methods block by block on these statistics.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -113,10 +109,12 @@ def progress(iterable, desc: str, total: int | None = None, enable: bool = True)
 
 
 def collect(model: nn.Module, layers: dict[str, nn.Linear], data: list, want: tuple[str, ...],
-            desc: str = "calibrating", stop_early: bool = True, show: bool = True) -> dict[str, Stats]:
+            desc: str = "calibrating", stop_early: bool = True, show: bool = True,
+            run: Callable | None = None) -> dict[str, Stats]:
     """Run the model on every batch with hooks on `layers`; {name: Stats}.
 
-    With stop_early the forward of a batch is cut off once every watched layer has run."""
+    With stop_early the forward of a batch is cut off once every watched layer has run.
+    run(batch) replaces model(batch) (sequential.py runs one block on its captured inputs)."""
     stats = {n: Stats(m.in_features) for n, m in layers.items()}
     seen: set[str] = set()
     device = model_device(model)
@@ -136,7 +134,7 @@ def collect(model: nn.Module, layers: dict[str, nn.Linear], data: list, want: tu
             for batch in progress(data, desc, len(data), show):
                 seen.clear()
                 try:
-                    call(model, to_device(batch, device))
+                    run(batch) if run is not None else call(model, to_device(batch, device))
                 except _Stop:
                     pass
     finally:
@@ -149,31 +147,6 @@ def collect(model: nn.Module, layers: dict[str, nn.Linear], data: list, want: tu
     return stats
 
 
-_BLOCK = re.compile(r"^(.*?\.\d+)(\.|$)")
-
-
-def blocks(layers: list[tuple[str, nn.Linear]]) -> list[list[tuple[str, nn.Linear]]]:
-    """Linears grouped by the first numbered module in their name (a ModuleList entry), in order."""
-    groups: dict[str, list] = {}
-    for name, m in layers:
-        match = _BLOCK.match(name)
-        groups.setdefault(match.group(1) if match else name, []).append((name, m))
-    return list(groups.values())
-
-
-def sequential(model: nn.Module, layers: list[tuple[str, nn.Linear]], data: list, want: tuple[str, ...],
-               process: Callable[[str, nn.Linear, Stats], None], desc: str, show: bool = True) -> None:
-    """For each block: collect its layers' statistics (earlier blocks already processed), then
-    process(name, linear, stats) each of its layers."""
-    groups = blocks(layers)
-    bar = progress(groups, desc, len(groups), show)
-    for group in bar:
-        stats = collect(model, dict(group), data, want, desc, stop_early=True, show=False)
-        for name, linear in group:
-            process(name, linear, stats[name])
-            stats[name].hessian = None  # free as we go
-
-
 def output_error(w: Tensor, q: Tensor, hessian: Tensor) -> float:
     """||(W - Q) X^T||^2 / ||W X^T||^2 on the calibration rows behind `hessian` (= X^T X)."""
     d = (w.float() - q.float())
@@ -182,5 +155,4 @@ def output_error(w: Tensor, q: Tensor, hessian: Tensor) -> float:
     return float(err / ref.clamp(min=1e-30))
 
 
-__all__ = ["Stats", "batches", "blocks", "call", "collect", "model_device", "output_error", "progress",
-           "sequential", "to_device"]
+__all__ = ["Stats", "batches", "call", "collect", "model_device", "output_error", "progress", "to_device"]

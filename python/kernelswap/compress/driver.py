@@ -3,8 +3,9 @@
 int4_weights(...)  -> {layer name: Int4Weight}        rtn | awq | gptq
 pruned_weights(...) -> {layer name: 2:4 float weight}  magnitude | wanda | sparsegpt
 
-GPTQ, Wanda and SparseGPT go block by block (calibration.sequential): later blocks are
-calibrated on the outputs of the already compressed earlier ones, as in the papers. The
+GPTQ, Wanda and SparseGPT go block by block and, inside a block, set of Linears by set
+(sequential.py): each is calibrated on the outputs of the already compressed ones before
+it, as in the papers' code. The
 float weights are restored afterwards unless keep=True (ks.prune keeps them). AWQ
 calibrates on the float model in one pass and folds its scales into the model (the
 float model stays equivalent; see awq.py), which it keeps.
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from ..packing import Int4Weight, dequantize_int4, prune_24, quantize_int4
 from . import calibration as C
+from .sequential import sequential
 from .awq import awq_int4, awq_model
 from .gptq import gptq_int4
 from .sparsegpt import sparsegpt_24
@@ -63,7 +65,7 @@ def int4_weights(model: nn.Module, layers: list[tuple[str, nn.Linear]], data, me
             linear.weight.copy_(dequantize_int4(q).to(linear.weight.dtype))
 
     try:
-        C.sequential(model, layers, data, ("hessian",), process, "gptq", show)
+        sequential(model, layers, data, ("hessian",), process, "gptq", show)
     finally:
         _restore(layers, saved)
     return out
@@ -94,7 +96,7 @@ def pruned_weights(model: nn.Module, layers: list[tuple[str, nn.Linear]], data, 
             linear.weight.copy_(p)
 
     try:
-        C.sequential(model, layers, data, want, process, method, show)
+        sequential(model, layers, data, want, process, method, show)
     finally:
         if not keep:
             _restore(layers, saved)
