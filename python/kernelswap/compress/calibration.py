@@ -9,6 +9,8 @@ For each watched Linear, forward pre-hooks accumulate over every calibration row
   hessian  H = sum x^T x                (K, K) float32: GPTQ, SparseGPT, AWQ's losses
   sqnorm   sum x_j^2 per input channel  (K,):  Wanda's ||X_j||_2^2
   absmean  mean |x_j| per input channel (K,):  AWQ's activation scale
+  shift    sum x^T (x_float - x)        (K, K): GPTQ's float targets, x_float the same row's input
+                                                in the float model (sequential.py pairs them)
 The reconstruction error of a replacement weight Q on that data is then
 ||(W - Q) X^T||^2 = tr((W - Q) H (W - Q)^T) (output_error), no activations kept.
 
@@ -38,14 +40,18 @@ class Stats:
     hessian: Tensor | None = None
     sqnorm: Tensor | None = None
     abssum: Tensor | None = None
+    shift: Tensor | None = None
     rows: int = 0
 
     @property
     def absmean(self) -> Tensor:
         return self.abssum / max(self.rows, 1)
 
-    def add(self, x: Tensor, want: tuple[str, ...]) -> None:
+    def add(self, x: Tensor, want: tuple[str, ...], x_float: Tensor | None = None) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
+        if "shift" in want and x_float is not None:
+            d = x_float.detach().reshape(x.shape).float() - x
+            self.shift = x.T @ d if self.shift is None else self.shift.add_(x.T @ d)
         if "hessian" in want:
             h = x.T @ x
             self.hessian = h if self.hessian is None else self.hessian.add_(h)
@@ -110,11 +116,12 @@ def progress(iterable, desc: str, total: int | None = None, enable: bool = True)
 
 def collect(model: nn.Module, layers: dict[str, nn.Linear], data: list, want: tuple[str, ...],
             desc: str = "calibrating", stop_early: bool = True, show: bool = True,
-            run: Callable | None = None) -> dict[str, Stats]:
+            run: Callable | None = None, floats: dict[str, Tensor] | None = None) -> dict[str, Stats]:
     """Run the model on every batch with hooks on `layers`; {name: Stats}.
 
     With stop_early the forward of a batch is cut off once every watched layer has run.
-    run(batch) replaces model(batch) (sequential.py runs one block on its captured inputs)."""
+    run(batch) replaces model(batch) (sequential.py runs one block on its captured inputs); floats, filled
+    by run, has each watched layer's input in the float model for the "shift" statistic."""
     stats = {n: Stats(m.in_features) for n, m in layers.items()}
     seen: set[str] = set()
     device = model_device(model)
@@ -122,7 +129,7 @@ def collect(model: nn.Module, layers: dict[str, nn.Linear], data: list, want: tu
     def hook_for(name):
         def hook(mod, args):
             x = args[0]
-            stats[name].add(x, want)
+            stats[name].add(x, want, None if floats is None else floats.get(name))
             seen.add(name)
             if stop_early and len(seen) == len(stats):
                 raise _Stop

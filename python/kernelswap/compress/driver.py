@@ -3,9 +3,10 @@
 int4_weights(...)  -> {layer name: Int4Weight}        rtn | awq | gptq
 pruned_weights(...) -> {layer name: 2:4 float weight}  magnitude | wanda | sparsegpt
 
-GPTQ, Wanda and SparseGPT go block by block and, inside a block, set of Linears by set
-(sequential.py): each is calibrated on the outputs of the already compressed ones before
-it, as in the papers' code. The
+GPTQ, Wanda and SparseGPT go block by block (sequential.py): each block is calibrated on the
+outputs of the already compressed blocks before it, as in the papers' code. GPTQ also goes set of
+Linears by set inside a block (its code's --true-sequential) and aims at the float model's outputs
+(gptq.float_target); Wanda and SparseGPT calibrate a block's Linears together, as their code does. The
 float weights are restored afterwards unless keep=True (ks.prune keeps them). AWQ
 calibrates on the float model in one pass and folds its scales into the model (the
 float model stays equivalent; see awq.py), which it keeps.
@@ -59,13 +60,14 @@ def int4_weights(model: nn.Module, layers: list[tuple[str, nn.Linear]], data, me
     saved = {n: m.weight.detach().clone() for n, m in layers}
 
     def process(name, linear, st):
-        q = gptq_int4(linear.weight.detach(), st.hessian, group_size, symmetric)
+        q = gptq_int4(linear.weight.detach(), st.hessian, group_size, symmetric, shift=st.shift)
         out[name] = q
         with torch.no_grad():  # later blocks see this layer quantized
             linear.weight.copy_(dequantize_int4(q).to(linear.weight.dtype))
 
     try:
-        sequential(model, layers, data, ("hessian",), process, "gptq", show)
+        sequential(model, layers, data, ("hessian", "shift"), process, "gptq", show, true_sequential=True,
+                   float_targets=True)
     finally:
         _restore(layers, saved)
     return out
@@ -96,7 +98,7 @@ def pruned_weights(model: nn.Module, layers: list[tuple[str, nn.Linear]], data, 
             linear.weight.copy_(p)
 
     try:
-        sequential(model, layers, data, want, process, method, show)
+        sequential(model, layers, data, want, process, method, show, true_sequential=False)
     finally:
         if not keep:
             _restore(layers, saved)

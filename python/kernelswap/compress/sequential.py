@@ -15,9 +15,15 @@ check, at its first step, that it gives exactly what the model itself passes to 
 between blocks of different lists, the next block's inputs are captured afresh from the model
 (earlier blocks compressed). A cache handed to the blocks (cache=, past_key_values=, ...) is
 dropped and use_cache set False, so that running a block again does not grow it.
+
+With float_targets, a float copy of each block runs beside it on the float model's hidden states
+(handed over the same way), and each Linear's statistics pair its input with the float model's
+input of the same row ("shift", for GPTQ's float targets: see gptq.py). The first block's inputs
+are the float model's; after a recapture there are no float inputs and "shift" is left out.
 """
 from __future__ import annotations
 
+import copy
 import re
 from typing import Callable
 
@@ -107,6 +113,41 @@ def reading_sets(block: nn.Module, group: list[tuple[str, nn.Linear]], inp) -> l
     return list(sets.values())
 
 
+def _paired_run(block: nn.Module, fblock: nn.Module, rel: dict[str, str], floats: dict):
+    """run((inputs, float inputs)): the float copy first, recording the inputs of the Linears `rel`
+    ({name: name inside the block}) in floats and stopping once they have all run, then the block."""
+    def pre_for(name):
+        def pre(mod, args):
+            floats[name] = args[0]
+            if len(floats) == len(rel):
+                raise _Stop
+        return pre
+
+    handles = [fblock.get_submodule(r).register_forward_pre_hook(pre_for(n)) for n, r in rel.items()]
+
+    def run(pair):
+        floats.clear()
+        try:
+            _run(fblock)(pair[1])
+        except _Stop:
+            pass
+        _run(block)(pair[0])
+    return run, handles
+
+
+def _collect_set(block, fblock, name: str, members, inputs, finputs, want, desc):
+    if fblock is None:
+        return collect(block, dict(members), inputs, want, desc, show=False, run=_run(block))
+    floats: dict = {}
+    run, handles = _paired_run(block, fblock, {n: n[len(name) + 1:] for n, _ in members}, floats)
+    try:
+        return collect(block, dict(members), list(zip(inputs, finputs)), want, desc, show=False, run=run,
+                       floats=floats)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _same(a, b) -> bool:
     if torch.is_tensor(a) or torch.is_tensor(b):
         if not (torch.is_tensor(a) and torch.is_tensor(b)) or a.shape != b.shape or a.dtype != b.dtype:
@@ -148,19 +189,23 @@ def _follows(prev: str | None, name: str) -> bool:
 
 
 def sequential(model: nn.Module, layers: list[tuple[str, nn.Linear]], data: list, want: tuple[str, ...],
-               process: Callable[[str, nn.Linear, Stats], None], desc: str, show: bool = True) -> None:
+               process: Callable[[str, nn.Linear, Stats], None], desc: str, show: bool = True,
+               true_sequential: bool = True, float_targets: bool = False) -> None:
     """For each block, for each set of its Linears reading one input: collect the set's statistics (everything
-    before it already processed), then process(name, linear, stats) each Linear of the set."""
+    before it already processed), then process(name, linear, stats) each Linear of the set. With
+    true_sequential=False a block's Linears are all calibrated on the block's input together (one set)."""
     groups = block_groups(layers)
     modules = dict(model.named_modules())
     checked: dict[str, bool] = {}  # ModuleList -> does the hand-over give what the model passes on
-    inputs = None
+    inputs = finputs = None
     for i, (name, group) in enumerate(progress(groups, desc, len(groups), show)):
         block = modules[name]
         if inputs is None:
             inputs = capture(model, name, block, data)
-        for members in reading_sets(block, group, inputs[0]):
-            stats = collect(block, dict(members), inputs, want, desc, show=False, run=_run(block))
+            finputs = inputs if float_targets and i == 0 else None  # nothing compressed yet
+        fblock = copy.deepcopy(block) if finputs is not None else None
+        for members in reading_sets(block, group, inputs[0]) if true_sequential else [group]:
+            stats = _collect_set(block, fblock, name, members, inputs, finputs, want, desc)
             for lname, linear in members:
                 process(lname, linear, stats[lname])
                 stats[lname].hessian = None  # free as we go
@@ -168,10 +213,11 @@ def sequential(model: nn.Module, layers: list[tuple[str, nn.Linear]], data: list
         parent = name.rpartition(".")[0]
         inputs = _handover(block, inputs) if nxt is not None and _follows(name, nxt) and \
             checked.get(parent) is not False else None
+        finputs = _handover(fblock, finputs) if inputs is not None and fblock is not None else None
         if inputs is not None and parent not in checked:
             checked[parent] = _same(inputs[0], capture(model, nxt, modules[nxt], data[:1])[0])
             if not checked[parent]:
-                inputs = None
+                inputs = finputs = None
 
 
 __all__ = ["block_groups", "blocks", "capture", "reading_sets", "sequential"]
