@@ -45,6 +45,7 @@ def log(msg: str) -> None:
 
 
 DEVICE = "cpu"
+LABEL = ""  # --label: appended to every recipe of this run, so its rows sit beside the others
 
 
 def tag(recipe: str) -> str:
@@ -53,6 +54,10 @@ def tag(recipe: str) -> str:
         return recipe
     name = torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else DEVICE
     return f"{recipe}, {name}"
+
+
+def label(recipe: str) -> str:
+    return f"{tag(recipe)}, {LABEL}" if LABEL else tag(recipe)
 
 
 def timed(fn):
@@ -66,7 +71,7 @@ def timed(fn):
 
 
 def record(model: str, recipe: str, metric: str, value: float, seconds: float | None = None, note: str = "") -> None:
-    recipe = tag(recipe)
+    recipe = label(recipe)
     ROWS.append({"model": model, "recipe": recipe, "metric": metric, "value": value,
                  "seconds": None if seconds is None else round(seconds, 1), "note": note})
     log(f"  {model:8s} {recipe:34s} {metric} {value:.4f}" + (f"  ({seconds:.1f} s)" if seconds else "") +
@@ -294,9 +299,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="where the models and calibration run (cpu, cuda, cuda:1, ...)")
     p.add_argument("--timing-only", action="store_true",
                    help="only the calibrated methods (no baselines, no distillation); default model smollm2")
+    p.add_argument("--label", default="", help="appended to this run's recipes (rows beside, not over, the others)")
     args = p.parse_args(argv)
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, LABEL
+    DEVICE, LABEL = args.device, args.label
     if args.model is None:
         args.model = "smollm2" if args.timing_only else "all"
     if args.timing_only:
