@@ -18,7 +18,8 @@ import kernelswap as ks
 from kernelswap import packing
 from kernelswap.compress import calibration as C
 from kernelswap.compress.awq import awq_int4, awq_model, find_producers, search_clip
-from kernelswap.compress.gptq import gptq_int4
+from kernelswap.compress.gptq import float_target, gptq_int4
+from kernelswap.compress import sequential as seq
 from kernelswap.compress.sparsegpt import sparsegpt_24
 from kernelswap.compress.wanda import keep_24, wanda_24
 from kernelswap.recipes import recipe_from_config
@@ -82,6 +83,32 @@ def test_gptq_beats_rtn_on_held_out_rows(layer, symmetric, group_size, act_order
     lin.weight.data = w.clone()
     m = ks.Int4(group_size=group_size, symmetric=symmetric).convert(lin, "x", q)  # Int4Linear serves it
     torch.testing.assert_close(m(held[:8]), held[:8] @ packing.dequantize_int4(q).T, rtol=1e-4, atol=1e-3)
+
+
+def _drifted(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """x as a compressed model's earlier layers would hand it on: a fixed linear drift plus noise."""
+    k = x.shape[1]
+    drift = torch.randn(k, k, generator=torch.Generator().manual_seed(7)) / k ** 0.5
+    return x + 0.3 * x @ drift + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gptq_float_target_fits_the_float_outputs(layer, symmetric):
+    """shift = X^T (X_float - X): float_target is the least-squares weight for X_float W^T read from X
+    (torch.linalg.lstsq), and GPTQ with it beats plain GPTQ at matching the float outputs on held-out rows."""
+    w, cal_f, held_f = layer
+    cal, held = _drifted(cal_f, 1), _drifted(held_f, 2)
+    h, shift = cal.T @ cal, cal.T @ (cal_f - cal)
+    want = torch.linalg.lstsq(cal.double(), (cal_f @ w.T).double()).solution.T.float()
+    torch.testing.assert_close(float_target(w, h, shift, damp=0.0), want, rtol=1e-3, atol=1e-3)
+    ref = held_f @ w.T
+
+    def err(q):
+        return float((held @ packing.dequantize_int4(q).T - ref).norm() ** 2 / ref.norm() ** 2)
+
+    e_plain, e_float = err(gptq_int4(w, h, 64, symmetric)), err(gptq_int4(w, h, 64, symmetric, shift=shift))
+    print(f"\nGPTQ error to the float outputs: plain {e_plain:.4f}, float target {e_float:.4f}")
+    assert e_float < 0.5 * e_plain, (e_float, e_plain)
 
 
 # ---------------------------------------------------------------- AWQ
@@ -180,9 +207,93 @@ def test_calibration_accepts_tensor_tuple_and_dict_batches():
 
 def test_blocks_groups_by_module_list_entry():
     model = Toy()
-    groups = C.blocks([(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)])
+    groups = seq.blocks([(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)])
     assert [[n for n, _ in g] for g in groups] == [[f"layers.{i}.{p}" for p in ("gate", "up", "down")]
                                                    for i in (0, 1)] + [["head"]]
+
+
+class Scaled(nn.Module):
+    """Blocks with something between them (x * 0.5): the hand-over check must fail and recapture."""
+    def __init__(self, d: int = 64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList([Block(d) for _ in range(3)])
+
+    def forward(self, x):
+        for b in self.layers:
+            x = b(x) * 0.5
+        return x
+
+
+def _tiny_llama(layers: int = 3):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    data = [{"input_ids": torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(i))} for i in range(3)]
+    return transformers.LlamaForCausalLM(cfg).eval(), data
+
+
+def _nudge(seen):
+    """A process() that changes the layer by its statistics (so later statistics depend on it) and records them."""
+    def process(name, linear, st):
+        seen[name] = (st.hessian.clone(), st.shift)
+        with torch.no_grad():
+            linear.weight.add_(0.5 * linear.weight @ st.hessian / st.hessian.norm())
+    return process
+
+
+def _layer_inputs(model, names, data):
+    """{name: its input rows (R, K) over all of data}, from plain runs of the model."""
+    mods, rows = dict(model.named_modules()), {n: [] for n in names}
+    handles = [mods[n].register_forward_pre_hook(lambda m, a, n=n: rows[n].append(a[0].reshape(-1, a[0].shape[-1])))
+               for n in names]
+    with torch.no_grad():
+        for batch in data:
+            C.call(model, batch)
+    for h in handles:
+        h.remove()
+    return {n: torch.cat(r) for n, r in rows.items()}
+
+
+@pytest.mark.parametrize("which", ["llama", "toy", "scaled"])
+def test_sequential_matches_rerunning_the_model_set_by_set(which):
+    """sequential() (captured block inputs, hand-over, true-sequential sets, the float copy's inputs) gives the
+    statistics of the plain way: the whole model rerun for every set of Linears reading one input, everything
+    before it processed; shift = X^T (X_float - X) with X_float from the untouched float model, where the
+    hand-over ran (not for a block recaptured after a failed check or for the head after the list)."""
+    if which == "llama":
+        model, data = _tiny_llama()
+        sets = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+        order = [[f"model.layers.{i}.{n}" for n in s] for i in range(3) for s in sets]
+        with_shift = {n for s in order for n in s}
+    else:
+        model, data = (Toy() if which == "toy" else Scaled()).eval(), _toy_data(3, 0)
+        blocks = 2 if which == "toy" else 3
+        order = [s for i in range(blocks) for s in ([f"layers.{i}.gate", f"layers.{i}.up"], [f"layers.{i}.down"])]
+        order += [["head"]] if which == "toy" else []
+        with_shift = {n for s in order for n in s if n.startswith("layers.") and (which == "toy" or ".0." in n)}
+    ref_model = copy.deepcopy(model)
+    mods = dict(ref_model.named_modules())
+    x_float = _layer_inputs(copy.deepcopy(model), [n for s in order for n in s], data)
+    ref, got = {}, {}
+    for names in order:  # the plain way
+        stats = C.collect(ref_model, {n: mods[n] for n in names}, data, ("hessian",), show=False)
+        x = _layer_inputs(ref_model, names, data)
+        for n in names:
+            stats[n].shift = x[n].T @ (x_float[n] - x[n]) if n in with_shift else None
+            _nudge(ref)(n, mods[n], stats[n])
+    layers = [(n, m) for names in order for n in names for m in [dict(model.named_modules())[n]]]
+    seq.sequential(model, layers, data, ("hessian", "shift"), _nudge(got), "test", show=False, float_targets=True)
+    assert list(got) == list(ref)  # true-sequential order
+    for n, (h, shift) in ref.items():
+        torch.testing.assert_close(got[n][0], h, rtol=1e-5, atol=1e-5 * float(h.abs().max()))
+        assert (got[n][1] is None) == (shift is None), n
+        if shift is not None:
+            if n not in order[0]:  # the earlier nudges moved X
+                assert float(shift.abs().max()) > 1e-3 * float(h.abs().max()), n
+            torch.testing.assert_close(got[n][1], shift, rtol=1e-4, atol=1e-4 * float(shift.abs().max()))
 
 
 def test_awq_folds_only_where_exact():

@@ -7,7 +7,8 @@
     ks.swap(model, "sparse24")                         # keeps exactly that mask
 
 One file per method (awq.py, gptq.py, wanda.py, sparsegpt.py, distill.py);
-calibration.py collects the per-Linear statistics; driver.py runs a method over a model.
+calibration.py collects the per-Linear statistics, sequential.py runs them block by block;
+driver.py runs a method over a model.
 """
 from .distill import DistillReport, distill
 from .driver import INT4_METHODS, PRUNE_METHODS, int4_weights, pruned_weights

@@ -9,17 +9,15 @@ For each watched Linear, forward pre-hooks accumulate over every calibration row
   hessian  H = sum x^T x                (K, K) float32: GPTQ, SparseGPT, AWQ's losses
   sqnorm   sum x_j^2 per input channel  (K,):  Wanda's ||X_j||_2^2
   absmean  mean |x_j| per input channel (K,):  AWQ's activation scale
+  shift    sum x^T (x_float - x)        (K, K): GPTQ's float targets, x_float the same row's input
+                                                in the float model (sequential.py pairs them)
 The reconstruction error of a replacement weight Q on that data is then
 ||(W - Q) X^T||^2 = tr((W - Q) H (W - Q)^T) (output_error), no activations kept.
 
-sequential() runs the methods block by block (Linears grouped by the ModuleList entry
-they sit in, e.g. model.layers.3), as the GPTQ/SparseGPT/Wanda papers do: a block's
-statistics are collected with the earlier blocks already compressed, and each pass
-stops as soon as the block's layers have all seen the input.
+sequential.py runs the methods block by block on these statistics.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -42,14 +40,18 @@ class Stats:
     hessian: Tensor | None = None
     sqnorm: Tensor | None = None
     abssum: Tensor | None = None
+    shift: Tensor | None = None
     rows: int = 0
 
     @property
     def absmean(self) -> Tensor:
         return self.abssum / max(self.rows, 1)
 
-    def add(self, x: Tensor, want: tuple[str, ...]) -> None:
+    def add(self, x: Tensor, want: tuple[str, ...], x_float: Tensor | None = None) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
+        if "shift" in want and x_float is not None:
+            d = x_float.detach().reshape(x.shape).float() - x
+            self.shift = x.T @ d if self.shift is None else self.shift.add_(x.T @ d)
         if "hessian" in want:
             h = x.T @ x
             self.hessian = h if self.hessian is None else self.hessian.add_(h)
@@ -113,10 +115,13 @@ def progress(iterable, desc: str, total: int | None = None, enable: bool = True)
 
 
 def collect(model: nn.Module, layers: dict[str, nn.Linear], data: list, want: tuple[str, ...],
-            desc: str = "calibrating", stop_early: bool = True, show: bool = True) -> dict[str, Stats]:
+            desc: str = "calibrating", stop_early: bool = True, show: bool = True,
+            run: Callable | None = None, floats: dict[str, Tensor] | None = None) -> dict[str, Stats]:
     """Run the model on every batch with hooks on `layers`; {name: Stats}.
 
-    With stop_early the forward of a batch is cut off once every watched layer has run."""
+    With stop_early the forward of a batch is cut off once every watched layer has run.
+    run(batch) replaces model(batch) (sequential.py runs one block on its captured inputs); floats, filled
+    by run, has each watched layer's input in the float model for the "shift" statistic."""
     stats = {n: Stats(m.in_features) for n, m in layers.items()}
     seen: set[str] = set()
     device = model_device(model)
@@ -124,7 +129,7 @@ def collect(model: nn.Module, layers: dict[str, nn.Linear], data: list, want: tu
     def hook_for(name):
         def hook(mod, args):
             x = args[0]
-            stats[name].add(x, want)
+            stats[name].add(x, want, None if floats is None else floats.get(name))
             seen.add(name)
             if stop_early and len(seen) == len(stats):
                 raise _Stop
@@ -136,7 +141,7 @@ def collect(model: nn.Module, layers: dict[str, nn.Linear], data: list, want: tu
             for batch in progress(data, desc, len(data), show):
                 seen.clear()
                 try:
-                    call(model, to_device(batch, device))
+                    run(batch) if run is not None else call(model, to_device(batch, device))
                 except _Stop:
                     pass
     finally:
@@ -149,31 +154,6 @@ def collect(model: nn.Module, layers: dict[str, nn.Linear], data: list, want: tu
     return stats
 
 
-_BLOCK = re.compile(r"^(.*?\.\d+)(\.|$)")
-
-
-def blocks(layers: list[tuple[str, nn.Linear]]) -> list[list[tuple[str, nn.Linear]]]:
-    """Linears grouped by the first numbered module in their name (a ModuleList entry), in order."""
-    groups: dict[str, list] = {}
-    for name, m in layers:
-        match = _BLOCK.match(name)
-        groups.setdefault(match.group(1) if match else name, []).append((name, m))
-    return list(groups.values())
-
-
-def sequential(model: nn.Module, layers: list[tuple[str, nn.Linear]], data: list, want: tuple[str, ...],
-               process: Callable[[str, nn.Linear, Stats], None], desc: str, show: bool = True) -> None:
-    """For each block: collect its layers' statistics (earlier blocks already processed), then
-    process(name, linear, stats) each of its layers."""
-    groups = blocks(layers)
-    bar = progress(groups, desc, len(groups), show)
-    for group in bar:
-        stats = collect(model, dict(group), data, want, desc, stop_early=True, show=False)
-        for name, linear in group:
-            process(name, linear, stats[name])
-            stats[name].hessian = None  # free as we go
-
-
 def output_error(w: Tensor, q: Tensor, hessian: Tensor) -> float:
     """||(W - Q) X^T||^2 / ||W X^T||^2 on the calibration rows behind `hessian` (= X^T X)."""
     d = (w.float() - q.float())
@@ -182,5 +162,4 @@ def output_error(w: Tensor, q: Tensor, hessian: Tensor) -> float:
     return float(err / ref.clamp(min=1e-30))
 
 
-__all__ = ["Stats", "batches", "blocks", "call", "collect", "model_device", "output_error", "progress",
-           "sequential", "to_device"]
+__all__ = ["Stats", "batches", "call", "collect", "model_device", "output_error", "progress", "to_device"]

@@ -3,8 +3,10 @@
 int4_weights(...)  -> {layer name: Int4Weight}        rtn | awq | gptq
 pruned_weights(...) -> {layer name: 2:4 float weight}  magnitude | wanda | sparsegpt
 
-GPTQ, Wanda and SparseGPT go block by block (calibration.sequential): later blocks are
-calibrated on the outputs of the already compressed earlier ones, as in the papers. The
+GPTQ, Wanda and SparseGPT go block by block (sequential.py): each block is calibrated on the
+outputs of the already compressed blocks before it, as in the papers' code. GPTQ also goes set of
+Linears by set inside a block (its code's --true-sequential) and aims at the float model's outputs
+(gptq.float_target); Wanda and SparseGPT calibrate a block's Linears together, as their code does. The
 float weights are restored afterwards unless keep=True (ks.prune keeps them). AWQ
 calibrates on the float model in one pass and folds its scales into the model (the
 float model stays equivalent; see awq.py), which it keeps.
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from ..packing import Int4Weight, dequantize_int4, prune_24, quantize_int4
 from . import calibration as C
+from .sequential import sequential
 from .awq import awq_int4, awq_model
 from .gptq import gptq_int4
 from .sparsegpt import sparsegpt_24
@@ -57,13 +60,14 @@ def int4_weights(model: nn.Module, layers: list[tuple[str, nn.Linear]], data, me
     saved = {n: m.weight.detach().clone() for n, m in layers}
 
     def process(name, linear, st):
-        q = gptq_int4(linear.weight.detach(), st.hessian, group_size, symmetric)
+        q = gptq_int4(linear.weight.detach(), st.hessian, group_size, symmetric, shift=st.shift)
         out[name] = q
         with torch.no_grad():  # later blocks see this layer quantized
             linear.weight.copy_(dequantize_int4(q).to(linear.weight.dtype))
 
     try:
-        C.sequential(model, layers, data, ("hessian",), process, "gptq", show)
+        sequential(model, layers, data, ("hessian", "shift"), process, "gptq", show, true_sequential=True,
+                   float_targets=True)
     finally:
         _restore(layers, saved)
     return out
@@ -94,7 +98,7 @@ def pruned_weights(model: nn.Module, layers: list[tuple[str, nn.Linear]], data, 
             linear.weight.copy_(p)
 
     try:
-        C.sequential(model, layers, data, want, process, method, show)
+        sequential(model, layers, data, want, process, method, show, true_sequential=False)
     finally:
         if not keep:
             _restore(layers, saved)

@@ -14,15 +14,24 @@ format of kernelswap.packing.quantize_int4 (Int4Weight: contiguous groups along 
 Int4Linear serves it unchanged. Two orders, both from the paper's code:
   act_order=False  columns left to right; each group's scale and zero point are fixed
                    when the sweep reaches its first column, from the weights as updated
-                   so far (quantize_int4's arithmetic on that slice).
+                   so far (quantize_int4's arithmetic on that slice, after the range search
+                   below with search_grid).
   act_order=True   columns by decreasing H[j, j] (the most activated inputs first, while
                    the most columns are left to absorb their error), with "static groups":
                    every group's grid is fixed up front from the original weights, so the
-                   groups stay contiguous in K whatever the order. With search_grid that
-                   grid is the range shrink with the lowest H-weighted group error (the
-                   search of awq.search_clip; the paper's code has an MSE grid search too).
+                   groups stay contiguous in K whatever the order.
+With search_grid a group's grid is the range shrink with the lowest H-weighted group error
+(awq.search_clip; the paper's code has an unweighted MSE grid search).
 Dead inputs (H[j, j] == 0) get H[j, j] = 1 and a zero weight column; the diagonal is
 dampened by `damp` times its mean, as in the paper's code.
+
+Float targets (asymmetric calibration: Li et al., "GPTQv2: Efficient Finetuning-Free
+Quantization with Asymmetric Calibration", ICML 2025). When the earlier layers are already
+quantized, this layer's input X differs from the float model's X_f, and the aim is the float
+output: min ||X_f W^T - X Q^T||^2. With S = X^T (X_f - X) (calibration.Stats.shift) that equals
+||X (W' - Q)^T||^2 + const for the least-squares weight W' = W + W S^T H^-1 (float_target, H
+dampened as above), so the same sweep on W' with the same H solves it. The paper folds
+that term into the sweep instead; the objective is the same.
 """
 from __future__ import annotations
 
@@ -54,15 +63,29 @@ def prepare_hessian(hessian: Tensor, w: Tensor, kp: int, damp: float,
     return w, torch.linalg.cholesky(hinv, upper=True).float()
 
 
+def float_target(w: Tensor, hessian: Tensor, shift: Tensor, damp: float) -> Tensor:
+    """W + W S^T (H + damp)^-1, S = X^T (X_float - X): the least-squares weight for X_float W^T from X."""
+    h = hessian.double().clone()
+    diag = torch.diagonal(h)
+    diag[diag == 0] = 1.0
+    h += damp * diag.mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    return (w.double() + torch.linalg.solve(h, shift.double() @ w.double().T).T).float()
+
+
 def gptq_int4(w: Tensor, hessian: Tensor, group_size: int = 128, symmetric: bool = False,
-              damp: float = 0.01, act_order: bool = True, search_grid: bool = True) -> Int4Weight:
-    """GPTQ-quantize one (N, K) weight given H = X^T X (K, K); Int4Weight as packing.quantize_int4 makes."""
+              damp: float = 0.01, act_order: bool = True, search_grid: bool = True,
+              shift: Tensor | None = None) -> Int4Weight:
+    """GPTQ-quantize one (N, K) weight given H = X^T X (K, K); Int4Weight as packing.quantize_int4 makes.
+
+    shift = X^T (X_float - X) (calibration.Stats.shift) makes the target the float model's output."""
+    if shift is not None:
+        w = float_target(w, hessian, shift, damp)
     n, k = w.shape
     kp = -(-k // group_size) * group_size
     perm = None
+    from .awq import clamp_groups, search_clip
     if act_order:
         if search_grid:
-            from .awq import clamp_groups, search_clip
             w_grid = clamp_groups(w.float(), search_clip(w, hessian, group_size, symmetric), group_size, symmetric)
         else:
             w_grid = w
@@ -90,7 +113,12 @@ def gptq_int4(w: Tensor, hessian: Tensor, group_size: int = 128, symmetric: bool
             if act_order:
                 s, z = all_s[:, g], all_z[:, g]
             elif col % group_size == 0:  # the group's grid, from the weights as updated so far
-                gq = quantize_int4(w1[:, i:i + group_size], group_size, symmetric)  # BLOCK % group_size == 0
+                wg = w1[:, i:i + group_size]  # BLOCK % group_size == 0
+                if search_grid:
+                    hg = hessian[col:col + group_size, col:col + group_size]
+                    hg = F.pad(hg, (0, group_size - hg.shape[1], 0, group_size - hg.shape[0]))
+                    wg = clamp_groups(wg, search_clip(wg, hg, group_size, symmetric), group_size, symmetric)
+                gq = quantize_int4(wg, group_size, symmetric)
                 scales[:, g] = gq.scales[:, 0]
                 s = gq.scales[:, 0].float()
                 z = torch.full_like(s, SYMMETRIC_ZERO) if symmetric else gq.zeros[:, 0].float()
@@ -108,4 +136,4 @@ def gptq_int4(w: Tensor, hessian: Tensor, group_size: int = 128, symmetric: bool
     return Int4Weight(pack_int4(codes), scales, zeros, group_size, k)
 
 
-__all__ = ["gptq_int4", "prepare_hessian"]
+__all__ = ["float_target", "gptq_int4", "prepare_hessian"]
