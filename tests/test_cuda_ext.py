@@ -121,7 +121,7 @@ def test_sparse24_errors():
     with pytest.raises(RuntimeError, match="int8 weights need K to be a multiple of 32"):
         C._C_sparse24_prepare(torch.empty(64, 48, dtype=torch.int8, device=dev))
     v8, m8 = C._C_sparse24_prepare(torch.empty(64, 64, dtype=torch.int8, device=dev))
-    with pytest.raises(RuntimeError, match="int8 2:4 needs K to be a multiple of 32"):
+    with pytest.raises(RuntimeError, match="8-bit 2:4 needs K to be a multiple of 32"):
         C._C_sparse24_int8_mm(torch.empty(3, 48, dtype=torch.int8, device=dev), torch.empty(3, device=dev),
                               v8, m8, torch.empty(64, device=dev), None, torch.bfloat16)
 
