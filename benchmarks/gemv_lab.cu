@@ -56,6 +56,28 @@ __global__ void fill_small(uint16_t* p, int64_t n, uint32_t seed, bool bf16) {
   }
 }
 
+// us a call of launch(i), i = 0, 1, ...: 2 * copies calls to warm up, then 20 * copies timed
+// back to back between two events (each call reads the next of `copies` weight copies).
+template <class Launch>
+float time_launches(const Launch& launch, int copies) {
+  for (int i = 0; i < 2 * copies; ++i) launch(i);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  const int reps = 20 * copies;
+  CK(cudaEventRecord(e0));
+  for (int i = 0; i < reps; ++i) launch(i);
+  CK(cudaEventRecord(e1));
+  CK(cudaEventSynchronize(e1));
+  float ms = 0.f;
+  CK(cudaEventElapsedTime(&ms, e0, e1));
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+  return ms * 1e3f / reps;
+}
+
 template <class T>
 T* dev_alloc(int64_t count) {
   T* p = nullptr;
@@ -136,20 +158,7 @@ float time_format(const Case& c, int loads_bytes_a_batch, int groups_a_batch, bo
     a.zeros = ws[i % copies].zeros;
     gemv_kernel<Act, F, NT><<<grid, F::kWarps * 32, smem>>>(a);
   };
-  for (int i = 0; i < 2 * copies; ++i) launch(i);
-  CK(cudaGetLastError());
-  CK(cudaDeviceSynchronize());
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  const int reps = 20 * copies;
-  CK(cudaEventRecord(e0));
-  for (int i = 0; i < reps; ++i) launch(i);
-  CK(cudaEventRecord(e1));
-  CK(cudaEventSynchronize(e1));
-  float ms = 0.f;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
-  const float us = ms * 1e3f / reps;
+  const float us = time_launches(launch, copies);
   *out_gbps = float(ws[0].bytes) / (us * 1e-6f) / 1e9f;
   std::printf("  grid %lldx%d smem %d bps %d\n", (long long)n_blocks, splits, smem, bps);
   for (auto& w : ws) {
@@ -199,19 +208,7 @@ float time_cublas(cublasHandle_t h, const Case& c, float* gbps) {
     cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(c.N), c.M, int(c.K), &one, w[i % copies], CUDA_R_16BF, int(c.K), x,
                  CUDA_R_16BF, int(c.K), &zero, y, CUDA_R_16BF, int(c.N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   };
-  for (int i = 0; i < 2 * copies; ++i) launch(i);
-  CK(cudaDeviceSynchronize());
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  const int reps = 20 * copies;
-  CK(cudaEventRecord(e0));
-  for (int i = 0; i < reps; ++i) launch(i);
-  CK(cudaEventRecord(e1));
-  CK(cudaEventSynchronize(e1));
-  float ms = 0.f;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
-  const float us = ms * 1e3f / reps;
+  const float us = time_launches(launch, copies);
   *gbps = float(wb) / (us * 1e-6f) / 1e9f;
   for (auto p : w) cudaFree(p);
   cudaFree(x);
