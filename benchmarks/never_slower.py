@@ -13,6 +13,8 @@ nn.Linear in the same run:
                 (those whose `supports` answers None or a Preference: the choices the
                 dispatcher weighs), called as the layer's runner calls it, graph only:
                 the per-M thresholds in ops/ are read off these rows
+  kernel:...    kernel modes no dispatcher rule picks yet (VARIANTS: W8A16 with TMA loads
+                from M = 128), graph only
   cusparselt    (2:4 only) F.linear on torch.sparse.to_sparse_semi_structured of the same
                 pruned weight (torch's cuSPARSELt path), eager and graph
 Timing: triton.testing.do_bench (CUDA events around each call, L2 flushed before each, warmup,
@@ -192,6 +194,25 @@ def impl_runs(op: str, x: torch.Tensor, weights: tuple) -> list[tuple[str, Calla
     return out
 
 
+# Kernel modes no dispatcher rule picks yet, timed so one can be set from this run:
+# recipe -> (from this M on, provider name, fn(weights) -> x -> out).
+VARIANTS = {
+    "int8-weight": [(128, "kernel:triton/w8a16_tma",  # the W8A16 GEMM with TMA loads (host descriptors per call)
+                     lambda w: (lambda x: _w8a16(x, *w, use_tma=True)))],
+}
+
+
+def _w8a16(x, w_q, w_scale, bias, **kw):
+    from kernelswap.kernels.w8a16_gemm import int8_weight_linear
+    return int8_weight_linear(x, w_q, w_scale, bias, **kw)
+
+
+def kernel_variants(recipe: str, m: int, weights: tuple, device: str) -> list[tuple[str, Callable]]:
+    if device != "cuda":
+        return []
+    return [(name, make(weights)) for from_m, name, make in VARIANTS.get(recipe, ()) if m >= from_m]
+
+
 def _raises(error: Exception) -> Callable:
     def run(x):
         raise error
@@ -304,6 +325,8 @@ def sweep(shapes: list[tuple[int, int]], ms: list[int], recipes: list[str], time
                         add(m, recipe, "auto", mode, layer, impl=f"{chosen.backend}/{chosen.fn.__name__}")
                     for name, run in impl_runs(op, x, weights):
                         add(m, recipe, name, "graph", run, impl=name[len("impl:"):])
+                    for name, run in kernel_variants(recipe, m, weights, device):
+                        add(m, recipe, name, "graph", run, impl=name[len("kernel:"):])
                     if cslt is not None:
                         for mode in ("eager", "graph"):
                             add(m, recipe, "cusparselt", mode, cslt, impl="to_sparse_semi_structured")

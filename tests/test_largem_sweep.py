@@ -121,3 +121,11 @@ def test_tuned_since_reports_new_tuning_choices(monkeypatch):
     assert SWEEP["tuned_since"](before) == ""
     tuner.cache[("k",)] = triton.Config({"BLOCK": 8}, num_warps=2, num_stages=3)
     assert SWEEP["tuned_since"](before) == "_kernel: {'BLOCK': 8} w2 s3"
+
+
+def test_kernel_variants_from_their_m():
+    w = (None, None, None)
+    assert [n for n, _ in SWEEP["kernel_variants"]("int8-weight", 128, w, "cuda")] == ["kernel:triton/w8a16_tma"]
+    assert SWEEP["kernel_variants"]("int8-weight", 64, w, "cuda") == []
+    assert SWEEP["kernel_variants"]("int8-weight", 128, w, "cpu") == []
+    assert SWEEP["kernel_variants"]("int4", 8192, w, "cuda") == []
