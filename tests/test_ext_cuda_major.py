@@ -8,6 +8,7 @@ import glob
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -65,6 +66,19 @@ def test_needed_libraries_of_other_files_is_empty(tmp_path):
     (tmp_path / "elf32").write_bytes(b"\x7fELF\x01\x01\x01" + bytes(57))
     for name in ("text", "short", "elf32"):
         assert _ext.needed_libraries(str(tmp_path / name)) == []
+
+
+def test_damaged_library_is_a_reason_not_a_crash(tmp_path, fresh_ext):
+    damaged = tmp_path / "_C.so"
+    head = bytearray(b"\x7fELF\x02\x01\x01".ljust(64, b"\0"))
+    struct.pack_into("<Q", head, 0x28, 2**40)  # section headers past the end of the file
+    struct.pack_into("<HH", head, 0x3A, 64, 3)
+    damaged.write_bytes(bytes(head))
+    with pytest.raises((ValueError, struct.error)):
+        _ext.needed_libraries(str(damaged))
+    fresh_ext.setattr(_ext, "_find_library", lambda: str(damaged))
+    assert _ext.load() is False and _ext.refusal() is None
+    assert _ext.status()[1].startswith("failed to load _C.so")
 
 
 @pytest.mark.parametrize("needed, torch_cuda, refused", [

@@ -42,7 +42,11 @@ def load() -> bool:
     if path is None:
         _loaded, _reason = False, "not built (pure-Python install; see README 'Install from source')"
         return False
-    _refusal = cuda_mismatch(needed_libraries(path), torch.version.cuda, torch.__version__)
+    try:
+        needed = needed_libraries(path)
+    except (OSError, ValueError, struct.error):  # a damaged file: the loader below says what is wrong
+        needed = []
+    _refusal = cuda_mismatch(needed, torch.version.cuda, torch.__version__)
     if _refusal:
         _loaded, _reason = False, f"refused {os.path.basename(path)}: {_refusal}"
         warnings.warn(f"kernelswap: {_reason}", RuntimeWarning, stacklevel=2)
