@@ -15,13 +15,19 @@
 #                              It must be a CUDA N torch: torch's cpp_extension refuses an nvcc of
 #                              another major, and _C links torch's libtorch_cuda.so, which a CPU
 #                              torch does not have.
-# Both are checked before anything is compiled. Objects are kept in build/ (ninja recompiles only
-# what changed, and reuses tools/bootstrap.sh's objects when the archs and toolkit are the same).
+# Both are checked before anything is compiled.
+#
+# KERNELSWAP_WHEEL_SOURCE: what to build from, the checkout (default) or an sdist from
+# tools/build_sdist.sh (the release way: it proves the tarball builds). From the checkout the
+# objects are kept in build/ (ninja recompiles only what changed, and reuses tools/bootstrap.sh's
+# objects when the archs and toolkit are the same).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "build_wheel: $*"; }
 fail() { echo "build_wheel: $*" >&2; exit 1; }
 archs=${KERNELSWAP_WHEEL_ARCHS:-"8.0;8.9;9.0a+PTX"}
+source=${KERNELSWAP_WHEEL_SOURCE:-.}
+[ -e "$source" ] || fail "KERNELSWAP_WHEEL_SOURCE=$source does not exist"
 [ $# -gt 0 ] || set -- cu13
 
 for target in "$@"; do
@@ -33,6 +39,7 @@ for target in "$@"; do
   [ -n "$home" ] || fail "$target: set KERNELSWAP_CUDA${major}_HOME to a CUDA $major toolkit folder (bin/nvcc," \
                          "include/, lib64/); pip's nvidia-cuda-nvcc-cu12 has no nvcc, so it cannot be one"
   [ -n "$python" ] || fail "$target: set KERNELSWAP_CUDA${major}_PYTHON to a Python whose torch is a CUDA $major build"
+  case $python in */*) python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python") ;; esac  # kept a venv's path
   [ -x "$home/bin/nvcc" ] || fail "$target: $home/bin/nvcc not found (KERNELSWAP_CUDA${major}_HOME)"
   nvcc_version=$("$home/bin/nvcc" --version | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')
   [ "${nvcc_version%%.*}" = "$major" ] || fail "$target: $home/bin/nvcc is CUDA $nvcc_version, not $major.x"
@@ -41,13 +48,13 @@ for target in "$@"; do
   [ "${torch_cuda%%.*}" = "$major" ] || fail "$target: the torch of $python is built for CUDA $torch_cuda," \
                                             "not $major.x (KERNELSWAP_CUDA${major}_PYTHON)"
 
-  say "$target: nvcc $nvcc_version ($home), torch CUDA $torch_cuda ($python), archs $archs"
+  say "$target: nvcc $nvcc_version ($home), torch CUDA $torch_cuda ($python), archs $archs, from $source"
   start=$(date +%s)
   raw=build/wheel-raw/$target
   # build/lib* holds the last build's _C.so: left there, setuptools would package it unbuilt.
   rm -rf "$raw" build/lib.* build/bdist.*
   CUDA_HOME=$home TORCH_CUDA_ARCH_LIST=$archs KERNELSWAP_BUILD_CUDA=on PATH="$(dirname "$python"):$PATH" \
-    "$python" -m pip wheel --no-build-isolation --no-deps -w "$raw" .
+    "$python" -m pip wheel --no-build-isolation --no-deps -w "$raw" "$source"
   say "$target: compiled and packaged in $(( $(date +%s) - start )) s"
   bash tools/repair_wheel.sh "$(ls "$raw"/kernelswap-*+"$target"-*.whl)" dist
 done
