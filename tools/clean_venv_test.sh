@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 wheel=$(realpath "${1:?usage: tools/clean_venv_test.sh WHEEL}")
 python=$(command -v "${PYTHON:-python3}")
+case $python in /*) ;; */*) python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python") ;; esac  # used from another folder
 say() { echo "clean_venv_test: $*"; }
 smoke=$PWD/tools/installed_smoke.py
 venv=$PWD/build/clean-venv
