@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Proves a built wheel on a GPU machine: installs dist/kernelswap-*.whl into a fresh
+# Proves a built wheel on a GPU machine: installs WHEEL (default: the newest repaired
+# dist/kernelswap-*+cu<N>-*manylinux*.whl, N the CUDA major of the running torch) into a fresh
 # folder (pip --target; torch comes from the running interpreter), then runs the test
 # suite from a copy of tests/ (and benchmarks/, whose plot script a test runs) outside
 # the source tree, so the installed package is what is tested. SITE names the install
@@ -7,7 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
-wheel=$(ls -t dist/kernelswap-*.whl | head -1)
+major=$("$python" -c "import torch; print((torch.version.cuda or 'none').split('.')[0])")
+wheel=${WHEEL:-$(ls -t dist/kernelswap-*+cu"$major"-*manylinux*.whl 2>/dev/null | head -1 || true)}
+[ -n "$wheel" ] || { echo "check_wheel: no dist/kernelswap-*+cu$major-*manylinux*.whl for this torch (CUDA $major);" \
+                          "build it with tools/build_wheel.sh or set WHEEL" >&2; exit 1; }
+echo "check_wheel: $wheel"
 site=${SITE:-$(mktemp -d)}
 "$python" -m pip install -q --no-deps --no-index --target "$site" "$wheel"
 work=$(mktemp -d)

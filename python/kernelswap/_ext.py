@@ -4,16 +4,24 @@ The extension is a plain shared library (stable ABI, no Python module init) that
 registers its ops into torch.ops.kernelswap when loaded. If it is missing or fails to
 load, the reason is kept and shown by `python -m kernelswap info`, and the ops fall
 back to the next backend.
+
+Before loading, the CUDA runtime the library links (its libcudart.so.N, read from the ELF
+file itself) is compared with torch's: a `+cu12` wheel under a CUDA 13 torch (or a CPU
+torch) is refused with a warning and the reason, instead of failing or crashing inside the
+loader; the ops then use the Triton and reference paths.
 """
 from __future__ import annotations
 
 import glob
 import os
+import struct
+import warnings
 
 import torch
 
 _loaded: bool | None = None
 _reason = ""
+_refusal: str | None = None  # why load() refused _C (a CUDA major that is not torch's), if it did
 
 
 def _find_library() -> str | None:
@@ -24,7 +32,7 @@ def _find_library() -> str | None:
 
 def load() -> bool:
     """Load _C once; True when its ops are registered."""
-    global _loaded, _reason
+    global _loaded, _reason, _refusal
     if _loaded is not None:
         return _loaded
     if os.environ.get("KERNELSWAP_DISABLE_EXT", "0") == "1":
@@ -35,11 +43,71 @@ def load() -> bool:
         _loaded, _reason = False, "not built (pure-Python install; see README 'Install from source')"
         return False
     try:
+        needed = needed_libraries(path)
+    except (OSError, ValueError, struct.error):  # a damaged file: the loader below says what is wrong
+        needed = []
+    _refusal = cuda_mismatch(needed, torch.version.cuda, torch.__version__)
+    if _refusal:
+        _loaded, _reason = False, f"refused {os.path.basename(path)}: {_refusal}"
+        warnings.warn(f"kernelswap: {_reason}", RuntimeWarning, stacklevel=2)
+        return False
+    try:
         torch.ops.load_library(path)
         _loaded, _reason = True, f"loaded from {os.path.basename(path)}"
     except Exception as e:  # noqa: BLE001 - keep import working whatever went wrong
         _loaded, _reason = False, f"failed to load {os.path.basename(path)}: {e}"
     return _loaded
+
+
+def refusal() -> str | None:
+    """Why _C was refused (built for another CUDA major than torch's), or None."""
+    load()
+    return _refusal
+
+
+def needed_libraries(path: str) -> list[str]:
+    """The DT_NEEDED entries of a 64-bit little-endian ELF shared library, read without loading
+    it ([] for any other file)."""
+    def section(f, shoff, shentsize, i):  # (type, offset, size, link) of section header i
+        f.seek(shoff + i * shentsize)
+        _, kind, _, _, offset, size, link = struct.unpack("<IIQQQQI", f.read(44))
+        return kind, offset, size, link
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:6] != b"\x7fELF\x02\x01":
+            return []
+        shoff, = struct.unpack_from("<Q", head, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", head, 0x3A)
+        for i in range(shnum):
+            kind, offset, size, link = section(f, shoff, shentsize, i)
+            if kind != 6:  # SHT_DYNAMIC
+                continue
+            _, str_offset, str_size, _ = section(f, shoff, shentsize, link)
+            f.seek(str_offset)
+            strings = f.read(str_size)
+            f.seek(offset)
+            entries = struct.iter_unpack("<qQ", f.read(size - size % 16))
+            return [strings[v:strings.index(b"\0", v)].decode() for tag, v in entries if tag == 1]  # DT_NEEDED
+    return []
+
+
+def cuda_mismatch(needed: list[str], torch_cuda: str | None, torch_version: str) -> str | None:
+    """Why a library that links `needed` must not be loaded into this torch, or None.
+
+    The CUDA major it was built for is the N of its libcudart.so.N; torch's is torch.version.cuda
+    (None for a CPU build). A library that links no versioned libcudart is not judged here."""
+    majors = sorted({n[len("libcudart.so."):].split(".")[0] for n in needed if n.startswith("libcudart.so.")})
+    if not majors:
+        return None
+    built = majors[0]
+    if torch_cuda is not None and torch_cuda.split(".")[0] == built:
+        return None
+    have = "a CPU build" if torch_cuda is None else f"built for CUDA {torch_cuda}"
+    fix = ("install a CUDA build of torch" if torch_cuda is None else
+           f"install the kernelswap wheel whose version ends in +cu{torch_cuda.split('.')[0]}, or build it from the sdist")
+    return (f"built for CUDA {built} (it links libcudart.so.{built}) but torch {torch_version} is {have}; "
+            f"the ops use the Triton and reference paths. Fix: {fix} (or set KERNELSWAP_DISABLE_EXT=1 to silence this)")
 
 
 def build_info() -> dict[str, str]:

@@ -28,7 +28,7 @@ def collect() -> dict:
     else:
         info["gpu"] = "none visible"
     ok, why = _ext.status()
-    info["_C"] = ("usable: " if ok else "not usable: ") + why
+    info["_C"] = ("usable: " if ok else "WARNING, not usable: " if _ext.refusal() else "not usable: ") + why
     info["_C build"] = ", ".join(f"{k}={v}" for k, v in _ext.build_info().items()) or "-"
     if _ext.load():
         safe, why = _ext.errors_raise()
