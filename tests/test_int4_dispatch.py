@@ -98,9 +98,9 @@ class _FakeCudaX:
 #   fp32  M 1..4 gemv     | dequant+cuBLAS (no tensor-core fp32 dot)
 ROUTES = [
     (torch.bfloat16, {0: "gemv", 1: "tinygemm", 8: "tinygemm", 9: "gemm_small", 16: "gemm_small",
-                      17: "gemm_large", 511: "gemm_large", 512: "dequant", 4096: "dequant"}),
+                      17: "gemm_large", 2047: "gemm_large", 2048: "dequant", 4096: "dequant"}),
     (torch.float16, {1: "gemv", 4: "gemv", 5: "gemm_small", 16: "gemm_small", 17: "gemm_large",
-                     511: "gemm_large", 512: "dequant"}),
+                     2047: "gemm_large", 2048: "dequant"}),
     (torch.float32, {1: "gemv", 4: "gemv", 5: "dequant", 17: "dequant", 4096: "dequant"}),
 ]
 
@@ -127,7 +127,7 @@ def fake_cuda_sm90(monkeypatch):
 
 @pytest.mark.parametrize("dtype,routes", ROUTES, ids=["bf16", "fp16", "fp32"])
 def test_dispatch_per_m(fake_cuda_sm90, dtype, routes):
-    assert int4_triton.TORCH_FROM_M == 512 and int4_tinygemm.TINYGEMM_M_MAX == 8, "update ROUTES with the table"
+    assert int4_triton.TORCH_FROM_M == 2048 and int4_tinygemm.TINYGEMM_M_MAX == 8, "update ROUTES with the table"
     q = quantize_int4(torch.randn(64, 256), 128)
     for m, want in routes.items():
         got = _route(_FakeCudaX(m, 256, dtype), q.packed, q.scales, q.zeros, 128)

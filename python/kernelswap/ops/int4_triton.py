@@ -40,10 +40,12 @@ SMALL_M_MAX = 16  # mirrors kernelswap.kernels.w4a16_gemm.SMALL_M_MAX
 #  4096 x 8192 x 8192 (P5)   687.1        1891.5            1186.1                    ~853
 # At M = 512 the two shapes disagree (gemm_large loses 14% / wins 6%): 512 keeps the loss small.
 # That table is gemm_large before its issue-13 configs (swap-AB tiles of 128 weight rows x
-# 64-256 tokens, kernels/w4a16_gemm.large_m_configs), NOT YET MEASURED: set this (None: the
-# Triton GEMM at every M past tinygemm) from benchmarks/never_slower.py, the "int4" rows
-# impl:triton/_int4_linear_triton against impl:torch/_int4_linear_torch.
-TORCH_FROM_M: int | None = 512
+# 64-256 tokens, kernels/w4a16_gemm.large_m_configs). With them (H200, 2026-12-01,
+# benchmarks/results/never_slower.md, graph-replayed, time over bf16's at 4096x14336 /
+# 8192x28672): Triton 1.64 / 1.61 at M = 512, 1.64 / 1.64 at 2048; dequantize + cuBLAS 2.10 /
+# 2.36 at 512, 1.22 / 1.35 at 2048, 1.06 / 1.09 at 8192. So the Triton GEMM below 2048 and
+# cuBLAS from 2048; M between 512 and 2048 was not swept.
+TORCH_FROM_M: int | None = 2048
 
 
 def _supports(x, w_packed, scales, zeros, group_size, bias) -> str | None:

@@ -42,11 +42,12 @@ def _int8_linear_triton(x, w_q, w_scale, bias):
 # adds one pass over it, ~64 MB read + 128 MB written for 8192x8192), while at M = 1 and 16
 # it won (123 / 101 us against 179 / 180 us). M between 16 and 4096 was not measured; 1024
 # is where the GEMM's ~1.45x compute deficit at M = 4096 and the dequantize pass cost about
-# the same by that estimate. Those numbers are the kernel before its SWAP_AB large-M configs
-# (kernels/w8a16_gemm.py, issue 13), which are NOT YET MEASURED: set this (None: the Triton
-# GEMM at every M) from benchmarks/never_slower.py, the "int8-weight" rows
-# impl:triton/_int8_weight_linear_triton against impl:torch/_int8_weight_linear_torch.
-W8A16_TORCH_FROM_M: int | None = 1024
+# the same by that estimate. Those numbers are the kernel before its SWAP_AB large-M configs.
+# With them (H200, 2026-12-01, benchmarks/results/never_slower.md, graph-replayed, time over
+# bf16's at 4096x14336 / 8192x28672): Triton 1.32 / 1.27 at M = 512, 1.30 / 1.33 at 2048,
+# 1.34 / 1.37 at 8192; dequantize + cuBLAS 4.15 / 4.00, 1.83 / 1.82, 1.21 / 1.21. So the
+# Triton GEMM up to 2048 and cuBLAS from 8192; M between 2048 and 8192 was not swept.
+W8A16_TORCH_FROM_M: int | None = 8192
 
 
 def _w8a16_supports(x, w_q, w_scale, bias):

@@ -29,12 +29,15 @@ from ._prepared import PreparedWeights
 from .backend import Preference, Transient, register
 from .sparse24 import check_meta_valid, decompress_24_ref
 
-# From this many tokens on, the dispatcher prefers cuSPARSELt to our CUTLASS sm_90a 2:4 GEMM.
-# NOT YET MEASURED: a placeholder until benchmarks/never_slower.py runs on the H200 (issue 13
-# measured cuSPARSELt ahead at M = 4096 only: 0.68x against our 0.82x of bf16 at P6,
-# 4096 x 8192 x 28672). Set it from the sweep's "sparse24" rows, forced cuda vs forced torch.
-# Only the sm_90a GEMM reads it: on sm_80 / 89 (not measured there) ours serves every M.
-CSLT_FROM_M: int | None = 256
+# From this many tokens on, the dispatcher prefers cuSPARSELt to our CUTLASS sm_90a 2:4 GEMM
+# (None: never). H200, 2026-12-01 (benchmarks/results/never_slower.md, graph-replayed, time
+# over bf16's at 4096x14336 / 8192x28672): this backend took 0.97 / 0.83 at M = 512, 1.29 / 1.31
+# at 2048, 1.10 / 1.16 at 8192, against our GEMM's 0.78 / 0.69, 0.74 / 0.77, 0.91 / 1.14, so
+# it serves no M automatically. torch's own to_sparse_semi_structured path was faster in the
+# same run (0.70 / 0.68, 0.74 / 0.72, 0.70 / 0.69): it leaves the product transposed
+# (transpose_result=False, a strided view) where this backend asks cuSPARSELt for a row-major
+# result; closing that gap is open work. Only the sm_90a GEMM reads this.
+CSLT_FROM_M: int | None = None
 
 # cuSPARSELt's shape rules for 16-bit operands (torch's SparseSemiStructuredTensorCUSPARSELT
 # constraints): the sparse operand's rows and columns multiples of 16, the dense operand's
@@ -78,7 +81,7 @@ def preference(x: torch.Tensor, values: torch.Tensor) -> Preference | None:
     if CSLT_FROM_M is None or m < CSLT_FROM_M or static_reason(x, values) is not None:
         return None
     return Preference(f"M={m} >= {CSLT_FROM_M}: cuSPARSELt (torch backend) serves here "
-                      f"(CSLT_FROM_M in ops/sparse24_cslt.py, not yet measured)")
+                      f"(CSLT_FROM_M in ops/sparse24_cslt.py)")
 
 
 def _prepared(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
