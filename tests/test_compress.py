@@ -19,19 +19,12 @@ from kernelswap import packing
 from kernelswap.compress import calibration as C
 from kernelswap.compress.awq import awq_int4, awq_model, find_producers, search_clip
 from kernelswap.compress.gptq import float_target, gptq_int4
-from kernelswap.compress import sequential as seq
 from kernelswap.compress.sparsegpt import sparsegpt_24
 from kernelswap.compress.wanda import keep_24, wanda_24
 from kernelswap.recipes import recipe_from_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _reference():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a busy 2-core machine one thread is much faster than two
-    with ks.use_backend("reference"):
-        yield
-    torch.set_num_threads(threads)
+from compress_toys import Toy, reference_one_thread as _reference, tiny_llama as _tiny_llama  # noqa: F401
+from compress_toys import toy_data as _toy_data
 
 
 def _inputs(rows: int, k: int, seed: int) -> torch.Tensor:
@@ -146,43 +139,6 @@ def test_wanda_and_sparsegpt_beat_magnitude_on_held_out_rows(layer):
     assert e_wan < 0.7 * e_mag and e_sgpt < 0.9 * e_wan, (e_mag, e_wan, e_sgpt)
 
 
-# ---------------------------------------------------------------- a toy pre-norm model
-class Block(nn.Module):
-    def __init__(self, d: int, post_norm: bool = False):
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        self.gate, self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
-        self.post_norm = post_norm
-        with torch.no_grad():
-            self.norm.weight[::7] = 8.0  # outlier channels, as in LLMs
-
-    def forward(self, x):
-        if self.post_norm:  # the norm's output also feeds the residual: AWQ must not fold into it
-            h = self.norm(x)
-            return h + self.down(torch.sigmoid(self.gate(h)) * self.up(h))
-        h = self.norm(x)
-        return x + self.down(torch.sigmoid(self.gate(h)) * self.up(h))
-
-
-class Toy(nn.Module):
-    def __init__(self, d: int = 64, post_norm: bool = False, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.layers = nn.ModuleList([Block(d, post_norm) for _ in range(2)])
-        self.head = nn.Linear(d, 16)
-
-    def forward(self, x, scale=1.0):
-        for b in self.layers:
-            x = b(x)
-        return {"logits": self.head(x) * scale}
-
-
-def _toy_data(n: int, seed: int, d: int = 64):
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(9)) / d ** 0.5
-    return [torch.randn(4, 8, d, generator=g) @ mix for _ in range(n)]
-
-
 def _model_err(a, b, data):
     with torch.no_grad():
         ref = torch.cat([a(x)["logits"] for x in data])
@@ -203,97 +159,6 @@ def test_calibration_accepts_tensor_tuple_and_dict_batches():
         C.batches([], "x")
     with pytest.raises(TypeError, match="wrap a single batch in a list"):
         C.batches(data[0], "x")
-
-
-def test_blocks_groups_by_module_list_entry():
-    model = Toy()
-    groups = seq.blocks([(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)])
-    assert [[n for n, _ in g] for g in groups] == [[f"layers.{i}.{p}" for p in ("gate", "up", "down")]
-                                                   for i in (0, 1)] + [["head"]]
-
-
-class Scaled(nn.Module):
-    """Blocks with something between them (x * 0.5): the hand-over check must fail and recapture."""
-    def __init__(self, d: int = 64):
-        super().__init__()
-        torch.manual_seed(0)
-        self.layers = nn.ModuleList([Block(d) for _ in range(3)])
-
-    def forward(self, x):
-        for b in self.layers:
-            x = b(x) * 0.5
-        return x
-
-
-def _tiny_llama(layers: int = 3):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=2)
-    data = [{"input_ids": torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(i))} for i in range(3)]
-    return transformers.LlamaForCausalLM(cfg).eval(), data
-
-
-def _nudge(seen):
-    """A process() that changes the layer by its statistics (so later statistics depend on it) and records them."""
-    def process(name, linear, st):
-        seen[name] = (st.hessian.clone(), st.shift)
-        with torch.no_grad():
-            linear.weight.add_(0.5 * linear.weight @ st.hessian / st.hessian.norm())
-    return process
-
-
-def _layer_inputs(model, names, data):
-    """{name: its input rows (R, K) over all of data}, from plain runs of the model."""
-    mods, rows = dict(model.named_modules()), {n: [] for n in names}
-    handles = [mods[n].register_forward_pre_hook(lambda m, a, n=n: rows[n].append(a[0].reshape(-1, a[0].shape[-1])))
-               for n in names]
-    with torch.no_grad():
-        for batch in data:
-            C.call(model, batch)
-    for h in handles:
-        h.remove()
-    return {n: torch.cat(r) for n, r in rows.items()}
-
-
-@pytest.mark.parametrize("which", ["llama", "toy", "scaled"])
-def test_sequential_matches_rerunning_the_model_set_by_set(which):
-    """sequential() (captured block inputs, hand-over, true-sequential sets, the float copy's inputs) gives the
-    statistics of the plain way: the whole model rerun for every set of Linears reading one input, everything
-    before it processed; shift = X^T (X_float - X) with X_float from the untouched float model, where the
-    hand-over ran (not for a block recaptured after a failed check or for the head after the list)."""
-    if which == "llama":
-        model, data = _tiny_llama()
-        sets = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
-                ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
-        order = [[f"model.layers.{i}.{n}" for n in s] for i in range(3) for s in sets]
-        with_shift = {n for s in order for n in s}
-    else:
-        model, data = (Toy() if which == "toy" else Scaled()).eval(), _toy_data(3, 0)
-        blocks = 2 if which == "toy" else 3
-        order = [s for i in range(blocks) for s in ([f"layers.{i}.gate", f"layers.{i}.up"], [f"layers.{i}.down"])]
-        order += [["head"]] if which == "toy" else []
-        with_shift = {n for s in order for n in s if n.startswith("layers.") and (which == "toy" or ".0." in n)}
-    ref_model = copy.deepcopy(model)
-    mods = dict(ref_model.named_modules())
-    x_float = _layer_inputs(copy.deepcopy(model), [n for s in order for n in s], data)
-    ref, got = {}, {}
-    for names in order:  # the plain way
-        stats = C.collect(ref_model, {n: mods[n] for n in names}, data, ("hessian",), show=False)
-        x = _layer_inputs(ref_model, names, data)
-        for n in names:
-            stats[n].shift = x[n].T @ (x_float[n] - x[n]) if n in with_shift else None
-            _nudge(ref)(n, mods[n], stats[n])
-    layers = [(n, m) for names in order for n in names for m in [dict(model.named_modules())[n]]]
-    seq.sequential(model, layers, data, ("hessian", "shift"), _nudge(got), "test", show=False, float_targets=True)
-    assert list(got) == list(ref)  # true-sequential order
-    for n, (h, shift) in ref.items():
-        torch.testing.assert_close(got[n][0], h, rtol=1e-5, atol=1e-5 * float(h.abs().max()))
-        assert (got[n][1] is None) == (shift is None), n
-        if shift is not None:
-            if n not in order[0]:  # the earlier nudges moved X
-                assert float(shift.abs().max()) > 1e-3 * float(h.abs().max()), n
-            torch.testing.assert_close(got[n][1], shift, rtol=1e-4, atol=1e-4 * float(shift.abs().max()))
 
 
 def test_awq_folds_only_where_exact():
