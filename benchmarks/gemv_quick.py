@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import triton
 
 import kernelswap
+from kernelswap.bench.timing import capture_graph
 from kernelswap.ops import backend, int8_cuda
 from kernelswap.packing import quantize_int4
 
@@ -81,13 +82,7 @@ def time_rotating(fn, weights) -> float:
 def time_graph(fn, weights, replays: int = 5) -> float:
     """ms of one fn(weights[i]) replayed from a CUDA graph of one call per weight (no host time):
     the kernels' own time, each call reading weights the previous calls did not."""
-    for w in weights:
-        fn(w)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in weights:
-            fn(w)
+    graph, _ = capture_graph(lambda: [fn(w) for w in weights])
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
