@@ -12,9 +12,11 @@
 #                           BENCH_ARGS       extra arguments for `python -m kernelswap bench`; they come
 #                                            last, so they win: e.g. "--shapes llm --models none" for a
 #                                            second session on what the first one's budget cut
+#                           PREBUILT_EXT     1: a carried python/kernelswap/_C.so is used, not rebuilt
 #                           PYTHON           interpreter (default python3)
 #                           SANITIZE         0: skip the compute-sanitizer step
 #                           TESTS            what pytest runs (default: tests), e.g. "tests/test_bench.py"
+#                           TESTS_SECS       the tests step's timeout (default: 35% of the time left)
 #                           GPU_BENCH        a shell command run instead of the default bench step (e.g.
 #                                            "python3 benchmarks/overhead_quick.py --csv \$OUT/host.csv"),
 #                                            its output in bench.log
@@ -49,7 +51,11 @@ fi
 
 # ---- 2. build and install; fall back to the pure-Python package if the CUDA build fails
 BUILD_SECS=$(( $(left) * 45 / 100 ))
-if ! CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16 \
+if [[ ${PREBUILT_EXT:-0} == 1 && -f python/kernelswap/_C.so ]]; then
+  # An extension built on another machine and carried (run's `carry`): install without building.
+  KERNELSWAP_BUILD_CUDA=off step "install (carried python/kernelswap/_C.so)" "$OUT/build.log" 120 \
+    $PY -m pip install --no-build-isolation --no-deps -e .
+elif ! CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16 \
      step "build (CUDA extension)" "$OUT/build.log" "$BUILD_SECS" \
      $PY -m pip install --no-build-isolation --no-deps -e .; then
   note "CUDA build failed or timed out (tail of build.log below); installing without the extension"
@@ -69,7 +75,7 @@ cat "$OUT/info.txt"
 # pytest-benchmark may be missing there; the CPU-path benchmarks then run once as plain tests.
 BENCH_FLAG=$($PY -c "import pytest_benchmark" 2>/dev/null && echo --benchmark-disable)
 # shellcheck disable=SC2086
-step "tests" "$OUT/tests.log" $(( $(left) * 35 / 100 )) $PY -m pytest -q -rfE -p no:cacheprovider $BENCH_FLAG \
+step "tests" "$OUT/tests.log" ${TESTS_SECS:-$(( $(left) * 35 / 100 ))} $PY -m pytest -q -rfE -p no:cacheprovider $BENCH_FLAG \
   ${TESTS:-tests}
 tail -n 5 "$OUT/tests.log" | tee -a "$SUMMARY"
 

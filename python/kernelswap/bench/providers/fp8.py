@@ -46,10 +46,31 @@ def scaled_mm_linear(x, w_q, w_scale, b):
     return torch._scaled_mm(q, w_q.t(), scale_a=s, scale_b=w_scale, bias=b, out_dtype=x.dtype)
 
 
+_ROWWISE: dict[str, bool] = {}
+
+
+def scaled_mm_rowwise_supported(device) -> bool:
+    """Whether this torch's torch._scaled_mm takes row-wise scales on `device`'s type (CPU builds
+    before torch 2.13 take one per-tensor scale only). Probed once per device type on a 16x16."""
+    kind = torch.device(device).type
+    if kind not in _ROWWISE:
+        try:
+            a = torch.zeros(16, 16, device=device).to(E4M3)
+            ones = torch.ones(16, 1, device=device)
+            torch._scaled_mm(a, a.t(), scale_a=ones, scale_b=ones.t().contiguous(), out_dtype=torch.bfloat16)
+            _ROWWISE[kind] = True
+        except (RuntimeError, AttributeError):
+            _ROWWISE[kind] = False
+    return _ROWWISE[kind]
+
+
 def _make_scaled_mm(compile_: bool):
     def make(s: LinearShape, dtype, device) -> Case:
         if not hasattr(torch, "_scaled_mm"):
             raise Absent(f"torch {torch.__version__} has no torch._scaled_mm")
+        if not scaled_mm_rowwise_supported(device):
+            raise Absent(f"torch {torch.__version__}'s torch._scaled_mm takes no row-wise scales on "
+                         f"{torch.device(device).type}")
 
         def new_args():  # x, then weight, then bias: the draw order every linear provider keeps
             x = activation(s, dtype, device)
