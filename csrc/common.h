@@ -34,18 +34,21 @@ struct GpuNeed {
 
 // On a build without CUTLASS or without the arch's code, or on a GPU the kernels were not
 // written for, say so rather than launch a kernel that traps.
-inline void check_device(const char* op, const Tensor& x, const GpuNeed& need) {
+inline void check_device(const char* op, int dev, const GpuNeed& need) {
   STD_TORCH_CHECK(KERNELSWAP_WITH_CUTLASS, op, ": kernelswap._C was built without CUTLASS (pip install "
                   "nvidia-cutlass, then rebuild); ", need.gemms, " are not in this build");
   STD_TORCH_CHECK(need.build_arch == nullptr || std::strstr(KERNELSWAP_ARCHS, need.build_arch) != nullptr, op,
                   ": kernelswap._C was built for \"", KERNELSWAP_ARCHS, "\", without ", need.build_arch,
                   "; rebuild with TORCH_CUDA_ARCH_LIST including ", need.build_arch);
-  int major = 0, minor = 0, dev = x.get_device_index();
+  int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
   const int sm = major * 10 + minor;
   STD_TORCH_CHECK(sm >= need.min_sm && sm <= need.max_sm, op, ": needs ", need.gpu, "; device ", dev, " is sm_",
                   major, minor);
+}
+inline void check_device(const char* op, const Tensor& x, const GpuNeed& need) {
+  check_device(op, x.get_device_index(), need);
 }
 
 // The stream PyTorch is issuing work on for this tensor's device.

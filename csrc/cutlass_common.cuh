@@ -8,26 +8,28 @@
 #include <cutlass/cutlass.h>
 #include <cutlass/numeric_types.h>
 
-#include <torch/csrc/stable/ops.h>
-
 #include <cstdint>
 
 namespace kernelswap {
 
-// Check, set up and launch a CUTLASS device-level GEMM (2.x or 3.x adapter) on the
-// current stream of p.like's device, with a workspace allocated through torch; every
-// failure raises, naming `what` and the problem.
+// Check, set up and launch a CUTLASS device-level GEMM (2.x or 3.x adapter) on p.stream,
+// with its workspace from p.workspace (or, with p.query set, only say how many bytes that
+// is); every failure raises, naming `what` and the problem.
 template <class Device>
 void run_cutlass(const char* what, const typename Device::Arguments& args, const GemmProblem& p) {
   cutlass::Status st = Device::can_implement(args);
   STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C ", what, ": CUTLASS cannot run M=", p.M,
                   " N=", p.N, " K=", p.K, ": ", cutlassGetStatusString(st));
   const size_t ws_bytes = Device::get_workspace_size(args);
-  Tensor ws = torch::stable::new_empty(*p.like, {static_cast<int64_t>(ws_bytes > 0 ? ws_bytes : 1)},
-                                       ScalarType::Byte);
-  cudaStream_t stream = current_stream(*p.like);
+  if (p.query != nullptr) {
+    *p.query = ws_bytes;
+    return;
+  }
+  void* ws = p.workspace.alloc(p.workspace.ctx, ws_bytes);
+  STD_TORCH_CHECK(ws != nullptr || ws_bytes == 0, "kernelswap._C ", what, ": no workspace of ", ws_bytes, " bytes");
+  cudaStream_t stream = p.stream;
   Device gemm;
-  st = gemm.initialize(args, ws.mutable_data_ptr(), stream);
+  st = gemm.initialize(args, ws, stream);
   STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C ", what, ": initialize failed: ",
                   cutlassGetStatusString(st));
   st = gemm.run(stream);

@@ -1,6 +1,7 @@
 // Op schemas of kernelswap._C. These are low-level kernels; the public ops live in
 // python/kernelswap/ops and call these when the dispatcher picks the "cuda" backend.
 #include "common.h"
+#include "raw_entry.h"
 
 #include <cstring>
 #include <string>
@@ -26,7 +27,24 @@ Tensor build_info() {
   return out;
 }
 
+namespace raw {
+namespace {
+thread_local std::string last_error;
+}
+void set_error(const char* what) { last_error = what; }
+}  // namespace raw
+
 }  // namespace kernelswap
+
+// What every family of raw entry points shares (csrc/raw_entry.h).
+extern "C" {
+// The version of the raw entry points' C signatures; python/kernelswap/ops/_raw.py checks it.
+int kernelswap_raw_version() { return 1; }
+// The message of this thread's last failed raw call.
+const char* kernelswap_raw_error() { return kernelswap::raw::last_error.c_str(); }
+// Frees any plan (kernelswap_gemv_plan, kernelswap_gemm_plan).
+void kernelswap_raw_free(void* plan) { delete static_cast<kernelswap::raw::PlanBase*>(plan); }
+}
 
 STABLE_TORCH_LIBRARY_FRAGMENT(kernelswap, m) {
   m.def("_C_build_info() -> Tensor");

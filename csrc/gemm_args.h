@@ -23,6 +23,15 @@ enum class DType { kBF16, kFP16, kI8, kE4M3 };
 enum class Tiles { kSmall, kLarge };
 constexpr int64_t kSmallM = 64;
 
+// Where a launch's scratch memory comes from: alloc(ctx, bytes) returns at least `bytes` bytes on the
+// problem's device, valid until its stream has run the launch (null: none, an error unless bytes is 0).
+// The op entry points take it from torch's allocator (TorchWorkspace, csrc/op_checks.h); the raw entry
+// points from the buffer their caller allocated (csrc/raw_entry.h).
+struct Workspace {
+  void* (*alloc)(void* ctx, size_t bytes);
+  void* ctx;
+};
+
 struct GemmProblem {
   const void* w;        // (N, K) int8 / e4m3 weight, or the 2:4 values in the arch's compressed layout
   const void* meta;     // sparse only: 2:4 metadata in the arch's layout
@@ -32,7 +41,10 @@ struct GemmProblem {
   const float* bias;    // (N,) fp32, or null
   void* out;            // the output: (M, N) row-major (sm90); (N, M) row-major (sm80, see gemm_sm80.cuh)
   int M, N, K;
-  const Tensor* like;   // a CUDA tensor on the right device, to allocate the workspace from
+  int device;           // the GPU it runs on (current while it launches)
+  cudaStream_t stream;  // the stream it launches on
+  Workspace workspace;
+  size_t* query = nullptr;  // set: store the workspace bytes the launch needs there and launch nothing
 };
 
 }  // namespace kernelswap

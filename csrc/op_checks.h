@@ -5,6 +5,8 @@
 #include "common.h"
 #include "gemm_args.h"
 
+#include <torch/csrc/stable/ops.h>
+
 #include <cstdint>
 #include <optional>
 
@@ -34,6 +36,19 @@ inline DType out_type(const char* op, ScalarType dt) {
                   ": out_dtype must be bfloat16 or float16 (float32 output is not instantiated)");
   return dt == ScalarType::BFloat16 ? DType::kBF16 : DType::kFP16;
 }
+
+// The op entry points' GEMM workspace: torch's allocator on `like`'s device, held until the op returns.
+struct TorchWorkspace {
+  const Tensor* like;
+  std::optional<Tensor> held;
+
+  static void* alloc(void* self, size_t bytes) {
+    auto* w = static_cast<TorchWorkspace*>(self);
+    w->held = torch::stable::new_empty(*w->like, {static_cast<int64_t>(bytes > 0 ? bytes : 1)}, ScalarType::Byte);
+    return w->held->mutable_data_ptr();
+  }
+  Workspace get() { return {&TorchWorkspace::alloc, this}; }
+};
 
 // An optional fp32 vector's data, or null.
 inline const float* opt_ptr(const std::optional<Tensor>& t) {

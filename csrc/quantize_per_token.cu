@@ -6,6 +6,7 @@
 // (__fdiv_rn, immune to --use_fast_math), rint / the satfinite e4m3 conversion; an all-zero
 // row gets scale 0 and q 0; a NaN anywhere in a row makes its scale NaN, so the row's output is NaN.
 #include "common.h"
+#include "quantize.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -105,6 +106,20 @@ void launch(const void* x, typename F::Code* q, float* scale, int64_t M, int64_t
 }
 
 template <class F>
+void quantize_as(ScalarType dt, const void* xp, void* q, float* sp, int64_t M, int64_t K, cudaStream_t stream) {
+  auto* qp = static_cast<typename F::Code*>(q);
+  if (dt == ScalarType::Float) {
+    launch<F, float>(xp, qp, sp, M, K, stream);
+  } else if (dt == ScalarType::Half) {
+    launch<F, __half>(xp, qp, sp, M, K, stream);
+  } else {
+    STD_TORCH_CHECK(dt == ScalarType::BFloat16, F::kOp, ": x must be float32, float16 or bfloat16");
+    launch<F, __nv_bfloat16>(xp, qp, sp, M, K, stream);
+  }
+  KS_CHECK_LAUNCH();
+}
+
+template <class F>
 std::tuple<Tensor, Tensor> quantize_per_token(const Tensor& x) {
   STD_TORCH_CHECK(x.dim() == 2, F::kOp, ": x must be 2-D (M, K), got ", x.dim(), "-D");
   STD_TORCH_CHECK(x.is_contiguous(), F::kOp, ": x must be contiguous");
@@ -116,22 +131,20 @@ std::tuple<Tensor, Tensor> quantize_per_token(const Tensor& x) {
   Tensor scale = torch::stable::new_empty(x, {M}, ScalarType::Float);
   if (!x.is_cuda() || M == 0) return {q, scale};  // Meta: shapes only.
   STD_TORCH_CHECK(M < (1LL << 31), F::kOp, ": too many rows");
-  cudaStream_t stream = current_stream(x);
-  auto* qp = static_cast<typename F::Code*>(q.mutable_data_ptr());
-  auto* sp = static_cast<float*>(scale.mutable_data_ptr());
-  const void* xp = x.const_data_ptr();
-  if (dt == ScalarType::Float) {
-    launch<F, float>(xp, qp, sp, M, K, stream);
-  } else if (dt == ScalarType::Half) {
-    launch<F, __half>(xp, qp, sp, M, K, stream);
-  } else {
-    launch<F, __nv_bfloat16>(xp, qp, sp, M, K, stream);
-  }
-  KS_CHECK_LAUNCH();
+  quantize_as<F>(dt, x.const_data_ptr(), q.mutable_data_ptr(), static_cast<float*>(scale.mutable_data_ptr()), M, K,
+                 current_stream(x));
   return {q, scale};
 }
 
 }  // namespace
+
+void quantize_rows(bool fp8, ScalarType x_dtype, const void* x, void* q, float* scale, int64_t M, int64_t K,
+                   cudaStream_t stream) {
+  STD_TORCH_CHECK(M < (1LL << 31), "kernelswap quantize: too many rows");
+  if (M == 0) return;
+  fp8 ? quantize_as<E4M3Format>(x_dtype, x, q, scale, M, K, stream)
+      : quantize_as<Int8Format>(x_dtype, x, q, scale, M, K, stream);
+}
 
 std::tuple<Tensor, Tensor> quantize_per_token_int8(const Tensor& x) { return quantize_per_token<Int8Format>(x); }
 std::tuple<Tensor, Tensor> quantize_per_token_fp8(const Tensor& x) { return quantize_per_token<E4M3Format>(x); }

@@ -82,9 +82,11 @@ Tensor run(const char* op, const Tensor& x, const Tensor* x_scale, const Tensor&
   std::optional<Tensor> sp;
   if (x_scale) sp = padded(*x_scale, m_pad, 1);
   Tensor d = torch::stable::new_empty(x, {N, m_pad}, out_dtype);  // the GEMM's (N, M) row-major result
+  TorchWorkspace ws{&x, std::nullopt};
   GemmProblem p{values.const_data_ptr(), meta.const_data_ptr(), xp.const_data_ptr(), opt_ptr(sp),
                 opt_ptr(w_scale), opt_ptr(bias),
-                d.mutable_data_ptr(), int(m_pad), int(N), int(k_pad), &x};
+                d.mutable_data_ptr(), int(m_pad), int(N), int(k_pad), x.get_device_index(), current_stream(x),
+                ws.get()};
   if constexpr (In != DType::kI8) {
     launch<In, In>(p);  // 16-bit inputs write their own type
   } else if (out_type(op, out_dtype) == DType::kBF16) {

@@ -18,10 +18,14 @@
 #include "common.h"
 
 #include "op_checks.h"
+#include "quantize.h"
+#include "raw_entry.h"
 #include "sm90/gemm_problem.h"
 
 #include <torch/csrc/stable/accelerator.h>
 
+#include <cstring>
+#include <memory>
 #include <optional>
 
 namespace kernelswap {
@@ -98,11 +102,12 @@ void check_epilogue(const char* op, int64_t M, int64_t N, const Tensor* x_scale,
 // return nothing: the output's shape is all they need.
 std::optional<sm90::GemmProblem> problem(const char* op, const Tensor& x, const void* b, const void* meta,
                                          const Tensor* x_scale, const Tensor* w_scale,
-                                         const std::optional<Tensor>& bias, Tensor& y) {
+                                         const std::optional<Tensor>& bias, Tensor& y, TorchWorkspace& ws) {
   if (!x.is_cuda() || x.size(0) == 0) return std::nullopt;
   check_device(op, x, kSm90a);
   return sm90::GemmProblem{b, meta, x.const_data_ptr(), opt_ptr(x_scale), opt_ptr(w_scale), opt_ptr(bias),
-                           y.mutable_data_ptr(), int(x.size(0)), int(y.size(1)), int(x.size(1)), &x};
+                           y.mutable_data_ptr(), int(x.size(0)), int(y.size(1)), int(x.size(1)),
+                           x.get_device_index(), current_stream(x), ws.get()};
 }
 
 // The 8-bit input types of the scaled GEMMs: torch's dtype and its name in errors.
@@ -138,7 +143,8 @@ Tensor scaled_mm(const char* op, const Tensor& x, const Tensor& x_scale, const T
   check_epilogue(op, M, N, &x_scale, &w_scale, bias);
   const DType out = scaled_out_type<In>(op, out_dtype);
   Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
-  auto p = problem(op, x, w.const_data_ptr(), nullptr, &x_scale, &w_scale, bias, y);
+  TorchWorkspace ws{&x, std::nullopt};
+  auto p = problem(op, x, w.const_data_ptr(), nullptr, &x_scale, &w_scale, bias, y, ws);
   if (!p) return y;
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
   launch<false, In>(out, *p);
@@ -157,7 +163,8 @@ Tensor sparse24_scaled_mm(const char* op, const Tensor& x, const Tensor& x_scale
   check_epilogue(op, M, N, &x_scale, &w_scale, bias);
   const DType out = scaled_out_type<In>(op, out_dtype);
   Tensor y = torch::stable::new_empty(x, {M, N}, out_dtype);
-  auto p = problem(op, x, values.const_data_ptr(), meta.const_data_ptr(), &x_scale, &w_scale, bias, y);
+  TorchWorkspace ws{&x, std::nullopt};
+  auto p = problem(op, x, values.const_data_ptr(), meta.const_data_ptr(), &x_scale, &w_scale, bias, y, ws);
   if (!p) return y;
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
   launch<true, In>(out, *p);
@@ -186,7 +193,8 @@ Tensor sparse24_mm(const Tensor& x, const Tensor& values, const Tensor& meta, co
   check_sparse(op, values, meta, dt, dt_name, K);
   check_epilogue(op, M, N, nullptr, nullptr, bias);
   Tensor y = torch::stable::new_empty(x, {M, N});
-  auto p = problem(op, x, values.const_data_ptr(), meta.const_data_ptr(), nullptr, nullptr, bias, y);
+  TorchWorkspace ws{&x, std::nullopt};
+  auto p = problem(op, x, values.const_data_ptr(), meta.const_data_ptr(), nullptr, nullptr, bias, y, ws);
   if (!p) return y;
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
   if (dt == ScalarType::BFloat16) {
@@ -208,6 +216,135 @@ Tensor sparse24_fp8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& val
 }
 
 }  // namespace kernelswap
+
+// ---------------------------------------------------------------- raw entry points (csrc/raw_entry.h)
+namespace kernelswap {
+namespace {
+
+// The layers' GEMMs by number, as kernelswap_gemm_plan takes them; the 8-bit ones quantize x per token first.
+enum Kind { kInt8Linear = 0, kFp8Linear = 1, kSparse24 = 2, kSparse24Int8 = 3, kSparse24Fp8 = 4 };
+
+int64_t align256(int64_t v) { return round_up(v, 256); }
+
+struct GemmPlan : raw::PlanBase {
+  sm90::GemmProblem p{};  // x, x_scale, out, stream and workspace set per call
+  void (*launch)(DType out, sm90::GemmProblem& p) = nullptr;
+  DType out = DType::kBF16;
+  bool quantize = false, fp8 = false;
+  ScalarType x_dtype = ScalarType::BFloat16;
+  int64_t q_bytes = 0, s_bytes = 0, ws_bytes = 0;  // the scratch: q, its scales, CUTLASS's workspace
+};
+
+// The caller's scratch as a GEMM workspace.
+struct RawWorkspace {
+  void* ptr;
+  size_t bytes;
+  static void* alloc(void* self, size_t bytes) {
+    auto* w = static_cast<RawWorkspace*>(self);
+    return bytes == 0 ? nullptr : bytes <= w->bytes ? w->ptr : nullptr;
+  }
+};
+
+}  // namespace
+}  // namespace kernelswap
+
+extern "C" {
+
+// The plan of one layer's GEMM at M tokens: `kind` as in Kind, bf16 (1) or fp16 (0) activations and
+// output, the weight as the op entry points take it (meta: the 2:4 metadata, else null; w_scale: null
+// for 2:4 16-bit; bias fp32 or null), M, N, K, the device; *scratch_bytes gets the scratch each run needs.
+// Null on an error (kernelswap_raw_error() says which).
+void* kernelswap_gemm_plan(int kind, int bf16, const void* w, const void* meta, const void* w_scale,
+                           const void* bias, int64_t M, int64_t N, int64_t K, int device, int64_t* scratch_bytes) {
+  using namespace kernelswap;
+  const char* op = "kernelswap_gemm_plan";
+  const bool sparse = kind >= kSparse24;
+  const bool eight_bit = kind != kSparse24;
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  const bool ok =
+      ((kind >= kInt8Linear && kind <= kSparse24Fp8) || raw::fail(op, ": unknown kind ", kind)) &&
+      ((M >= 1 && M < (1LL << 31)) || raw::fail(op, ": M=", M, " must be in 1..2^31")) &&
+      ((K > 0 && K % 16 == 0 && K < (1LL << 31)) || raw::fail(op, ": K must be a positive multiple of 16, got ", K)) &&
+      ((N > 0 && N % 16 == 0 && N < (1LL << 31)) || raw::fail(op, ": N must be a positive multiple of 16, got ", N)) &&
+      (!(sparse && eight_bit) || K % 32 == 0 || raw::fail(op, ": 8-bit 2:4 needs K to be a multiple of 32")) &&
+      (bf16 || !(kind == kFp8Linear || kind == kSparse24Fp8) ||
+       raw::fail(op, ": float8_e4m3fn GEMMs write bfloat16 only")) &&
+      (KERNELSWAP_WITH_CUTLASS || raw::fail(op, ": kernelswap._C was built without CUTLASS")) &&
+      (std::strstr(KERNELSWAP_ARCHS, "9.0a") != nullptr || raw::fail(op, ": kernelswap._C was built without 9.0a")) &&
+      ((major == 9 && minor == 0) || raw::fail(op, ": needs an sm_90 (Hopper) GPU; device ", device, " is sm_", major,
+                                               minor));
+  if (!ok) return nullptr;
+  GemmPlan* plan = nullptr;
+  raw::guarded([&] {
+    auto g = std::make_unique<GemmPlan>();
+    g->device = device;
+    g->out = bf16 ? DType::kBF16 : DType::kFP16;
+    g->x_dtype = bf16 ? ScalarType::BFloat16 : ScalarType::Half;
+    g->quantize = eight_bit;
+    g->fp8 = kind == kFp8Linear || kind == kSparse24Fp8;
+    switch (kind) {
+      case kInt8Linear: g->launch = &launch<false, DType::kI8>; break;
+      case kFp8Linear: g->launch = &launch<false, DType::kE4M3>; break;
+      case kSparse24Int8: g->launch = &launch<true, DType::kI8>; break;
+      case kSparse24Fp8: g->launch = &launch<true, DType::kE4M3>; break;
+      default: g->launch = bf16 ? &launch<true, DType::kBF16> : &launch<true, DType::kFP16>;
+    }
+    if (g->quantize) {
+      g->q_bytes = align256(M * K);
+      g->s_bytes = align256(M * 4);
+    }
+    g->p = sm90::GemmProblem{w, meta, nullptr, nullptr, static_cast<const float*>(w_scale),
+                             static_cast<const float*>(bias), nullptr, int(M), int(N), int(K), device, nullptr,
+                             Workspace{nullptr, nullptr}};
+    // A non-null stand-in for the per-call pointers: CUTLASS's can_implement and workspace size read
+    // shapes only.
+    sm90::GemmProblem q = g->p;
+    q.x = w;
+    q.out = const_cast<void*>(w);
+    size_t ws = 0;
+    q.query = &ws;
+    g->launch(g->out, q);
+    g->ws_bytes = static_cast<int64_t>(ws);
+    *scratch_bytes = g->q_bytes + g->s_bytes + g->ws_bytes;
+    plan = g.release();
+    return 0;
+  });
+  return plan;
+}
+
+// One launch of a plan: x (M, K) and out (M, N) contiguous, of the plan's dtype, on its device; scratch
+// of the plan's scratch_bytes (null when that is 0). Returns as kernelswap_gemv_run does.
+int kernelswap_gemm_run(const void* plan, const void* x, void* out, void* scratch, void* stream) {
+  using namespace kernelswap;
+  if (raw::misaligned(x) || raw::misaligned(out)) return raw::kMisaligned;
+  const auto* g = static_cast<const GemmPlan*>(plan);
+  if (scratch == nullptr && g->q_bytes + g->s_bytes + g->ws_bytes > 0) {
+    return raw::fail("kernelswap GEMM: the plan needs scratch memory"), 1;
+  }
+  return raw::guarded([&] {
+    auto* base = static_cast<char*>(scratch);
+    raw::DeviceScope scope(g->device);
+    sm90::GemmProblem p = g->p;
+    p.stream = static_cast<cudaStream_t>(stream);
+    p.out = out;
+    if (g->quantize) {
+      auto* s = reinterpret_cast<float*>(base + g->q_bytes);
+      quantize_rows(g->fp8, g->x_dtype, x, base, s, p.M, p.K, p.stream);
+      p.x = base;
+      p.x_scale = s;
+    } else {
+      p.x = x;
+    }
+    RawWorkspace ws{base ? base + g->q_bytes + g->s_bytes : nullptr, static_cast<size_t>(g->ws_bytes)};
+    p.workspace = Workspace{&RawWorkspace::alloc, &ws};
+    g->launch(g->out, p);
+    return 0;
+  });
+}
+
+}  // extern "C"
 
 STABLE_TORCH_LIBRARY_IMPL(kernelswap, CUDA, m) {
   m.impl("_C_int8_mm", TORCH_BOX(&kernelswap::int8_mm));

@@ -16,10 +16,12 @@
 
 #include "gemv/gemv_kernel.cuh"
 #include "op_checks.h"
+#include "raw_entry.h"
 
 #include <torch/csrc/stable/accelerator.h>
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <optional>
 
@@ -79,38 +81,65 @@ int64_t check_common(const char* op, const Tensor& x, const Tensor& w, int64_t b
   return batches;
 }
 
-template <class Act, class F, int NT>
-void launch_nt(Args a, const Tensor& x, int64_t n_blocks) {
-  const gemv::Plan p = gemv::plan_splits<F>(n_blocks, a.batches, a.M, 8 * NT, sm_count(x.get_device_index()));
+// One (format, activation, NT) instantiation: its split plan and its launch. The op entry points
+// and the raw plans (end of file) pick one (pick, below) and share everything after that.
+struct Launcher {
+  gemv::Plan (*plan)(int64_t n_blocks, int64_t batches, int m, int sms);
+  void (*run)(const Args& a, dim3 grid, int smem, cudaStream_t stream);
+  int warps;
+
+  template <class Act, class F, int NT>
+  static Launcher of() {
+    return {[](int64_t n_blocks, int64_t batches, int m, int sms) {
+              return gemv::plan_splits<F>(n_blocks, batches, m, 8 * NT, sms);
+            },
+            [](const Args& a, dim3 grid, int smem, cudaStream_t stream) {
+              gemv::gemv_kernel<Act, F, NT><<<grid, F::kWarps * 32, smem, stream>>>(a);
+              KS_CHECK_LAUNCH();
+            },
+            F::kWarps};
+  }
+
+  // NT = the number of 8-token fragments: M <= 8, 16, 32, 64.
+  template <class Act, class F>
+  static Launcher for_m(int64_t m) {
+    if (m <= 8) return of<Act, F, 1>();
+    if (m <= 16) return of<Act, F, 2>();
+    if (m <= 32) return of<Act, F, 4>();
+    return of<Act, F, 8>();
+  }
+};
+
+// Everything a launch needs besides x, out and the workspace (the splits of K included).
+struct Launch {
+  Launcher l;
+  Args a;  // x, out and ws are set per call
+  dim3 grid;
+  int smem = 0;
+  int64_t ws_bytes = 0;  // (splits, M, N) 4-byte partials, or 0 with one split
+};
+
+Launch plan_launch(const Launcher& l, const Args& a, int device) {
+  const int64_t n_blocks = ceil_div(a.n_tiles, l.warps);
+  STD_TORCH_CHECK(n_blocks < (1LL << 31) && a.batches < (1 << 30), "kernelswap GEMV: problem too large");
+  const gemv::Plan p = l.plan(n_blocks, a.batches, a.M, sm_count(device));
   STD_TORCH_CHECK(p.smem <= gemv::kSmemLimit, "kernelswap GEMV: K=", a.K, " at M=", a.M,
                   " needs more shared memory than a block has");
-  const int splits = p.splits, smem = p.smem;
-  a.batches_per_split = p.batches_per_split;
-  std::optional<Tensor> ws;
-  if (splits > 1) {
-    ws = torch::stable::new_empty(x, {int64_t(splits), int64_t(a.M), int64_t(a.N)}, std::is_same_v<typename F::Acc, int> ? ScalarType::Int
-                                                                                            : ScalarType::Float);
-    a.ws = ws->mutable_data_ptr();
-  }
-  const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(splits));
-  gemv::gemv_kernel<Act, F, NT><<<grid, F::kWarps * 32, smem, current_stream(x)>>>(a);
-  KS_CHECK_LAUNCH();
+  Launch r{l, a, dim3(static_cast<unsigned>(n_blocks), static_cast<unsigned>(p.splits)), p.smem, 0};
+  r.a.batches_per_split = p.batches_per_split;
+  if (p.splits > 1) r.ws_bytes = int64_t(p.splits) * a.M * a.N * 4;
+  return r;
 }
 
-// NT = the number of 8-token fragments: M <= 8, 16, 32, 64.
-template <class Act, class F>
-void launch(const Args& a, const Tensor& x) {
-  const int64_t n_blocks = ceil_div(a.n_tiles, F::kWarps);
-  STD_TORCH_CHECK(n_blocks < (1LL << 31) && a.batches < (1 << 30), "kernelswap GEMV: problem too large");
-  if (a.M <= 8) {
-    launch_nt<Act, F, 1>(a, x, n_blocks);
-  } else if (a.M <= 16) {
-    launch_nt<Act, F, 2>(a, x, n_blocks);
-  } else if (a.M <= 32) {
-    launch_nt<Act, F, 4>(a, x, n_blocks);
-  } else {
-    launch_nt<Act, F, 8>(a, x, n_blocks);
+// The op entry points' launch: the workspace from torch's allocator, the current stream.
+void launch(const Launcher& l, const Args& a, const Tensor& x) {
+  Launch r = plan_launch(l, a, x.get_device_index());
+  std::optional<Tensor> ws;
+  if (r.ws_bytes > 0) {
+    ws = torch::stable::new_empty(x, {r.ws_bytes}, ScalarType::Byte);
+    r.a.ws = ws->mutable_data_ptr();
   }
+  r.l.run(r.a, r.grid, r.smem, current_stream(x));
 }
 
 // The Args every format fills the same way; null when there is nothing to launch.
@@ -131,21 +160,31 @@ std::optional<Args> args(const Tensor& x, const Tensor& w, const std::optional<T
   return a;
 }
 
-template <template <class> class F>
-void launch_act(const Args& a, const Tensor& x) {
-  if (x.scalar_type() == ScalarType::BFloat16) {
-    launch<gemv::BF16, F<gemv::BF16>>(a, x);
-  } else {
-    launch<gemv::FP16, F<gemv::FP16>>(a, x);
-  }
-}
-
 template <class Act>
 using Int4G32 = gemv::Int4<Act, 32>;
 template <class Act>
 using Int4G64 = gemv::Int4<Act, 64>;
 template <class Act>
 using Int4G128 = gemv::Int4<Act, 128>;
+
+// The formats by number, as the raw entry points take them: W4A16 (groups 32 / 64 / 128), W8A16, W8A8.
+enum Format { kInt4 = 0, kInt8Weight = 1, kInt8 = 2 };
+
+template <template <class> class F>
+Launcher for_act(bool bf16, int64_t m) {
+  return bf16 ? Launcher::for_m<gemv::BF16, F<gemv::BF16>>(m) : Launcher::for_m<gemv::FP16, F<gemv::FP16>>(m);
+}
+
+Launcher pick(int format, int group_size, bool bf16, int64_t m) {
+  if (format == kInt4) {
+    STD_TORCH_CHECK(group_size == 32 || group_size == 64 || group_size == 128,
+                    "kernelswap GEMV: group_size must be 32, 64 or 128, got ", group_size);
+    return group_size == 32 ? for_act<Int4G32>(bf16, m)
+                            : group_size == 64 ? for_act<Int4G64>(bf16, m) : for_act<Int4G128>(bf16, m);
+  }
+  STD_TORCH_CHECK(format == kInt8Weight || format == kInt8, "kernelswap GEMV: unknown format ", format);
+  return format == kInt8Weight ? for_act<gemv::Int8W16>(bf16, m) : for_act<gemv::Int8W8>(bf16, m);
+}
 
 }  // namespace
 
@@ -171,18 +210,11 @@ Tensor int4_gemv(const Tensor& x, const Tensor& w, const Tensor& scales, const s
   a->scales = scales.const_data_ptr();
   a->zeros = zeros.has_value() ? zeros->const_data_ptr() : nullptr;
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
-  if (group_size == 32) {
-    launch_act<Int4G32>(*a, x);
-  } else if (group_size == 64) {
-    launch_act<Int4G64>(*a, x);
-  } else {
-    launch_act<Int4G128>(*a, x);
-  }
+  launch(pick(kInt4, int(group_size), x.scalar_type() == ScalarType::BFloat16, a->M), *a, x);
   return y;
 }
 
-template <template <class> class F>
-Tensor int8_gemv_impl(const char* op, const Tensor& x, const Tensor& w, const Tensor& w_scale,
+Tensor int8_gemv_impl(const char* op, int format, const Tensor& x, const Tensor& w, const Tensor& w_scale,
                       const std::optional<Tensor>& bias, const Tensor& counters, int64_t n) {
   const int64_t batches = check_common(op, x, w, 8 * 32 * 16, bias, counters, n);
   check_vector(op, "w_scale", w_scale, n);
@@ -193,21 +225,95 @@ Tensor int8_gemv_impl(const char* op, const Tensor& x, const Tensor& w, const Te
   if (!a) return y;
   a->scales = w_scale.const_data_ptr();
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
-  launch_act<F>(*a, x);
+  launch(pick(format, 0, x.scalar_type() == ScalarType::BFloat16, a->M), *a, x);
   return y;
 }
 
 Tensor int8_weight_gemv(const Tensor& x, const Tensor& w, const Tensor& w_scale, const std::optional<Tensor>& bias,
                         const Tensor& counters, int64_t n) {
-  return int8_gemv_impl<gemv::Int8W16>("_C_int8_weight_gemv", x, w, w_scale, bias, counters, n);
+  return int8_gemv_impl("_C_int8_weight_gemv", kInt8Weight, x, w, w_scale, bias, counters, n);
 }
 
 Tensor int8_gemv(const Tensor& x, const Tensor& w, const Tensor& w_scale, const std::optional<Tensor>& bias,
                  const Tensor& counters, int64_t n) {
-  return int8_gemv_impl<gemv::Int8W8>("_C_int8_gemv", x, w, w_scale, bias, counters, n);
+  return int8_gemv_impl("_C_int8_gemv", kInt8, x, w, w_scale, bias, counters, n);
 }
 
 }  // namespace kernelswap
+
+// ---------------------------------------------------------------- raw entry points (csrc/raw_entry.h)
+namespace kernelswap {
+namespace {
+struct GemvPlan : raw::PlanBase {
+  Launch launch;
+};
+}  // namespace
+}  // namespace kernelswap
+
+extern "C" {
+
+// The plan of one GEMV layer at M rows: `format` as in pick, bf16 (1) or fp16 (0) activations, the
+// layouts of python/kernelswap/ops/gemv_layout.py (zeros and bias may be null), K, N and the
+// weight's tile rows; *ws_bytes gets the workspace each run needs (0: none). Null on an error.
+void* kernelswap_gemv_plan(int format, int group_size, int bf16, const void* w, const void* scales, const void* zeros,
+                           const void* bias, void* counters, int64_t M, int64_t K, int64_t N, int64_t n_tiles,
+                           int device, int64_t* ws_bytes) {
+  using namespace kernelswap;
+  const char* op = "kernelswap GEMV plan";
+  const bool ok =
+      (format == kInt4 || format == kInt8Weight || format == kInt8 || raw::fail(op, ": unknown format ", format)) &&
+      (format != kInt4 || group_size == 32 || group_size == 64 || group_size == 128 ||
+       raw::fail(op, ": group_size must be 32, 64 or 128, got ", group_size)) &&
+      ((M >= 1 && M <= kMaxM) || raw::fail(op, ": M=", M, " outside 1..", kMaxM)) &&
+      ((K > 0 && K % 8 == 0 && K < (1LL << 31)) ||
+       raw::fail(op, ": K=", K, " must be a positive multiple of 8 below 2^31")) &&
+      (format == kInt4 || K <= (1LL << 17) || raw::fail(op, ": int8 needs K <= 2^17, got ", K)) &&
+      ((N > 0 && N < (1LL << 31) && n_tiles == ceil_div(N, kTileN)) ||
+       raw::fail(op, ": N=", N, " does not match ", n_tiles, " weight tiles"));
+  if (!ok) return nullptr;
+  GemvPlan* plan = nullptr;
+  raw::guarded([&] {
+    Args a{};
+    a.w = static_cast<const uint4*>(w);
+    a.scales = scales;
+    a.zeros = zeros;
+    a.bias = static_cast<const float*>(bias);
+    a.counters = static_cast<int*>(counters);
+    a.K = K;
+    a.M = static_cast<int>(M);
+    a.N = static_cast<int>(N);
+    a.n_tiles = static_cast<int>(n_tiles);
+    a.batches = static_cast<int>(ceil_div(K, kBatchK));
+    auto p = std::make_unique<GemvPlan>();
+    p->device = device;
+    p->launch = plan_launch(pick(format, group_size, bf16 != 0, M), a, device);
+    *ws_bytes = p->launch.ws_bytes;
+    plan = p.release();
+    return 0;
+  });
+  return plan;
+}
+
+// One launch of a plan: x (M, K) and out (M, N) contiguous on the plan's device; ws of the plan's
+// ws_bytes (or null when that is 0). Returns 0, raw::kMisaligned (x or out not 16-byte aligned:
+// nothing launched) or 1 (the error is in kernelswap_raw_error()).
+int kernelswap_gemv_run(const void* plan, const void* x, void* out, void* ws, void* stream) {
+  using namespace kernelswap;
+  if (raw::misaligned(x) || raw::misaligned(out)) return raw::kMisaligned;
+  const auto* p = static_cast<const GemvPlan*>(plan);
+  if (ws == nullptr && p->launch.ws_bytes > 0) return raw::fail("kernelswap GEMV: the plan needs a workspace"), 1;
+  return raw::guarded([&] {
+    Args a = p->launch.a;
+    a.x = x;
+    a.out = out;
+    a.ws = ws;
+    raw::DeviceScope scope(p->device);
+    p->launch.l.run(a, p->launch.grid, p->launch.smem, static_cast<cudaStream_t>(stream));
+    return 0;
+  });
+}
+
+}  // extern "C"
 
 STABLE_TORCH_LIBRARY_IMPL(kernelswap, CUDA, m) {
   m.impl("_C_int4_gemv", TORCH_BOX(&kernelswap::int4_gemv));

@@ -182,7 +182,7 @@ void run_gemm(const GemmProblem& p) {
     epilogue.thread = {{}, {p.bias}, {}};
   }
 
-  const int device = p.like->get_device_index();
+  const int device = p.device;
   cutlass::KernelHardwareInfo hw{device, sm_count(device)};
   typename Device::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm, problem, mainloop, epilogue, hw};
 

@@ -21,6 +21,7 @@ import torch
 
 _loaded: bool | None = None
 _reason = ""
+_path: str | None = None  # the file loaded
 _refusal: str | None = None  # why load() refused _C (a CUDA major that is not torch's), if it did
 
 
@@ -30,9 +31,14 @@ def _find_library() -> str | None:
     return found[0] if found else None
 
 
+def library_path() -> str | None:
+    """The file _C was loaded from (None before a successful load)."""
+    return _path
+
+
 def load() -> bool:
     """Load _C once; True when its ops are registered."""
-    global _loaded, _reason, _refusal
+    global _loaded, _reason, _refusal, _path
     if _loaded is not None:
         return _loaded
     if os.environ.get("KERNELSWAP_DISABLE_EXT", "0") == "1":
@@ -53,7 +59,7 @@ def load() -> bool:
         return False
     try:
         torch.ops.load_library(path)
-        _loaded, _reason = True, f"loaded from {os.path.basename(path)}"
+        _loaded, _reason, _path = True, f"loaded from {os.path.basename(path)}", path
     except Exception as e:  # noqa: BLE001 - keep import working whatever went wrong
         _loaded, _reason = False, f"failed to load {os.path.basename(path)}: {e}"
     return _loaded
