@@ -47,6 +47,7 @@ def fresh_ext(monkeypatch):
     monkeypatch.setattr(_ext, "_loaded", None)
     monkeypatch.setattr(_ext, "_reason", "")
     monkeypatch.setattr(_ext, "_refusal", None)
+    monkeypatch.setattr(_ext, "_path", None)
     backend._backend_status.cache_clear()
     yield monkeypatch
     backend._backend_status.cache_clear()

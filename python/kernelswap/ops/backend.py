@@ -60,6 +60,9 @@ class Impl:
     # bind(*args after x) -> fn(x): `fn` with everything but x looked up once (prepared
     # layouts, the C++ entry point); per-layout runners (ops/_runner.py) call it on each call.
     bind: Callable[..., Callable] | None = None
+    # raw(x, *args after x) -> fn(x) or None: a runner for x's layout through _C's raw entry points
+    # (ops/_raw.py), tried before `bind`; None when it cannot serve.
+    raw: Callable[..., Callable | None] | None = None
 
 
 _REGISTRY: dict[str, list[Impl]] = {}
@@ -71,7 +74,7 @@ def _always(*args, **kwargs) -> None:
 
 def register(op: str, backend: str, supports: Callable[..., str | None] = _always,
              prepare: Callable[..., None] | None = None, bind: Callable[..., Callable] | None = None,
-             first: bool = False):
+             first: bool = False, raw: Callable[..., Callable | None] | None = None):
     """Decorator: `fn` serves `op` on `backend` whenever `supports(*args)` is None.
 
     first=True puts `fn` before the implementations of the same backend registered earlier
@@ -80,13 +83,14 @@ def register(op: str, backend: str, supports: Callable[..., str | None] = _alway
     `prepare(*weights)`, when given, makes the weight layouts `fn` reads from a cache
     (the op's arguments after x, e.g. (w_q, w_scale, bias)); `prepare_weights` calls it at
     swap time, on `.to(device)` and after a load, so no forward has to. `bind(*weights)`, when
-    given, returns `fn` with the weights bound (ops/_runner.py)."""
+    given, returns `fn` with the weights bound (ops/_runner.py); `raw(x, *weights)`, when given, a
+    runner for x's layout that launches through _C's raw entry points (ops/_raw.py), or None."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
     def deco(fn):
         impls = _REGISTRY.setdefault(op, [])
-        impl = Impl(backend, fn, supports, prepare, bind)
+        impl = Impl(backend, fn, supports, prepare, bind, raw)
         impls.insert(0, impl) if first else impls.append(impl)
         impls.sort(key=lambda i: BACKENDS.index(i.backend))  # stable: cuda, triton, torch, reference
         _candidates.cache_clear()

@@ -5,7 +5,8 @@
   int8_linear         _C_int8_gemv         W8A8, x quantized per token inside the one launch,
                                            bit-exact with the reference
 
-One templated kernel (csrc/gemv) streams weights in the layouts of
+The layers' runners launch them through _C's raw entry points (ops/_raw.py), other calls
+through the ops. One templated kernel (csrc/gemv) streams weights in the layouts of
 kernelswap.ops.gemv_layout, made once per weight buffer when the layer's buffers are made,
 moved or loaded (`prepare`, through kernelswap.ops.backend.prepare_weights) and kept in
 PreparedWeights caches, with the scales in the kernel's order (int4) or as fp32 (int8), an
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
+from . import _raw
 from . import gemv_layout as L
 from ._cuda import bias32, device_index, sm80_code_reason
 from ._prepared import PreparedWeights
@@ -129,7 +131,14 @@ def _int4_bind(w_packed, scales, zeros, group_size, bias):
     return lambda x: op(x, p.w, p.scales, p.zeros, p.bias, p.counters, group_size, n)
 
 
-@register("int4_linear", "cuda", supports=_int4_supports, prepare=_int4_prepare, bind=_int4_bind)
+def _int4_raw(x, w_packed, scales, zeros, group_size, bias):
+    """_int4_gemv for x's layout through the raw entry points (ops/_raw.py), or None."""
+    p = _int4_prepared(w_packed, scales, zeros, group_size, bias)
+    return _raw.gemv_runner(x, _raw.GEMV_INT4, group_size, p.w, p.scales, p.zeros, p.bias, p.counters,
+                            w_packed.shape[0], _int4_bind(w_packed, scales, zeros, group_size, bias))
+
+
+@register("int4_linear", "cuda", supports=_int4_supports, prepare=_int4_prepare, bind=_int4_bind, raw=_int4_raw)
 def _int4_gemv(x, w_packed, scales, zeros, group_size, bias):
     return _int4_bind(w_packed, scales, zeros, group_size, bias)(x)
 
@@ -171,17 +180,27 @@ def _int8_bind(cache: PreparedWeights, activations_int8: bool, op_name: str):
     return bind
 
 
+def _int8_raw(cache: PreparedWeights, activations_int8: bool, fmt: int, bind):
+    def raw(x, w_q, w_scale, bias):
+        p = _int8_prepared(cache, activations_int8, w_q, w_scale, bias)
+        return _raw.gemv_runner(x, fmt, 0, p.w, p.scales, None, p.bias, p.counters, w_q.shape[0],
+                                bind(w_q, w_scale, bias))
+    return raw
+
+
 _W8A16_BIND = _int8_bind(_W8A16, False, "_C_int8_weight_gemv")
 _W8A8_BIND = _int8_bind(_W8A8, True, "_C_int8_gemv")
+_W8A16_RAW = _int8_raw(_W8A16, False, _raw.GEMV_INT8_WEIGHT, _W8A16_BIND)
+_W8A8_RAW = _int8_raw(_W8A8, True, _raw.GEMV_INT8, _W8A8_BIND)
 
 
 @register("int8_weight_linear", "cuda", supports=_int8_supports_for("int8_weight_linear"), prepare=_w8a16_prepare,
-          bind=_W8A16_BIND)
+          bind=_W8A16_BIND, raw=_W8A16_RAW)
 def _int8_weight_gemv(x, w_q, w_scale, bias):
     return _W8A16_BIND(w_q, w_scale, bias)(x)
 
 
 @register("int8_linear", "cuda", supports=_int8_supports_for("int8_linear"), prepare=_w8a8_prepare,
-          bind=_W8A8_BIND)
+          bind=_W8A8_BIND, raw=_W8A8_RAW)
 def _int8_gemv(x, w_q, w_scale, bias):
     return _W8A8_BIND(w_q, w_scale, bias)(x)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import sparse24_cslt, sparse24_sm80
+from . import _raw, sparse24_cslt, sparse24_sm80
 from ._cuda import (ALIGN_KN, OUT_DTYPES, aligned, bias32, device_index, gemm_reason, out_reason, sm80_reason,
                     sm90_reason)
 from ._prepared import PreparedWeights
@@ -112,7 +112,21 @@ def _sparse24_int8_bind(values, meta, w_scale, bias):
     return run
 
 
-@register("sparse24_linear", "cuda", supports=_sparse24_supports, bind=_sparse24_bind,
+def _sparse24_raw(x, values, meta, bias):
+    """The 2:4 GEMM in one raw call for x's layout (ops/_raw.py), or None."""
+    v, e = _sm90_layout("sparse24_linear", values, meta)
+    return _raw.gemm_runner(x, _raw.GEMM_SPARSE24, v, e, None, bias32(bias), values.shape[0], x.shape[1],
+                            _sparse24_bind(values, meta, bias))
+
+
+def _sparse24_int8_raw(x, values, meta, w_scale, bias):
+    """The quantize + int8 2:4 GEMM in one raw call for x's layout (ops/_raw.py), or None."""
+    v, e = _sm90_layout("sparse24_int8_linear", values, meta)
+    return _raw.gemm_runner(x, _raw.GEMM_SPARSE24_INT8, v, e, w_scale, bias32(bias), values.shape[0], x.shape[1],
+                            _sparse24_int8_bind(values, meta, w_scale, bias))
+
+
+@register("sparse24_linear", "cuda", supports=_sparse24_supports, bind=_sparse24_bind, raw=_sparse24_raw,
           prepare=_prepare_for("sparse24_linear", _sm90_weights_reason, _sm90_layout))
 def _sparse24_linear_cuda(x, values, meta, bias):
     return _sparse24_bind(values, meta, bias)(x)
@@ -126,6 +140,7 @@ def _sparse24_int8_supports(x, values, meta, w_scale, bias):
 
 
 @register("sparse24_int8_linear", "cuda", supports=_sparse24_int8_supports, bind=_sparse24_int8_bind,
+          raw=_sparse24_int8_raw,
           prepare=_prepare_for("sparse24_int8_linear", _sm90_weights_reason, _sm90_layout))
 def _sparse24_int8_linear_cuda(x, values, meta, w_scale, bias):
     return _sparse24_int8_bind(values, meta, w_scale, bias)(x)

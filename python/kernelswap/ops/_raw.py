@@ -1,0 +1,177 @@
+"""Raw launches: the C entry points of kernelswap._C (csrc/raw_entry.h), called through ctypes.
+
+A call of one of _C's ops from Python goes through the dispatcher and the stable ABI's boxing:
+about 11 us of host time per call on the H200 machine (benchmarks/overhead_quick.py --profile),
+half of what the nn.Linear a swapped layer replaces costs in all, and two of them (quantize,
+then GEMM) cost more than that layer. The layers' per-layout runners (ops/_runner.py) avoid
+it: for one layer and input layout, `gemv_runner` / `gemm_runner` make a plan in C (the
+checks, the kernel choice and every fixed argument, once) and return fn(x), which per call
+allocates the output through torch (so CUDA-graph capture and the caching allocator see it as
+they see any op's), reads the current stream and makes one foreign call. The scratch a plan asks
+for (split-K partials, the quantized x) is allocated once per stream and kept, up to
+SCRATCH_LIMIT bytes: calls on one stream run in order, so they never share it at once (inside
+a CUDA-graph capture it is allocated per call, so no graph's memory is kept). Tracing, autograd and fake tensors never get here: the runners are only made
+for plain eager calls, and everything else still goes through the registered ops.
+
+Any reason the raw path cannot serve (no extension, an extension without these entry points,
+KERNELSWAP_RAW_LAUNCH=0 read at import, a tensor not in the layout the C plan assumes) makes
+the runner factories return None, and the op-based runner serves instead. A run on an input
+that is not 16-byte aligned takes the op path for that call.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+
+ENABLED = os.environ.get("KERNELSWAP_RAW_LAUNCH", "1") != "0"
+VERSION = 1  # kernelswap_raw_version() of the C signatures below
+MISALIGNED = 2  # a run's answer when x or out is not 16-byte aligned (csrc/raw_entry.h)
+SCRATCH_LIMIT = 4 << 20  # bytes of scratch a runner keeps per stream (more: allocated per call)
+
+# The families, as the C entry points number them.
+GEMV_INT4, GEMV_INT8_WEIGHT, GEMV_INT8 = 0, 1, 2
+GEMM_INT8_LINEAR, GEMM_FP8_LINEAR, GEMM_SPARSE24, GEMM_SPARSE24_INT8, GEMM_SPARSE24_FP8 = 0, 1, 2, 3, 4
+
+_P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> ctypes.CDLL | None:
+    """_C opened through ctypes with its raw entry points declared, or None (see `reason`)."""
+    return _open()[0]
+
+
+def reason() -> str | None:
+    """Why the raw path is off in this process (None: it is on)."""
+    return _open()[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _open() -> tuple[ctypes.CDLL | None, str | None]:
+    if not ENABLED:
+        return None, "off (KERNELSWAP_RAW_LAUNCH=0)"
+    if not _ext.load():
+        return None, "kernelswap._C is not loaded"
+    try:
+        lib = ctypes.CDLL(_ext.library_path())  # the library torch already loaded: the same handle
+    except (OSError, TypeError) as e:
+        return None, f"kernelswap._C cannot be opened through ctypes: {e}"
+    if not hasattr(lib, "kernelswap_raw_version"):
+        return None, "kernelswap._C predates the raw entry points (csrc/raw_entry.h); rebuild it"
+    lib.kernelswap_raw_version.restype = _I
+    if lib.kernelswap_raw_version() != VERSION:
+        return None, f"kernelswap._C has raw entry points of version {lib.kernelswap_raw_version()}, not {VERSION}"
+    lib.kernelswap_raw_error.restype = ctypes.c_char_p
+    lib.kernelswap_raw_free.argtypes, lib.kernelswap_raw_free.restype = [_P], None
+    lib.kernelswap_gemv_plan.argtypes = [_I, _I, _I, _P, _P, _P, _P, _P, _L, _L, _L, _L, _I, ctypes.POINTER(_L)]
+    lib.kernelswap_gemv_plan.restype = _P
+    lib.kernelswap_gemm_plan.argtypes = [_I, _I, _P, _P, _P, _P, _L, _L, _L, _I, ctypes.POINTER(_L)]
+    lib.kernelswap_gemm_plan.restype = _P
+    for run in (lib.kernelswap_gemv_run, lib.kernelswap_gemm_run):
+        run.argtypes, run.restype = [_P, _P, _P, _P, _P], _I
+    return lib, None
+
+
+def error() -> str:
+    lib = library()
+    return lib.kernelswap_raw_error().decode(errors="replace") if lib is not None else "raw path off"
+
+
+class _Plan:
+    """A C plan, freed with this object."""
+
+    def __init__(self, handle: int, free: Callable[[int], None]):
+        self.handle, self._free = handle, free
+
+    def __del__(self):
+        try:
+            self._free(self.handle)
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have taken ctypes first
+            pass
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def plain(t: Tensor | None, dtype: torch.dtype | None, device: torch.device) -> bool:
+    """Whether `t` (None counts) is what a C plan reads through a bare pointer: contiguous, 16-byte
+    aligned, on `device`, of `dtype` (None: any)."""
+    return t is None or (t.device == device and t.is_contiguous() and t.data_ptr() % 16 == 0
+                         and (dtype is None or t.dtype == dtype))
+
+
+def _runner(run_c, plan: _Plan, index: int, n: int, scratch_bytes: int, keep: tuple,
+            fallback: Callable) -> Callable:
+    """fn(x (M, K) contiguous) -> (M, n) x.dtype through one raw call; `keep` holds the tensors the
+    plan points into (the runner lives as long as they must); `fallback` serves misaligned calls."""
+    handle, current = plan.handle, torch._C._cuda_getCurrentRawStream
+    kept: dict[int, Tensor] = {}  # stream -> its scratch: calls on one stream never overlap
+
+    def run(x: Tensor) -> Tensor:
+        out = x.new_empty((x.shape[0], n))
+        stream = current(index)
+        if scratch_bytes:
+            scratch = kept.get(stream)
+            if scratch is None:
+                scratch = x.new_empty(scratch_bytes, dtype=torch.uint8)
+                if scratch_bytes <= SCRATCH_LIMIT and not torch.cuda.is_current_stream_capturing():
+                    kept[stream] = scratch  # not memory of a CUDA graph's pool
+            rc = run_c(handle, x.data_ptr(), out.data_ptr(), scratch.data_ptr(), stream)
+        else:
+            rc = run_c(handle, x.data_ptr(), out.data_ptr(), None, stream)
+        if rc:
+            if rc == MISALIGNED:
+                return fallback(x)
+            raise RuntimeError(f"kernelswap: {error()}")
+        return out
+
+    run.plan, run.keep = plan, keep  # alive with the runner
+    return run
+
+
+def gemv_runner(x: Tensor, fmt: int, group_size: int, w: Tensor, scales: Tensor, zeros: Tensor | None,
+                bias: Tensor | None, counters: Tensor, n: int, fallback: Callable) -> Callable | None:
+    """A raw runner of the decode GEMV (csrc/gemv/gemv_ops.cu) for x's layout, or None."""
+    lib = library()
+    dev = x.device
+    if lib is None or x.dim() != 2 or x.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if not all(plain(t, None, dev) for t in (w, scales, zeros)) or not plain(bias, torch.float32, dev) \
+            or not plain(counters, torch.int32, dev):
+        return None
+    ws = _L(0)
+    handle = lib.kernelswap_gemv_plan(fmt, group_size, int(x.dtype == torch.bfloat16), _ptr(w), _ptr(scales),
+                                      _ptr(zeros), _ptr(bias), _ptr(counters), x.shape[0], x.shape[1], n,
+                                      w.shape[0], dev.index, ctypes.byref(ws))
+    if not handle:
+        raise RuntimeError(f"kernelswap: {error()}")
+    plan = _Plan(handle, lib.kernelswap_raw_free)
+    return _runner(lib.kernelswap_gemv_run, plan, dev.index, n, ws.value, (w, scales, zeros, bias, counters), fallback)
+
+
+def gemm_runner(x: Tensor, kind: int, w: Tensor, meta: Tensor | None, w_scale: Tensor | None,
+                bias: Tensor | None, n: int, k: int, fallback: Callable) -> Callable | None:
+    """A raw runner of an sm_90a CUTLASS GEMM (csrc/sm90_gemm_ops.cu), quantizing x first for the
+    8-bit kinds, for x's layout; or None."""
+    lib = library()
+    dev = x.device
+    if lib is None or x.dim() != 2 or x.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if not (plain(w, None, dev) and plain(meta, None, dev) and plain(w_scale, torch.float32, dev)
+            and plain(bias, torch.float32, dev)):
+        return None
+    scratch = _L(0)
+    handle = lib.kernelswap_gemm_plan(kind, int(x.dtype == torch.bfloat16), _ptr(w), _ptr(meta), _ptr(w_scale),
+                                      _ptr(bias), x.shape[0], n, k, dev.index, ctypes.byref(scratch))
+    if not handle:
+        raise RuntimeError(f"kernelswap: {error()}")
+    plan = _Plan(handle, lib.kernelswap_raw_free)
+    return _runner(lib.kernelswap_gemm_run, plan, dev.index, n, scratch.value, (w, meta, w_scale, bias), fallback)

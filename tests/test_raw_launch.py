@@ -1,0 +1,201 @@
+"""The raw entry points of kernelswap._C (csrc/raw_entry.h) and the runners that call them
+(kernelswap.ops._raw).
+
+CPU (with _C built): the entry points are there with the version the Python side expects, and
+the C plans refuse bad problems with a message that names what is wrong (shapes, formats, the
+GPU). GPU: a swapped layer's eager call goes through a raw plan for every family that has one
+(the three decode GEMVs, the sm_90a W8A8 / 2:4 / FP8 GEMMs) at awkward shapes, and returns the
+same bits as the registered op on the same input (both launch the same kernel with the same
+plan); it still does under CUDA-graph capture, and on a misaligned input.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+from torch import nn
+
+import kernelswap as ks
+from kernelswap.ops import _raw
+
+from utils import needs_cuda, needs_ext
+
+L = ctypes.c_int64
+
+
+def _lib():
+    lib = _raw.library()
+    assert lib is not None, f"the raw path is off with _C loaded: {_raw.reason()}"
+    return lib
+
+
+def _gemv_plan(lib, fmt=0, group=128, m=1, k=512, n=64, n_tiles=None):
+    ws = L(-1)
+    fake = 1 << 20  # the plan stores pointers only
+    handle = lib.kernelswap_gemv_plan(fmt, group, 1, fake, fake, None, None, fake, m, k, n,
+                                      (n + 15) // 16 if n_tiles is None else n_tiles, 0, ctypes.byref(ws))
+    return handle, ws.value
+
+
+# ---------------------------------------------------------------- CPU: the C side of the plans
+@needs_ext
+def test_entry_points_match_the_python_side():
+    lib = _lib()
+    assert lib.kernelswap_raw_version() == _raw.VERSION
+    for name in ("kernelswap_gemv_plan", "kernelswap_gemv_run", "kernelswap_gemm_plan", "kernelswap_gemm_run",
+                 "kernelswap_raw_free", "kernelswap_raw_error"):
+        assert hasattr(lib, name), name
+
+
+@needs_ext
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(m=0), "M=0 outside 1..64"),
+    (dict(m=65), "M=65 outside 1..64"),
+    (dict(k=100), "K=100 must be a positive multiple of 8"),
+    (dict(n=64, n_tiles=3), "N=64 does not match 3 weight tiles"),
+    (dict(fmt=7), "unknown format 7"),
+    (dict(group=48), "group_size must be 32, 64 or 128, got 48"),
+    (dict(fmt=1, k=(1 << 17) + 8), "int8 needs K <= 2^17"),
+])
+def test_gemv_plan_refuses_with_the_reason(kwargs, message):
+    lib = _lib()
+    handle, _ = _gemv_plan(lib, **kwargs)
+    assert not handle
+    assert message in _raw.error()
+
+
+@needs_ext
+@pytest.mark.parametrize("fmt, group", [(0, 32), (0, 128), (1, 0), (2, 0)])
+@pytest.mark.parametrize("m, k, n", [(1, 520, 70), (16, 4096, 4096), (64, 96, 37)])
+def test_gemv_plan_sizes_its_workspace(fmt, group, m, k, n):
+    lib = _lib()
+    handle, ws = _gemv_plan(lib, fmt=fmt, group=group, m=m, k=k, n=n)
+    assert handle, _raw.error()
+    try:
+        assert ws >= 0 and ws % (m * n * 4) == 0  # (splits, M, N) 4-byte partials, or none
+        splits = ws // (m * n * 4)
+        assert splits != 1 and splits <= (k + 255) // 256  # one split needs no workspace; >= 1 batch a split
+    finally:
+        lib.kernelswap_raw_free(handle)
+
+
+def _gemm_plan(lib, kind=0, bf16=1, m=16, n=256, k=512):
+    scratch = L(-1)
+    fake = 1 << 20
+    handle = lib.kernelswap_gemm_plan(kind, bf16, fake, fake if kind >= 2 else None, fake, None, m, n, k,
+                                      torch.cuda.current_device() if torch.cuda.is_available() else 0,
+                                      ctypes.byref(scratch))
+    return handle, scratch.value
+
+
+@needs_ext
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kind=9), "unknown kind 9"),
+    (dict(m=0), "M=0 must be in 1..2^31"),
+    (dict(k=24), "K must be a positive multiple of 16"),
+    (dict(n=40), "N must be a positive multiple of 16"),
+    (dict(kind=3, k=48), "8-bit 2:4 needs K to be a multiple of 32"),
+    (dict(kind=1, bf16=0), "float8_e4m3fn GEMMs write bfloat16 only"),
+])
+def test_gemm_plan_refuses_with_the_reason(kwargs, message):
+    lib = _lib()
+    handle, _ = _gemm_plan(lib, **kwargs)
+    assert not handle
+    assert message in _raw.error()
+
+
+def _sm90() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@needs_ext
+@pytest.mark.skipif(_sm90(), reason="checks the refusal off an sm_90 GPU; the GPU tests below run the plans")
+def test_gemm_plan_refuses_without_a_hopper_gpu():
+    lib = _lib()
+    handle, _ = _gemm_plan(lib)
+    assert not handle
+    assert any(s in _raw.error() for s in ("needs an sm_90 (Hopper) GPU", "without CUTLASS", "without 9.0a"))
+
+
+# ---------------------------------------------------------------- GPU: layers through raw plans
+RECIPE_CASES = [  # (recipe, K, N, Ms): K, N awkward for each family's rules
+    ("int4", 520, 70, (1, 3, 16)),           # GEMV, K not a multiple of 128 or 256, N odd-ish
+    ("int8-weight", 520, 70, (1, 4)),        # GEMV W8A16
+    ("int8", 520, 70, (1,)),                 # GEMV W8A8
+    ("int8", 528, 272, (2, 17, 130)),        # quantize + CUTLASS GEMM
+    ("sparse24", 528, 272, (17, 130)),       # CUTLASS 2:4 (the Triton GEMV serves M <= 16)
+    ("sparse24-int8", 544, 272, (1, 17, 130)),
+    ("fp8", 528, 272, (1, 17, 130)),
+    ("sparse24-fp8", 544, 272, (1, 17, 130)),
+]
+
+
+def _layer(recipe: str, k: int, n: int):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(k, n)).to("cuda", torch.bfloat16).eval()
+    ks.swap(model, recipe, probe=False)
+    return model[0]
+
+
+def _served_raw(layer) -> bool:
+    return any(hasattr(run, "plan") for run, _ in layer._runs.values())
+
+
+def _op_path(layer, x):
+    return getattr(ks.ops, layer.OP).overload(x, *layer.op_args())
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe, k, n, ms", RECIPE_CASES)
+def test_layer_runs_raw_and_matches_the_op(recipe, k, n, ms):
+    layer = _layer(recipe, k, n)
+    with torch.no_grad():
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            layer._runs.clear()
+            y = layer(x)
+            if layer.served_by() != "cuda":
+                pytest.skip(f"{recipe} M={m}: served by {layer.served_by()} here, not by _C")
+            assert _served_raw(layer), f"{recipe} M={m}: the cuda backend served without a raw plan ({_raw.reason()})"
+            ref = _op_path(layer, x)
+            assert torch.equal(y, ref), f"{recipe} M={m}: raw launch differs from the op"
+            y3 = layer(x.view(1, m, k))  # a leading dim: the runner of another layout, same plan kind
+            assert torch.equal(y3.view(m, n), ref)
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe, k, n, ms", RECIPE_CASES)
+def test_raw_plans_replay_in_a_cuda_graph(recipe, k, n, ms):
+    layer = _layer(recipe, k, n)
+    m = ms[-1]
+    static_x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            layer(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = layer(static_x)
+        for _ in range(2):
+            static_x.copy_(torch.randn_like(static_x))
+            graph.replay()
+            assert torch.equal(static_y, _op_path(layer, static_x)), f"{recipe} M={m}: replay differs"
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", ["int4", "int8-weight", "int8", "sparse24", "sparse24-int8"])
+def test_misaligned_input_is_copied_first(recipe):
+    layer = _layer(recipe, 512, 64)
+    odd = torch.randn(1, 512 + 1, device="cuda", dtype=torch.bfloat16)[:, 1:]  # 2 bytes off 16
+    with torch.no_grad():
+        x = odd.clone()
+        assert odd.data_ptr() % 16 and x.data_ptr() % 16 == 0
+        expected = layer(x)
+        assert torch.equal(layer(odd), expected)  # a runner of its own: the same kernel on a copy
+        assert torch.equal(_op_path(layer, odd), expected)
