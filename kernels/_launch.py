@@ -16,6 +16,10 @@ alignment, the constexpr values and the current device. A new layout takes the f
 path, and so does anything this module cannot replay exactly: a config with a pre-hook
 (TMA block shapes), a wrapper it does not know, Triton's interpreter (TRITON_INTERPRET=1,
 which returns no compiled kernel), or a Triton whose compiled kernels lack `run`.
+
+While kernelswap.ops._replay records a call (RECORDER is set), each fast-path launch is told to
+it with its compiled kernel, grid and fixed arguments, and any full-path launch refuses the
+recording (it cannot be replayed as it is).
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import triton
 from ._tuning import interpreting
 
 ENABLED = os.environ.get("KERNELSWAP_FAST_LAUNCH", "1") != "0"
+# The recording in progress (kernelswap.ops._replay), told of each launch; None when not recording.
+RECORDER = None
 _CACHE: dict[tuple, tuple | object] = {}
 LIMIT = 4096  # layouts kept (token counts vary); cleared when full
 _NOT_REPLAYABLE = object()  # cached "take the full path for this layout"
@@ -107,38 +113,61 @@ def _replay(fn, args: tuple, consts: dict, grid: Callable | tuple, compiled) -> 
     return compiled, g, (None,) * len(args) + tuple(fixed), chosen
 
 
+def _full(fn, grid, args: tuple, consts: dict, why: str) -> dict:
+    """Triton's own path, which a recording cannot replay."""
+    if RECORDER is not None:
+        RECORDER.refuse(why)
+    fn[grid](*args, **consts)
+    return _tuned(fn)
+
+
 def launch(fn, grid: Callable | tuple, args: tuple, consts: dict) -> dict:
     """fn[grid](*args, **consts), through the fast path once this layout has been seen.
     Returns the meta-parameters the autotuner chose for this layout (empty without one)."""
     if not ENABLED or interpreting():  # the interpreter runs on CPU tensors and compiles nothing
-        fn[grid](*args, **consts)
-        return _tuned(fn)
+        return _full(fn, grid, args, consts, "Triton's fast launch is off (or the interpreter runs)")
     device = torch.cuda.current_device()
     layout = _layout(device, args, consts)
     if layout is None:
-        fn[grid](*args, **consts)
-        return _tuned(fn)
+        return _full(fn, grid, args, consts, "a launch argument is neither a tensor nor a plain value")
     key = (id(fn), layout)
     hit = _CACHE.get(key)
     if hit is None:
+        if RECORDER is not None:
+            RECORDER.refuse("the first launch of a layout (compiled or tuned now)")
         compiled = fn[grid](*args, **consts)
         if len(_CACHE) >= LIMIT:
             _CACHE.clear()
         hit = _CACHE[key] = _replay(fn, args, consts, grid, compiled)
         return _tuned(fn) if hit is _NOT_REPLAYABLE else hit[3]
     if hit is _NOT_REPLAYABLE:
-        fn[grid](*args, **consts)
-        return _tuned(fn)
+        return _full(fn, grid, args, consts, "a launch the fast path cannot replay")
     compiled, g, template, chosen = hit
-    values = args + template[len(args):]  # this call's tensors; the rest is fixed for the layout
+    fixed = template[len(args):]  # this call's arguments first; the rest is fixed for the layout
+    if RECORDER is not None:
+        RECORDER.launch(compiled, g, args, fixed, device)
+    run_compiled(compiled, g, args + fixed, device)
+    return chosen
+
+
+_RUNTIME = getattr(getattr(triton, "knobs", None), "runtime", None)
+
+
+def _hook(name: str):
+    """Triton's launch hook `name`, or None when none is set (Triton 3.4+ keeps a HookChain that is
+    empty unless a profiler added to it: then the launch metadata need not be computed)."""
+    hook = getattr(_RUNTIME, name, None)
+    calls = getattr(hook, "calls", None)
+    return None if hook is None or (isinstance(calls, list) and not calls) else hook
+
+
+def run_compiled(compiled, g: tuple, values: tuple, device: int) -> None:
+    """Launch a compiled kernel on the current stream of `device` (Triton's launch hooks honoured)."""
     stream = torch._C._cuda_getCurrentRawStream(device)
-    hooks = getattr(getattr(triton, "knobs", None), "runtime", None)
-    enter = getattr(hooks, "launch_enter_hook", None)
-    exit_ = getattr(hooks, "launch_exit_hook", None)
+    enter, exit_ = _hook("launch_enter_hook"), _hook("launch_exit_hook")
     meta = compiled.launch_metadata(g, stream, *values) if enter is not None else None
     compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, meta, enter, exit_,
                  *values)
-    return chosen
 
 
 def clear() -> None:

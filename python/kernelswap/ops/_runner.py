@@ -5,9 +5,11 @@ step's x is (batch, 1, K) every time). `bind_tokens(op, check, x, *weights)` (li
 and `bind_plain` (conv_bn_act) make, for one input layout, everything the full path decides
 per call: the argument checks, the flattening of leading dims, the contiguous weights, the
 backend choice (kernelswap.ops.backend) and, when the chosen implementation offers one, its
-own bound form (e.g. the C++ entry point with the prepared weight layouts already looked
-up). What it returns is a function of the input alone. The layers (kernelswap.nn) keep one
-runner per input layout; their forward is then a dict lookup and this function: no checks,
+own bound form: a plan of _C's raw entry points for this layout (ops/_raw.py: one foreign call,
+no dispatcher), or the C++ op with the prepared weight layouts already looked up; a Triton or
+torch implementation without one is recorded on its first calls and replayed after that
+(ops/_replay.py: its launches and aten ops without the Python between them). What it returns
+is a function of the input alone. The layers (kernelswap.nn) keep one runner per input layout; their forward is then a dict lookup and this function: no checks,
 no choice, no dispatcher.
 
 A runner is made only for plain eager calls (`eager_ok`): under torch.compile or export
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import _checks as C
+from . import _replay
 from ._define import tracing
 from .backend import _choose
 
@@ -36,11 +39,15 @@ def eager_ok(x: Tensor) -> bool:
 
 
 def _call(impl, args: tuple) -> Callable:
-    """impl's function of x alone, the other arguments bound (impl.bind when it has one)."""
+    """impl's function of x alone, the other arguments bound: impl.raw's runner for this layout when it
+    makes one, else impl.bind's, else impl.fn with the arguments bound."""
+    if impl.raw is not None and (run := impl.raw(*args)) is not None:
+        return run
     if impl.bind is not None:
         return impl.bind(*args[1:])
     fn, rest = impl.fn, args[1:]
-    return lambda x: fn(x, *rest)
+    call = lambda x: fn(x, *rest)  # noqa: E731
+    return _replay.Replayer(call) if _replay.replayable(impl.backend) else call
 
 
 def bind_tokens(op: str, check: Callable[..., None], x: Tensor, *weights) -> tuple[Runner, bool, str] | None:
@@ -54,11 +61,13 @@ def bind_tokens(op: str, check: Callable[..., None], x: Tensor, *weights) -> tup
     x2 = C.flatten_tokens(x)
     impl, lasting = _choose(op, x2.device, (x2, *w))
     call = _call(impl, (x2, *w))
-    if x.dim() == 2 and x2 is x:  # contiguous (M, K): the decode case
+    if x.dim() == 2 and x2 is x:  # contiguous, aligned (M, K): the decode case
         return call, lasting, impl.backend
     lead, k, n = tuple(x.shape[:-1]), x.shape[-1], w[0].shape[0]
     m = math.prod(lead)
     out_shape = (*lead, n)
+    if x.data_ptr() % 16:  # this layout starts off a 16-byte boundary: a copy, as flatten_tokens does
+        return (lambda x: call(x.reshape(m, k).clone()).view(out_shape)), lasting, impl.backend
     if x.is_contiguous():
         return (lambda x: call(x.view(m, k)).view(out_shape)), lasting, impl.backend
     return (lambda x: call(x.reshape(m, k).contiguous()).view(out_shape)), lasting, impl.backend
@@ -74,4 +83,5 @@ def bind_plain(op: str, check: Callable[..., None], args: tuple) -> tuple[Runner
     check(*args)
     impl, lasting = _choose(op, x.device, args)
     fn, mid = impl.fn, args[1:-1]
-    return (lambda x, residual: fn(x, *mid, residual)), lasting, impl.backend
+    call = lambda x, residual: fn(x, *mid, residual)  # noqa: E731
+    return (_replay.Replayer(call) if _replay.replayable(impl.backend) else call), lasting, impl.backend
