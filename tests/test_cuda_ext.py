@@ -270,10 +270,13 @@ def test_sparse24_small_m_goes_to_the_triton_gemv(m, served):
 
 
 @needs_cuda
-@pytest.mark.parametrize("m,served", [(16, "triton"), (1023, "triton"), (1024, "torch")])
+@pytest.mark.parametrize("m,served", [(16, "triton"), (-1, "triton"), (0, "torch")])
 def test_w8a16_large_m_goes_to_cublas(m, served):
+    """The measured crossover (int8_triton.W8A16_TORCH_FROM_M; m <= 0: that far from it)."""
+    from kernelswap.ops import int8_triton
     from kernelswap.ops.backend import choose
 
+    m = m if m > 0 else int8_triton.W8A16_TORCH_FROM_M + m
     w_q, w_s = packing.quantize_int8(torch.randn(64, 128, device="cuda"))
     x = torch.randn(m, 128, device="cuda", dtype=torch.bfloat16)
     assert choose("int8_weight_linear", x.device, x, w_q, w_s, None).backend == served

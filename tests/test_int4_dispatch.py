@@ -216,7 +216,7 @@ def _with_gemv(dtype, routes: dict) -> dict:
         return routes
     up_to = gemv_cuda.GEMV_UP_TO_M["int4_linear"]
     out = {m: ("_int4_gemv" if m <= up_to else r) for m, r in routes.items()}
-    out[up_to + 1] = "tinygemm" if dtype == torch.bfloat16 else "gemm_small"
+    out[up_to + 1] = routes[max(m for m in routes if m <= up_to + 1)]  # the table's path there
     return out
 
 

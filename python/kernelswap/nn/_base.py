@@ -13,7 +13,7 @@ forward that may be under CUDA-graph capture; `prepare()` makes them again after
 in-place change of a buffer.
 
 Host time: a forward call is decided once per input layout (shape, strides, dtype,
-device, forced backend): the checks, the backend choice and the bound kernel call are
+device, 16-byte alignment, forced backend): the checks, the backend choice and the bound kernel call are
 kept in a runner (kernelswap.ops._runner), so later calls with that layout are a dict
 lookup, a check that the buffers are still the ones the runner was bound to, and the
 kernel. Tracing, autograd and fake tensors take the op through the dispatcher instead.
@@ -188,7 +188,7 @@ class LinearModule(KernelswapModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) float -> (..., N) x.dtype
         if _runner.eager_ok(x):
-            hit = self._runs.get((x.shape, x.stride(), x.dtype, x.device, forced_backend()))
+            hit = self._runs.get((x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16, forced_backend()))
             if hit is not None and hit[1] == tuple(map(id, self._buffers.values())):
                 return hit[0](x)
         return self._forward_full(x)
@@ -199,6 +199,6 @@ class LinearModule(KernelswapModule):
         args = self.op_args()
         if not _runner.eager_ok(x):
             return op.overload(x, *args)  # tracing, autograd, fake tensors: through the dispatcher
-        key = (x.shape, x.stride(), x.dtype, x.device, forced_backend())
+        key = (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16, forced_backend())
         run = self._bind(key, lambda: _runner.bind_tokens(self.OP, op.check, x, *args))
         return op.overload(x, *args) if run is None else run(x)

@@ -71,14 +71,17 @@ def check_k_padded(op: str, x: Tensor, k_padded: int, multiple: int, what: str) 
 
 
 def flatten_tokens(x: Tensor) -> Tensor:
-    """(..., K) -> contiguous (M, K) with unit stride along K, also when M = 0
+    """(..., K) -> contiguous, 16-byte aligned (M, K) with unit stride along K, also when M = 0
     (an empty tensor counts as contiguous whatever its strides, so .contiguous() keeps them).
-    A contiguous 2-D x (a decode step's activations) is returned as it is: this runs per call."""
-    if x.dim() == 2 and x.is_contiguous() and x.stride(-1) == 1:
+    A contiguous, aligned 2-D x (a decode step's activations) is returned as it is: this runs per
+    call. An x that starts off a 16-byte boundary (a view at an odd offset) is copied: every
+    kernel may then read it in 16-byte vectors."""
+    if x.dim() == 2 and x.is_contiguous() and x.stride(-1) == 1 and x.data_ptr() % 16 == 0:
         return x
     if x.numel() == 0:
         return x.new_empty((math.prod(x.shape[:-1]), x.shape[-1]))
-    return x.reshape(-1, x.shape[-1]).contiguous()
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    return flat if flat.data_ptr() % 16 == 0 else flat.clone()
 
 
 def unflatten_tokens(y: Tensor, x: Tensor) -> Tensor:
