@@ -12,28 +12,16 @@ them, nn.Linear on the same input and an empty torch call (x.new_empty) as the f
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
 import kernelswap as ks
 from kernelswap.ops import _replay
+from overhead_quick import host_us as per_call_us  # the same timing loop (benchmarks/ is on sys.path)
 
 CASES = (("sparse24", 1), ("sparse24", 16), ("int8-weight", 16), ("int4", 128), ("int8-weight", 128),
          ("int8", 1), ("int8", 16), ("sparse24-int8", 1), ("int4", 1))
-
-
-def per_call_us(fn, calls: int) -> float:
-    for _ in range(50):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / calls * 1e6
 
 
 def main() -> None:
