@@ -30,6 +30,7 @@ def test_tiny_llama_runs_every_variant(tmp_path, reference_backend):
         assert "error" not in r, f"{r['variant']}: {r.get('error')}"
         # L1 is a difference of two generate() timings: on a busy CPU it can come out negative.
         assert math.isfinite(r["L1_ms_per_token"]) and r["L3_prefill_ms"] > 0
+        assert len(r["L1_rounds_ms"]) == 2 and r["L1_ms_per_token"] == min(r["L1_rounds_ms"])  # two rounds
         assert r["weight_bytes"] > 0 and -1.0 <= r["cosine_vs_bf16"] <= 1.0001
     bf16 = rows[0]
     assert bf16["cosine_vs_bf16"] == pytest.approx(1.0, abs=1e-5)
@@ -39,4 +40,5 @@ def test_tiny_llama_runs_every_variant(tmp_path, reference_backend):
     with open(tmp_path / "hf_llama.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert "kernelswap int4" in (tmp_path / "hf_llama.md").read_text()
+    assert "L1 of each round" in (tmp_path / "hf_llama.md").read_text()
     assert os.path.getsize(tmp_path / "hf_llama.png") > 0
