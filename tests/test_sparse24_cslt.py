@@ -199,17 +199,20 @@ def test_cslt_declines_under_capture_without_prepared_weight():
 
 @pytest.mark.gpu
 @needs_cslt
-def test_auto_choice_across_cslt_from_m():
+@pytest.mark.parametrize("from_m", [None, 256])
+def test_auto_choice_across_cslt_from_m(monkeypatch, from_m):
     """Auto mode on the GPU: cuSPARSELt from CSLT_FROM_M tokens on where our sm_90a GEMM
-    would serve, ours below it (and the Triton GEMV at M <= 16)."""
+    would serve, ours below it (and the Triton GEMV at M <= 16); with None (the measured
+    setting), ours at every M. Both settings, whichever the module ships with."""
     from kernelswap.ops import sparse24_cuda
     from kernelswap.ops._cuda import device_index, sm90_reason
 
-    if sm90_reason(device_index(torch.empty(1, device="cuda"))) is not None or sparse24_cslt.CSLT_FROM_M is None:
+    if sm90_reason(device_index(torch.empty(1, device="cuda"))) is not None:
         pytest.skip("the rule applies where the CUTLASS sm_90a 2:4 GEMM can serve")
+    monkeypatch.setattr(sparse24_cslt, "CSLT_FROM_M", from_m)
     _, _, values, meta = _case(1, 512, 1024, torch.bfloat16, "cuda")
-    for m in (sparse24_cuda.SPARSE24_TRITON_UP_TO_M + 1, sparse24_cslt.CSLT_FROM_M - 1, sparse24_cslt.CSLT_FROM_M):
+    for m in (sparse24_cuda.SPARSE24_TRITON_UP_TO_M + 1, 255, 256, 4096):
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         name = backend.choose("sparse24_linear", x.device, x, values, meta, None).fn.__name__
-        want = "_sparse24_linear_cslt" if m >= sparse24_cslt.CSLT_FROM_M else "_sparse24_linear_cuda"
+        want = "_sparse24_linear_cslt" if from_m is not None and m >= from_m else "_sparse24_linear_cuda"
         assert name == want, (m, name)
