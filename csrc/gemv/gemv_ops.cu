@@ -142,21 +142,29 @@ void launch(const Launcher& l, const Args& a, const Tensor& x) {
   r.l.run(r.a, r.grid, r.smem, current_stream(x));
 }
 
-// The Args every format fills the same way; null when there is nothing to launch.
-std::optional<Args> args(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, const Tensor& counters,
-                         Tensor& y, int64_t batches) {
-  if (!x.is_cuda() || x.size(0) == 0) return std::nullopt;  // Meta, or no rows: the shape is all
+// The Args every format fills the same way (the op entry points and the raw plans); x, out, ws
+// and the format's scales / zeros are the caller's to set.
+Args fill_args(const void* w, const float* bias, void* counters, int64_t M, int64_t K, int64_t N, int64_t n_tiles) {
   Args a{};
+  a.w = static_cast<const uint4*>(w);
+  a.bias = bias;
+  a.counters = static_cast<int*>(counters);
+  a.K = K;
+  a.M = static_cast<int>(M);
+  a.N = static_cast<int>(N);
+  a.n_tiles = static_cast<int>(n_tiles);
+  a.batches = static_cast<int>(ceil_div(K, kBatchK));
+  return a;
+}
+
+// The op entry points' Args; null when there is nothing to launch.
+std::optional<Args> args(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, const Tensor& counters,
+                         Tensor& y) {
+  if (!x.is_cuda() || x.size(0) == 0) return std::nullopt;  // Meta, or no rows: the shape is all
+  Args a = fill_args(w.const_data_ptr(), opt_ptr(bias), counters.mutable_data_ptr(), x.size(0), x.size(1), y.size(1),
+                     w.size(0));
   a.x = x.const_data_ptr();
-  a.w = static_cast<const uint4*>(w.const_data_ptr());
-  a.bias = opt_ptr(bias);
   a.out = y.mutable_data_ptr();
-  a.counters = static_cast<int*>(counters.mutable_data_ptr());
-  a.K = x.size(1);
-  a.M = static_cast<int>(x.size(0));
-  a.N = static_cast<int>(y.size(1));
-  a.n_tiles = static_cast<int>(w.size(0));
-  a.batches = static_cast<int>(batches);
   return a;
 }
 
@@ -205,7 +213,7 @@ Tensor int4_gemv(const Tensor& x, const Tensor& w, const Tensor& scales, const s
     STD_TORCH_CHECK(zeros->size(0) == w.size(0) && zeros->size(1) == cols, op, ": zeros must have the shape of scales");
   }
   Tensor y = torch::stable::new_empty(x, {x.size(0), n});
-  auto a = args(x, w, bias, counters, y, batches);
+  auto a = args(x, w, bias, counters, y);
   if (!a) return y;
   a->scales = scales.const_data_ptr();
   a->zeros = zeros.has_value() ? zeros->const_data_ptr() : nullptr;
@@ -216,12 +224,12 @@ Tensor int4_gemv(const Tensor& x, const Tensor& w, const Tensor& scales, const s
 
 Tensor int8_gemv_impl(const char* op, int format, const Tensor& x, const Tensor& w, const Tensor& w_scale,
                       const std::optional<Tensor>& bias, const Tensor& counters, int64_t n) {
-  const int64_t batches = check_common(op, x, w, 8 * 32 * 16, bias, counters, n);
+  check_common(op, x, w, 8 * 32 * 16, bias, counters, n);
   check_vector(op, "w_scale", w_scale, n);
   check_on_x_device(op, "w_scale", w_scale, x);
   STD_TORCH_CHECK(x.size(1) <= (1LL << 17), op, ": K must be at most 2^17 (int32 accumulation is exact there)");
   Tensor y = torch::stable::new_empty(x, {x.size(0), n});
-  auto a = args(x, w, bias, counters, y, batches);
+  auto a = args(x, w, bias, counters, y);
   if (!a) return y;
   a->scales = w_scale.const_data_ptr();
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
@@ -273,17 +281,9 @@ void* kernelswap_gemv_plan(int format, int group_size, int bf16, const void* w, 
   if (!ok) return nullptr;
   GemvPlan* plan = nullptr;
   raw::guarded([&] {
-    Args a{};
-    a.w = static_cast<const uint4*>(w);
+    Args a = fill_args(w, static_cast<const float*>(bias), counters, M, K, N, n_tiles);
     a.scales = scales;
     a.zeros = zeros;
-    a.bias = static_cast<const float*>(bias);
-    a.counters = static_cast<int*>(counters);
-    a.K = K;
-    a.M = static_cast<int>(M);
-    a.N = static_cast<int>(N);
-    a.n_tiles = static_cast<int>(n_tiles);
-    a.batches = static_cast<int>(ceil_div(K, kBatchK));
     auto p = std::make_unique<GemvPlan>();
     p->device = device;
     p->launch = plan_launch(pick(format, group_size, bf16 != 0, M), a, device);

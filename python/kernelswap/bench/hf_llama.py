@@ -229,12 +229,13 @@ def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, st
     ref: dict = {}
     eager = tuple(m for m in ("L1", "L3") if m in measures)
     passes = [(eager, False)] * (max(1, rounds) if eager else 0) + ([((), True)] if "L2" in measures else [])
-    for eager_measures, compiled in passes:
+    for i, (eager_measures, compiled) in enumerate(passes):
+        last = i == len(passes) - 1
         for row, (_, build) in zip(rows, chosen):
             if "error" not in row:
                 _measure_variant(row, build, ids, shape, device, eager_measures, compiled, new_tokens, prefill,
                                  steps, reps, profile_to, ref)
-            if compiled or ("L2" not in measures and len(row.get("L1_rounds_ms", [0] * rounds)) >= rounds):
+            if last:
                 log("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return rows
 

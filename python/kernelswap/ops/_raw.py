@@ -157,6 +157,30 @@ def gemv_runner(x: Tensor, fmt: int, group_size: int, w: Tensor, scales: Tensor,
     return _runner(lib.kernelswap_gemv_run, plan, dev.index, n, ws.value, (w, scales, zeros, bias, counters), fallback)
 
 
+def dense_linear(kind: int, bind: Callable) -> Callable:
+    """Impl.raw for a dense 8-bit linear op (x, w_q, w_scale, bias): quantize + GEMM in one raw
+    call; bind(w_q, w_scale, bias) is the op-based runner it falls back to."""
+    from ._cuda import bias32
+
+    def raw(x, w_q, w_scale, bias):
+        return gemm_runner(x, kind, w_q, None, w_scale, bias32(bias), w_q.shape[0], x.shape[1],
+                           bind(w_q, w_scale, bias))
+    return raw
+
+
+def sparse_linear(kind: int, layout: Callable, bind: Callable) -> Callable:
+    """Impl.raw for a 2:4 linear op (x, values, meta[, w_scale], bias): layout(values, meta) gives the
+    CUTLASS sm_90a (values, meta); bind(values, meta, ...) is the op-based runner it falls back to."""
+    from ._cuda import bias32
+
+    def raw(x, values, meta, *rest):
+        v, e = layout(values, meta)
+        w_scale = rest[0] if len(rest) == 2 else None
+        return gemm_runner(x, kind, v, e, w_scale, bias32(rest[-1]), values.shape[0], x.shape[1],
+                           bind(values, meta, *rest))
+    return raw
+
+
 def gemm_runner(x: Tensor, kind: int, w: Tensor, meta: Tensor | None, w_scale: Tensor | None,
                 bias: Tensor | None, n: int, k: int, fallback: Callable) -> Callable | None:
     """A raw runner of an sm_90a CUTLASS GEMM (csrc/sm90_gemm_ops.cu), quantizing x first for the

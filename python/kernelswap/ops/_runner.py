@@ -66,8 +66,8 @@ def bind_tokens(op: str, check: Callable[..., None], x: Tensor, *weights) -> tup
     lead, k, n = tuple(x.shape[:-1]), x.shape[-1], w[0].shape[0]
     m = math.prod(lead)
     out_shape = (*lead, n)
-    if x.data_ptr() % 16:  # this layout starts off a 16-byte boundary: a copy, as flatten_tokens does
-        return (lambda x: call(x.reshape(m, k).clone()).view(out_shape)), lasting, impl.backend
+    if x.data_ptr() % 16:  # this layout starts off a 16-byte boundary: flatten_tokens copies it
+        return (lambda x: call(C.flatten_tokens(x)).view(out_shape)), lasting, impl.backend
     if x.is_contiguous():
         return (lambda x: call(x.view(m, k)).view(out_shape)), lasting, impl.backend
     return (lambda x: call(x.reshape(m, k).contiguous()).view(out_shape)), lasting, impl.backend

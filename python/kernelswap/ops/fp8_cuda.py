@@ -91,14 +91,8 @@ def _fp8_linear_bind(w_q, w_scale, bias):
     return _run_w8a8(torch.ops.kernelswap._C_fp8_mm.default, w_q, w_scale, bias32(bias))
 
 
-def _fp8_linear_raw(x, w_q, w_scale, bias):
-    """The e4m3 quantize + GEMM in one raw call for x's layout (ops/_raw.py), or None."""
-    return _raw.gemm_runner(x, _raw.GEMM_FP8_LINEAR, w_q, None, w_scale, bias32(bias), w_q.shape[0], x.shape[1],
-                            _fp8_linear_bind(w_q, w_scale, bias))
-
-
 @register("fp8_linear", "cuda", supports=_fp8_linear_supports, prepare=_prepare_dense, bind=_fp8_linear_bind,
-          raw=_fp8_linear_raw)
+          raw=_raw.dense_linear(_raw.GEMM_FP8_LINEAR, _fp8_linear_bind))
 def _fp8_linear_cuda(x, w_q, w_scale, bias):
     return _fp8_linear_bind(w_q, w_scale, bias)(x)
 
@@ -136,14 +130,9 @@ def _sparse_bind(values, meta, w_scale, bias):
     return _run_w8a8(torch.ops.kernelswap._C_sparse24_fp8_mm.default, v, e, w_scale, bias32(bias))
 
 
-def _sparse_raw(x, values, meta, w_scale, bias):
-    """The e4m3 quantize + 2:4 GEMM in one raw call for x's layout (ops/_raw.py), or None."""
-    v, e = _sm90_layout("sparse24_fp8_linear", values, meta)
-    return _raw.gemm_runner(x, _raw.GEMM_SPARSE24_FP8, v, e, w_scale, bias32(bias), values.shape[0], x.shape[1],
-                            _sparse_bind(values, meta, w_scale, bias))
-
-
-@register("sparse24_fp8_linear", "cuda", supports=_sparse_supports, bind=_sparse_bind, raw=_sparse_raw,
+@register("sparse24_fp8_linear", "cuda", supports=_sparse_supports, bind=_sparse_bind,
+          raw=_raw.sparse_linear(_raw.GEMM_SPARSE24_FP8, lambda v, m: _sm90_layout("sparse24_fp8_linear", v, m),
+                                 _sparse_bind),
           prepare=_prepare_for("sparse24_fp8_linear", _weights_reason, _sm90_layout))
 def _sparse24_fp8_linear_cuda(x, values, meta, w_scale, bias):
     return _sparse_bind(values, meta, w_scale, bias)(x)

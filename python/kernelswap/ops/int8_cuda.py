@@ -50,13 +50,7 @@ def _int8_linear_bind(w_q, w_scale, bias):
     return run
 
 
-def _int8_linear_raw(x, w_q, w_scale, bias):
-    """The quantize + GEMM in one raw call for x's layout (ops/_raw.py), or None."""
-    return _raw.gemm_runner(x, _raw.GEMM_INT8_LINEAR, w_q, None, w_scale, bias32(bias), w_q.shape[0], x.shape[1],
-                            _int8_linear_bind(w_q, w_scale, bias))
-
-
 @register("int8_linear", "cuda", supports=_int8_linear_supports, prepare=_prepare_bias, bind=_int8_linear_bind,
-          raw=_int8_linear_raw)
+          raw=_raw.dense_linear(_raw.GEMM_INT8_LINEAR, _int8_linear_bind))
 def _int8_linear_cuda(x, w_q, w_scale, bias):
     return _int8_linear_bind(w_q, w_scale, bias)(x)

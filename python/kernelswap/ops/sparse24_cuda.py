@@ -112,21 +112,9 @@ def _sparse24_int8_bind(values, meta, w_scale, bias):
     return run
 
 
-def _sparse24_raw(x, values, meta, bias):
-    """The 2:4 GEMM in one raw call for x's layout (ops/_raw.py), or None."""
-    v, e = _sm90_layout("sparse24_linear", values, meta)
-    return _raw.gemm_runner(x, _raw.GEMM_SPARSE24, v, e, None, bias32(bias), values.shape[0], x.shape[1],
-                            _sparse24_bind(values, meta, bias))
-
-
-def _sparse24_int8_raw(x, values, meta, w_scale, bias):
-    """The quantize + int8 2:4 GEMM in one raw call for x's layout (ops/_raw.py), or None."""
-    v, e = _sm90_layout("sparse24_int8_linear", values, meta)
-    return _raw.gemm_runner(x, _raw.GEMM_SPARSE24_INT8, v, e, w_scale, bias32(bias), values.shape[0], x.shape[1],
-                            _sparse24_int8_bind(values, meta, w_scale, bias))
-
-
-@register("sparse24_linear", "cuda", supports=_sparse24_supports, bind=_sparse24_bind, raw=_sparse24_raw,
+@register("sparse24_linear", "cuda", supports=_sparse24_supports, bind=_sparse24_bind,
+          raw=_raw.sparse_linear(_raw.GEMM_SPARSE24, lambda v, m: _sm90_layout("sparse24_linear", v, m),
+                                 _sparse24_bind),
           prepare=_prepare_for("sparse24_linear", _sm90_weights_reason, _sm90_layout))
 def _sparse24_linear_cuda(x, values, meta, bias):
     return _sparse24_bind(values, meta, bias)(x)
@@ -140,7 +128,8 @@ def _sparse24_int8_supports(x, values, meta, w_scale, bias):
 
 
 @register("sparse24_int8_linear", "cuda", supports=_sparse24_int8_supports, bind=_sparse24_int8_bind,
-          raw=_sparse24_int8_raw,
+          raw=_raw.sparse_linear(_raw.GEMM_SPARSE24_INT8, lambda v, m: _sm90_layout("sparse24_int8_linear", v, m),
+                                 _sparse24_int8_bind),
           prepare=_prepare_for("sparse24_int8_linear", _sm90_weights_reason, _sm90_layout))
 def _sparse24_int8_linear_cuda(x, values, meta, w_scale, bias):
     return _sparse24_int8_bind(values, meta, w_scale, bias)(x)
