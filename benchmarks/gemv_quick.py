@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import triton
 
 import kernelswap
-from kernelswap.bench.timing import capture_graph
+from kernelswap.bench.timing import capture_graph, replay_ms
 from kernelswap.ops import backend, int8_cuda
 from kernelswap.packing import quantize_int4
 
@@ -83,14 +83,7 @@ def time_graph(fn, weights, replays: int = 5) -> float:
     """ms of one fn(weights[i]) replayed from a CUDA graph of one call per weight (no host time):
     the kernels' own time, each call reading weights the previous calls did not."""
     graph, _ = capture_graph(lambda: [fn(w) for w in weights])
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / (replays * len(weights))
+    return replay_ms(graph, replays) / len(weights)
 
 
 def row(kernel, be, m, k, n, ms, eager_ms, nbytes, bw, bf16_ms) -> dict:

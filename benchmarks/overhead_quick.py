@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import kernelswap as ks
-from kernelswap.bench.timing import capture_graph
+from kernelswap.bench.timing import capture_graph, replay_ms
 
 RECIPES = ("int8", "int8-weight", "int4", "sparse24", "sparse24-int8")
 
@@ -47,15 +47,7 @@ def host_us(fn, calls: int) -> float:
 def graph_us(fn, reps: int = 200) -> float:
     """Per-replay time of a CUDA graph of 10 calls of fn (so launch gaps are amortised)."""
     g, _ = capture_graph(lambda: [fn() for _ in range(10)])
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        g.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / reps / 10
+    return replay_ms(g, reps) * 1e3 / 10
 
 
 def linear_cases(dtype, k=4096, n=4096):

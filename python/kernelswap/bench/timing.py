@@ -175,3 +175,16 @@ def capture_graph(fn: Callable[[], object], warmup: int = 3) -> tuple[torch.cuda
     with torch.cuda.graph(graph):
         out = fn()
     return graph, out
+
+
+def replay_ms(graph: torch.cuda.CUDAGraph, replays: int) -> float:
+    """ms per replay of `graph`, event-timed over `replays` replays after one untimed replay."""
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / replays
