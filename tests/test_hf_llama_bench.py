@@ -17,7 +17,7 @@ def test_tiny_llama_runs_every_variant(tmp_path, reference_backend):
     # Every variant through L1 and L3; the compiled decode step (dynamo, fullgraph) for bf16 and the
     # recipes that once broke under cudagraphs (W8A16, 2:4), to keep the CPU run short.
     rows = hf_llama.run(layers=1, shape=hf_llama.TINY, device="cpu", new_tokens=3, prefill=8, steps=2, reps=1,
-                        log=lambda s: None, measures=("L1", "L3"))
+                        log=lambda s: None, measures=("L1", "L3"), rounds=2)
     compiled = hf_llama.run(layers=1, shape=hf_llama.TINY, device="cpu", new_tokens=3, prefill=8, steps=2, reps=1,
                             log=lambda s: None, measures=("L2",), only=("int8-weight", "sparse24"))
     assert [r["variant"] for r in compiled] == ["bf16", "kernelswap int8-weight", "kernelswap sparse24",
@@ -27,10 +27,14 @@ def test_tiny_llama_runs_every_variant(tmp_path, reference_backend):
     names = [r["variant"] for r in rows]
     assert names[:6] == ["bf16"] + [f"kernelswap {r}" for r in hf_llama.RECIPES]
     for r in rows:
+        if r["variant"].startswith("torchao") and "error" in r:
+            continue  # a peer that fails where it is installed (e.g. torchao's int4 without mslk) is recorded
         assert "error" not in r, f"{r['variant']}: {r.get('error')}"
         # L1 is a difference of two generate() timings: on a busy CPU it can come out negative.
         assert math.isfinite(r["L1_ms_per_token"]) and r["L3_prefill_ms"] > 0
-        assert len(r["L1_rounds_ms"]) == 2 and r["L1_ms_per_token"] == min(r["L1_rounds_ms"])  # two rounds
+        # Two interleaved rounds; L1 comes from the best N-token and best 1-token samples, so it
+        # need not equal any one round's figure.
+        assert len(r["L1_rounds_ms"]) == 2 and all(math.isfinite(v) for v in r["L1_rounds_ms"])
         assert r["weight_bytes"] > 0 and -1.0 <= r["cosine_vs_bf16"] <= 1.0001
     bf16 = rows[0]
     assert bf16["cosine_vs_bf16"] == pytest.approx(1.0, abs=1e-5)

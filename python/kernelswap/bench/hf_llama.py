@@ -8,14 +8,15 @@ bf16 weights). For bf16, each linear recipe of kernelswap.swap, and torchao's in
 weight-only configs when torchao is importable, all in one run:
   L1  eager `generate()` (greedy, `--new-tokens` new tokens): ms per new token, measured as
       (time of generating N tokens - time of generating 1) / (N - 1), so prefill is excluded;
+      timed in `--rounds` interleaved rounds over all variants (see `run`);
   L2  one decode step with a StaticCache under torch.compile(mode="reduce-overhead",
       fullgraph=True): ms per step (CUDA graphs; torch.compiler.cudagraph_mark_step_begin()
       between steps);
   L3  prefill of `--prefill` tokens, eager: ms;
 plus the last-position logits' cosine and top-1 agreement against bf16 on the same prompt,
-and the bytes of weights on the device (with the layouts kernelswap layers prepared). The eager
-measures of every variant are taken before any variant is compiled, in `--rounds` passes over
-all variants (the best round is kept, every round's L1 is written too). A variant that fails is recorded with its error,
+and the bytes of weights on the device (with the layouts kernelswap layers prepared). Every
+variant is built once and kept on the device; its eager measures are taken before any variant
+is compiled. A variant that fails is recorded with its error,
 never dropped. `--tiny` runs a small config of the same model through the same code (the
 CPU test does; its timings say nothing about GPU speed).
 Writes hf_llama.csv, hf_llama.md and hf_llama.png into --out.
@@ -96,12 +97,17 @@ def _seconds(fn: Callable, device: str, reps: int) -> float:
     return statistics.median(times)
 
 
-def l1_eager_generate_ms(model, ids, new_tokens: int, device: str, reps: int) -> float:
+def l1_generate_seconds(model, ids, new_tokens: int, device: str) -> tuple[float, float]:
+    """One sample of eager generate(): (seconds for `new_tokens` tokens, seconds for 1 token)."""
     def gen(n):
         return lambda: model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    gen(2)()  # warm-up: kernels compile and load, runners bind
-    gen(new_tokens)()
-    return (_seconds(gen(new_tokens), device, reps) - _seconds(gen(1), device, reps)) / (new_tokens - 1) * 1e3
+    return _seconds(gen(new_tokens), device, 1), _seconds(gen(1), device, 1)
+
+
+def l1_warm_up(model, ids, new_tokens: int) -> None:
+    """Kernels compile and load, runners bind (and replayed runners record) before any timing."""
+    for n in (2, new_tokens):
+        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
 
 def _cache_kw(model) -> str:
@@ -176,67 +182,92 @@ def profile_generate(model, ids, new_tokens: int, top: int = 15) -> str:
     return out.getvalue()
 
 
-def _measure_variant(row: dict, build: Callable, ids, shape: dict, device: str, eager: tuple[str, ...],
-                     compiled: bool, new_tokens: int, prefill: int, steps: int, reps: int, profile_to: str,
-                     ref: dict) -> None:
-    """Fill `row` with this variant's measures; an exception is recorded in row["error"]."""
+def _guarded(row: dict, fn: Callable) -> None:
+    """Run fn(); an exception is recorded in row["error"] (the variant is never dropped)."""
+    if "error" in row:
+        return
     try:
         with torch.no_grad():
-            model = build()
-            if "weight_bytes" not in row:
-                row["weight_bytes"] = weight_bytes(model)
-                logits = model(input_ids=ids).logits[0, -1].float()
-                ref.setdefault("logits", logits)
-                row["cosine_vs_bf16"] = float(torch.nn.functional.cosine_similarity(logits, ref["logits"], dim=0))
-                row["top1_agrees"] = int(logits.argmax() == ref["logits"].argmax())
-            if "L1" in eager:
-                ms = l1_eager_generate_ms(model, ids, new_tokens, device, reps)
-                row["L1_ms_per_token"] = min(ms, row.get("L1_ms_per_token", ms))  # the best round
-                row.setdefault("L1_rounds_ms", []).append(ms)
-                if profile_to and len(row["L1_rounds_ms"]) == 1:
-                    with open(profile_to, "a") as f:
-                        f.write(f"==== {row['variant']}: one generate() of {new_tokens} tokens\n")
-                        f.write(profile_generate(model, ids, new_tokens))
-            if "L3" in eager:
-                ms = l3_prefill_ms(model, prefill, shape["vocab_size"], device, reps)
-                row["L3_prefill_ms"] = min(ms, row.get("L3_prefill_ms", ms))
-            if compiled:
-                torch._dynamo.reset()
-                mode = "reduce-overhead" if device == "cuda" else None
-                row["L2_ms_per_step"] = l2_static_compiled_step_ms(model, ids, steps, device, mode)
+            fn()
     except Exception as e:  # noqa: BLE001 - record the failure, keep going
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
     finally:
         torch._dynamo.reset()
-        model = None  # free the variant (bf16 is the base, kept for the next copies)
-        if device == "cuda":
-            torch.cuda.empty_cache()
+
+
+def _first_look(row: dict, model, ids, ref: dict) -> None:
+    row["weight_bytes"] = weight_bytes(model)
+    logits = model(input_ids=ids).logits[0, -1].float()
+    ref.setdefault("logits", logits)
+    row["cosine_vs_bf16"] = float(torch.nn.functional.cosine_similarity(logits, ref["logits"], dim=0))
+    row["top1_agrees"] = int(logits.argmax() == ref["logits"].argmax())
 
 
 def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, steps: int, reps: int,
         log: Callable[[str], None] = print, measures: tuple[str, ...] = ("L1", "L2", "L3"),
-        only: tuple[str, ...] = (), profile_to: str = "", rounds: int = 2) -> list[dict]:
-    """Every variant's eager measures (L1, L3) first, then every variant's compiled step (L2): so no
-    eager figure, the baseline's included, is taken in a process that has already compiled. The
-    eager measures go over all variants `rounds` times and keep each variant's best round: a
-    host whose speed drifts during the run (seen on the H200 machine) then weighs on no variant
-    alone; every round's L1 is kept in the row (L1_rounds_ms)."""
+        only: tuple[str, ...] = (), profile_to: str = "", rounds: int = 5,
+        checkpoint: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Every variant is built once and kept on the device. Its eager measures (L1, L3) are taken
+    before any variant is compiled (L2), so no eager figure, the baseline's included, comes from a
+    process that has already compiled.
+
+    L1 is timed interleaved: `rounds` rounds, each taking one sample of every variant in turn (one
+    generate() of `new_tokens` tokens and one of 1 token). A host whose speed drifts over seconds
+    (seen on the H200 machine: the same bf16 model 4.3 and 7.7 ms/token a minute apart) then
+    weighs on all variants alike. L1 = (best N-token time - best 1-token time) / (N - 1): host
+    noise only ever adds time, so the best sample of each is the least disturbed one. Every
+    round's own L1 is kept in the row (L1_rounds_ms). checkpoint(rows), when given, is called after
+    the eager measures and after each compiled variant (so a run stopped by a time limit keeps
+    what it measured)."""
+    checkpoint = checkpoint or (lambda rows: None)
     base = build_model(layers, shape, device, torch.bfloat16)
     ids = torch.randint(0, shape["vocab_size"], (1, PROMPT), device=device)
     chosen = [(n, b) for n, b in variants(base) if not only or n == "bf16" or any(o in n for o in only)]
     dev = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     rows = [{"variant": n, "layers": layers, "device": dev} for n, _ in chosen]
+    models: dict[str, nn.Module] = {}
     ref: dict = {}
-    eager = tuple(m for m in ("L1", "L3") if m in measures)
-    passes = [(eager, False)] * (max(1, rounds) if eager else 0) + ([((), True)] if "L2" in measures else [])
-    for i, (eager_measures, compiled) in enumerate(passes):
-        last = i == len(passes) - 1
-        for row, (_, build) in zip(rows, chosen):
-            if "error" not in row:
-                _measure_variant(row, build, ids, shape, device, eager_measures, compiled, new_tokens, prefill,
-                                 steps, reps, profile_to, ref)
-            if last:
-                log("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    for row, (name, build) in zip(rows, chosen):
+        def setup(row=row, name=name, build=build):
+            models[name] = build()
+            _first_look(row, models[name], ids, ref)
+            if "L1" in measures:
+                l1_warm_up(models[name], ids, new_tokens)
+        _guarded(row, setup)
+    live = [(row, models[row["variant"]]) for row in rows if "error" not in row]
+    if "L1" in measures:
+        best: dict[str, list[float]] = {}
+        for _ in range(max(1, rounds)):
+            for row, model in live:
+                def sample(row=row, model=model):
+                    t_n, t_1 = l1_generate_seconds(model, ids, new_tokens, device)
+                    row.setdefault("L1_rounds_ms", []).append((t_n - t_1) / (new_tokens - 1) * 1e3)
+                    b = best.setdefault(row["variant"], [t_n, t_1])
+                    b[:] = [min(b[0], t_n), min(b[1], t_1)]
+                _guarded(row, sample)
+        for row, _ in live:
+            if row["variant"] in best and "error" not in row:
+                t_n, t_1 = best[row["variant"]]
+                row["L1_ms_per_token"] = (t_n - t_1) / (new_tokens - 1) * 1e3
+    for row, model in live:
+        if profile_to and "L1" in measures:
+            def prof(row=row, model=model):
+                with open(profile_to, "a") as f:
+                    f.write(f"==== {row['variant']}: one generate() of {new_tokens} tokens\n")
+                    f.write(profile_generate(model, ids, new_tokens))
+            _guarded(row, prof)
+        if "L3" in measures:
+            _guarded(row, lambda row=row, model=model: row.__setitem__(
+                "L3_prefill_ms", l3_prefill_ms(model, prefill, shape["vocab_size"], device, reps)))
+    checkpoint(rows)
+    if "L2" in measures:
+        mode = "reduce-overhead" if device == "cuda" else None
+        for row, model in live:
+            _guarded(row, lambda row=row, model=model: row.__setitem__(
+                "L2_ms_per_step", l2_static_compiled_step_ms(model, ids, steps, device, mode)))
+            checkpoint(rows)
+    for row in rows:
+        log("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return rows
 
 
@@ -270,7 +301,7 @@ def write(rows: list[dict], out: str, header: str) -> None:
                      f"{r.get('top1_agrees', '-')} | {r.get('weight_bytes', 0) / 1e9:.2f} | {r.get('error', '')} |")
     rounds = [f"{r['variant']} {_cell(r['L1_rounds_ms'])}" for r in rows if len(r.get("L1_rounds_ms", [])) > 1]
     if rounds:
-        lines += ["", "L1 of each round, ms/token (the table keeps the best): " + "; ".join(rounds)]
+        lines += ["", "L1 of each round, ms/token (the table's L1 is from the best N-token and best 1-token samples): " + "; ".join(rounds)]
     with open(os.path.join(out, "hf_llama.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     try:
@@ -300,7 +331,7 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2, help="passes of the eager measures over all variants")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of L1 samples over all variants")
     ap.add_argument("--measures", default="L1,L2,L3", help="which of L1, L2, L3 to time")
     ap.add_argument("--variants", default="", help="comma-separated substrings: only these variants (and bf16)")
     ap.add_argument("--profile", default="", help="append a cProfile of one generate() per variant to this file")
@@ -308,12 +339,13 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     shape = TINY if a.tiny else LLAMA_8B
+    import kernelswap
+    dev = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
+    header = (f"HF LlamaForCausalLM, {a.layers} layers, {'tiny config' if a.tiny else 'Llama-3-8B layer shapes'}, "
+              f"bf16, {dev}, torch {torch.__version__}, kernelswap {kernelswap.__version__}")
     rows = run(a.layers, shape, a.device, a.new_tokens, a.prefill, a.steps, a.reps,
                measures=tuple(a.measures.split(",")), only=tuple(v for v in a.variants.split(",") if v),
-               profile_to=a.profile, rounds=a.rounds)
-    import kernelswap
-    header = (f"HF LlamaForCausalLM, {a.layers} layers, {'tiny config' if a.tiny else 'Llama-3-8B layer shapes'}, "
-              f"bf16, {rows[0]['device']}, torch {torch.__version__}, kernelswap {kernelswap.__version__}")
+               profile_to=a.profile, rounds=a.rounds, checkpoint=lambda rows: write(rows, a.out, header))
     write(rows, a.out, header)
     print(open(os.path.join(a.out, "hf_llama.md")).read())
 
