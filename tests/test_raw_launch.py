@@ -161,8 +161,12 @@ def test_layer_runs_raw_and_matches_the_op(recipe, k, n, ms):
             assert _served_raw(layer), f"{recipe} M={m}: the cuda backend served without a raw plan ({_raw.reason()})"
             ref = _op_path(layer, x)
             assert torch.equal(y, ref), f"{recipe} M={m}: raw launch differs from the op"
-            y3 = layer(x.view(1, m, k))  # a leading dim: the runner of another layout, same plan kind
-            assert torch.equal(y3.view(m, n), ref)
+            for lead in ((1, m), (m, 1)):  # leading dims: the runner of another layout, the raw plan
+                y3 = layer(x.view(*lead, k))  # itself, its output made in (*lead, N) (for_shape)
+                assert y3.shape == (*lead, n) and y3.is_contiguous()
+                assert torch.equal(y3.view(m, n), ref)
+            assert all(hasattr(run, "plan") for run, _ in layer._runs.values()), \
+                f"{recipe} M={m}: a leading-dim layout is not served by the raw plan directly"
 
 
 @needs_cuda

@@ -108,33 +108,43 @@ def plain(t: Tensor | None, dtype: torch.dtype | None, device: torch.device) -> 
                          and (dtype is None or t.dtype == dtype))
 
 
-def _runner(run_c, plan: _Plan, index: int, n: int, scratch_bytes: int, keep: tuple,
+def _runner(run_c, plan: _Plan, index: int, mn: tuple[int, int], scratch_bytes: int, keep: tuple,
             fallback: Callable) -> Callable:
-    """fn(x (M, K) contiguous) -> (M, n) x.dtype through one raw call; `keep` holds the tensors the
-    plan points into (the runner lives as long as they must); `fallback` serves misaligned calls."""
+    """fn(x (M, K) contiguous) -> (M, N) x.dtype through one raw call (mn = (M, N), the plan's);
+    `keep` holds the tensors the plan points into (the runner lives as long as they must);
+    `fallback` serves misaligned calls.
+    fn.for_shape(out_shape) is the same runner for a contiguous x of any leading dims that hold
+    M tokens in all, its output made in out_shape (..., N) directly: the plan reads x through its
+    pointer, so a (batch, 1, K) decode input needs no view in and out."""
     handle, current = plan.handle, torch._C._cuda_getCurrentRawStream
     kept: dict[int, Tensor] = {}  # stream -> its scratch: calls on one stream never overlap
 
-    def run(x: Tensor) -> Tensor:
-        out = x.new_empty((x.shape[0], n))
-        stream = current(index)
-        if scratch_bytes:
-            scratch = kept.get(stream)
-            if scratch is None:
-                scratch = x.new_empty(scratch_bytes, dtype=torch.uint8)
-                if scratch_bytes <= SCRATCH_LIMIT and not torch.cuda.is_current_stream_capturing():
-                    kept[stream] = scratch  # not memory of a CUDA graph's pool
-            rc = run_c(handle, x.data_ptr(), out.data_ptr(), scratch.data_ptr(), stream)
-        else:
-            rc = run_c(handle, x.data_ptr(), out.data_ptr(), None, stream)
-        if rc:
-            if rc == MISALIGNED:
-                return fallback(x)
-            raise RuntimeError(f"kernelswap: {error()}")
-        return out
+    def make(out_shape: tuple) -> Callable:
+        miss = fallback if out_shape == mn else (
+            lambda x: fallback(x.reshape(mn[0], -1)).view(out_shape))
 
-    run.plan, run.keep = plan, keep  # alive with the runner
-    return run
+        def run(x: Tensor) -> Tensor:
+            out = x.new_empty(out_shape)
+            stream = current(index)
+            if scratch_bytes:
+                scratch = kept.get(stream)
+                if scratch is None:
+                    scratch = x.new_empty(scratch_bytes, dtype=torch.uint8)
+                    if scratch_bytes <= SCRATCH_LIMIT and not torch.cuda.is_current_stream_capturing():
+                        kept[stream] = scratch  # not memory of a CUDA graph's pool
+                rc = run_c(handle, x.data_ptr(), out.data_ptr(), scratch.data_ptr(), stream)
+            else:
+                rc = run_c(handle, x.data_ptr(), out.data_ptr(), None, stream)
+            if rc:
+                if rc == MISALIGNED:
+                    return miss(x)
+                raise RuntimeError(f"kernelswap: {error()}")
+            return out
+
+        run.plan, run.keep, run.for_shape = plan, keep, make  # alive with the runner
+        return run
+
+    return make(mn)
 
 
 def gemv_runner(x: Tensor, fmt: int, group_size: int, w: Tensor, scales: Tensor, zeros: Tensor | None,
@@ -154,7 +164,8 @@ def gemv_runner(x: Tensor, fmt: int, group_size: int, w: Tensor, scales: Tensor,
     if not handle:
         raise RuntimeError(f"kernelswap: {error()}")
     plan = _Plan(handle, lib.kernelswap_raw_free)
-    return _runner(lib.kernelswap_gemv_run, plan, dev.index, n, ws.value, (w, scales, zeros, bias, counters), fallback)
+    return _runner(lib.kernelswap_gemv_run, plan, dev.index, (x.shape[0], n), ws.value,
+                   (w, scales, zeros, bias, counters), fallback)
 
 
 def dense_linear(kind: int, bind: Callable) -> Callable:
@@ -198,4 +209,5 @@ def gemm_runner(x: Tensor, kind: int, w: Tensor, meta: Tensor | None, w_scale: T
     if not handle:
         raise RuntimeError(f"kernelswap: {error()}")
     plan = _Plan(handle, lib.kernelswap_raw_free)
-    return _runner(lib.kernelswap_gemm_run, plan, dev.index, n, scratch.value, (w, meta, w_scale, bias), fallback)
+    return _runner(lib.kernelswap_gemm_run, plan, dev.index, (x.shape[0], n), scratch.value,
+                   (w, meta, w_scale, bias), fallback)

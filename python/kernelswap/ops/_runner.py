@@ -69,6 +69,8 @@ def bind_tokens(op: str, check: Callable[..., None], x: Tensor, *weights) -> tup
     if x.data_ptr() % 16:  # this layout starts off a 16-byte boundary: flatten_tokens copies it
         return (lambda x: call(C.flatten_tokens(x)).view(out_shape)), lasting, impl.backend
     if x.is_contiguous():
+        if hasattr(call, "for_shape"):  # a raw runner: it takes x as it is (ops/_raw.py)
+            return call.for_shape(out_shape), lasting, impl.backend
         return (lambda x: call(x.view(m, k)).view(out_shape)), lasting, impl.backend
     return (lambda x: call(x.reshape(m, k).contiguous()).view(out_shape)), lasting, impl.backend
 
