@@ -203,7 +203,9 @@ def _cfg(bn, bk, split_k=1, warps=4, stages=3) -> triton.Config:
 def fma_configs() -> list[triton.Config]:
     """M = 1 on CUDA cores (gather mode). Registers a thread (ptxas, sm_90, Triton 3.6):
     90 at BLOCK_N 32 x BLOCK_K 256 / 4 warps, ~160 at 64 x 256 and 64-128 x 256-512 / 8 warps.
-    N = 14336-28672 gives 112-896 CTAs at BLOCK_N 32-128; split-K for narrow layers.
+    N = 14336-28672 gives 112-896 CTAs at BLOCK_N 32-128; narrow layers (N = 1024-4096) get
+    64-256 CTAs at BLOCK_N 16 instead of split-K: M = 1 is the eager decode step, where the
+    host time of a second (reduce) launch costs more than the few SMs a narrow layer leaves idle.
     The first entry serves the interpreter only (small, so CPU tests stay fast)."""
     configs = [
         _cfg(16, 64, warps=1, stages=2),
@@ -211,7 +213,8 @@ def fma_configs() -> list[triton.Config]:
         _cfg(64, 256, warps=4, stages=3),
         _cfg(64, 512, warps=8, stages=3),
         _cfg(128, 256, warps=8, stages=3),
-        _cfg(32, 512, split_k=2, warps=4, stages=3),
+        _cfg(16, 512, warps=4, stages=3),
+        _cfg(16, 256, warps=2, stages=4),
     ]
     return configs[:1] if interpreting() else configs[1:]
 
@@ -241,9 +244,11 @@ _BENCH = dict(do_bench=lambda fn, quantiles: triton.testing.do_bench(fn, warmup=
 _FMA = autotune(fma_configs(), key=_KEY, smem=_SMEM, **_BENCH)(_sparse24_kernel)
 _DOT = autotune(dot_configs(), key=_KEY, smem=_SMEM, **_BENCH)(_sparse24_kernel)
 
+# The largest SPLIT_K each mode's configs hold: sizes the partial-sum buffer (none at 1).
+_SPLIT_MAX = {mode: max(c.kwargs["SPLIT_K"] for c in tuner.configs) for mode, tuner in ((False, _FMA), (True, _DOT))}
+
 FMA_MAX_M = 1      # CUDA-core mode for M <= this by default; tensor cores above
 FMA_LIMIT_M = 4    # CUDA-core mode re-reads the weight per row of x: never past this
-MAX_SPLIT_K = 4    # the largest SPLIT_K in the configs: sizes the partial-sum buffer
 
 
 def block_m_for(m: int, use_dot: bool) -> int:
@@ -266,9 +271,11 @@ def _run_gemv(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, confi
         use_dot = m > FMA_MAX_M
     assert use_dot or m <= FMA_LIMIT_M, f"CUDA-core mode serves M <= {FMA_LIMIT_M}, got M={m}"
     block_m = block_m_for(m, use_dot)
-    split_max = config.get("SPLIT_K", 1) if config is not None else MAX_SPLIT_K
-    part = torch.empty((split_max, m, n), dtype=torch.int32 if int8 else torch.float32, device=x.device)
+    tuned = _DOT if use_dot else _FMA
+    split_max = config.get("SPLIT_K", 1) if config is not None else _SPLIT_MAX[use_dot]
     dummy = out
+    part = dummy if split_max == 1 else torch.empty((split_max, m, n), dtype=torch.int32 if int8 else torch.float32,
+                                                    device=x.device)
     args = (x, values, meta, out, part, dummy if bias is None else bias, a_scale if int8 else dummy,
             w_scale if int8 else dummy, m, n, k, kp, triton.next_power_of_2(m), x.stride(0), kp // 2, kp // 8)
     meta_args = dict(HAS_BIAS=bias is not None, INT8=int8, USE_DOT=use_dot, BLOCK_M=block_m)
@@ -282,7 +289,6 @@ def _run_gemv(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, confi
         launch(_sparse24_kernel, grid, args, {**meta_args, **config, **opts})
         split_k = config.get("SPLIT_K", 1)
     else:
-        tuned = _DOT if use_dot else _FMA
         split_k = launch(tuned, grid, args, {**meta_args, **opts})["SPLIT_K"]
     if split_k > 1:
         bm, bn = min(16, triton.next_power_of_2(m)), 256
