@@ -127,6 +127,11 @@ def minilm(args) -> None:
         _, secs = timed(lambda: ks.swap(m, ks.Int4(group_size=128, method=method), probe=False,
                                         calibration=cal if method != "rtn" else None))
         record("MiniLM", f"int4 g128 asym {method}", "cosine", cos(m), secs, note)
+    for method in args.fp8:
+        m = copy.deepcopy(base)
+        _, secs = timed(lambda: ks.swap(m, ks.Fp8(method=method), probe=False,
+                                        calibration=cal if method != "rtn" else None))
+        record("MiniLM", f"fp8 W8A8 {method}", "cosine", cos(m), secs, note)
     for method in args.prune:
         m = copy.deepcopy(base)
         _, secs = timed(lambda: ks.prune(m, method, calibration=cal if method != "magnitude" else None))
@@ -295,6 +300,7 @@ def main(argv=None) -> int:
     p.add_argument("--smol-lr", type=float, default=5e-5)
     p.add_argument("--int4", nargs="*", default=["rtn", "awq", "gptq"], help="int4 methods to run")
     p.add_argument("--prune", nargs="*", default=["magnitude", "wanda", "sparsegpt"], help="2:4 methods to run")
+    p.add_argument("--fp8", nargs="*", default=["rtn", "gptq"], help="fp8 W8A8 methods to run (MiniLM)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: fastest on a busy 2-core machine)")
     p.add_argument("--device", default="cpu", help="where the models and calibration run (cpu, cuda, cuda:1, ...)")
     p.add_argument("--timing-only", action="store_true",

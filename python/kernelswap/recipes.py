@@ -7,8 +7,9 @@
   "sparse24"      Sparse24(method="magnitude"): 2:4 pruning, float values;
                   method "wanda" / "sparsegpt" calibrate
   "sparse24-int8" Sparse24Int8(method="magnitude"): 2:4 pruning + W8A8
-  "fp8"           Fp8(): W8A8 in float8_e4m3fn, dynamic per-token e4m3 activations, per-channel
-                  e4m3 weights (Hopper GEMMs; the reference elsewhere)
+  "fp8"           Fp8(method="rtn"): W8A8 in float8_e4m3fn, dynamic per-token e4m3 activations,
+                  per-channel e4m3 weights (Hopper GEMMs; the reference elsewhere); method
+                  "gptq" calibrates the e4m3 rounding
   "sparse24-fp8"  Sparse24Fp8(method="magnitude"): 2:4 pruning + FP8 W8A8
   "fuse"          Fuse(): Conv2d + BatchNorm2d (+ residual add) (+ activation) -> ConvBNAct2d
 
@@ -26,7 +27,7 @@ from typing import Any, ClassVar, Iterable
 
 from torch import nn
 
-from .compress.driver import INT4_METHODS, PRUNE_METHODS, int4_weights, pruned_weights
+from .compress.driver import FP8_METHODS, INT4_METHODS, PRUNE_METHODS, fp8_weights, int4_weights, pruned_weights
 from .nn import Fp8Linear, Int4Linear, Int8Linear, Sparse24Linear
 from .ops.int4 import GROUP_SIZES
 
@@ -151,10 +152,27 @@ class Sparse24Int8(Sparse24):
 
 @dataclass(frozen=True)
 class Fp8(Recipe):
+    method: str = "rtn"
     name: ClassVar[str] = "fp8"
 
-    def convert(self, linear, name):
-        return Fp8Linear.from_float(linear, name=name)
+    def __post_init__(self):
+        _check_method("ks.Fp8", self.method, FP8_METHODS)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method != "rtn"
+
+    def calibrate(self, model, layers, data):
+        return fp8_weights(model, layers, data, self.method)
+
+    def convert(self, linear, name, state=None):
+        m = Fp8Linear.from_float(linear, name=name)
+        if state is not None:  # a calibrated (w_q, w_scale), in packing.quantize_fp8's format
+            m.w_q.copy_(state[0])
+            m.w_scale.copy_(state[1])
+            m.prepare()
+        m.method = self.method
+        return m
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The calibrated methods over a model: which statistics, in which order, what comes out.
 
 int4_weights(...)  -> {layer name: Int4Weight}        rtn | awq | gptq
+fp8_weights(...)   -> {layer name: (w_q, w_scale)}     rtn | gptq
 pruned_weights(...) -> {layer name: 2:4 float weight}  magnitude | wanda | sparsegpt
 
 GPTQ, Wanda and SparseGPT go block by block (sequential.py): each block is calibrated on the
@@ -16,15 +17,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..packing import Int4Weight, dequantize_int4, prune_24, quantize_int4
+from typing import Callable
+
+from ..packing import Int4Weight, dequantize_int4, prune_24, quantize_fp8, quantize_int4
 from . import calibration as C
 from .sequential import sequential
 from .awq import awq_int4, awq_model
-from .gptq import gptq_int4
+from .gptq import gptq_fp8, gptq_int4
 from .sparsegpt import sparsegpt_24
 from .wanda import wanda_24
 
 INT4_METHODS = ("rtn", "awq", "gptq")
+FP8_METHODS = ("rtn", "gptq")
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
 CALIBRATED = {"awq", "gptq", "wanda", "sparsegpt"}
 
@@ -56,14 +60,34 @@ def int4_weights(model: nn.Module, layers: list[tuple[str, nn.Linear]], data, me
         return out
     if method != "gptq":
         raise ValueError(f"ks.Int4: method must be one of {INT4_METHODS}, got {method!r}")
-    out: dict[str, Int4Weight] = {}
+    return _gptq(model, layers, data, lambda w, st: gptq_int4(w, st.hessian, group_size, symmetric, shift=st.shift),
+                 dequantize_int4, show)
+
+
+def fp8_weights(model: nn.Module, layers: list[tuple[str, nn.Linear]], data, method: str,
+                show: bool = True) -> dict[str, tuple[Tensor, Tensor]]:
+    """{layer name: (w_q e4m3, w_scale)} as packing.quantize_fp8 makes them: rtn | gptq."""
+    if method == "rtn":
+        return {n: quantize_fp8(m.weight.detach()) for n, m in layers}
+    if method != "gptq":
+        raise ValueError(f"ks.Fp8: method must be one of {FP8_METHODS}, got {method!r}")
+    data = C.batches(data, f"ks.Fp8(method={method!r})")
+    return _gptq(model, layers, data, lambda w, st: gptq_fp8(w, st.hessian, shift=st.shift),
+                 lambda q: q[0].float() * q[1][:, None], show)
+
+
+def _gptq(model, layers, data, quantize: Callable, dequantize: Callable, show: bool) -> dict:
+    """GPTQ over the model: block by block, set of Linears by set (true-sequential), float targets;
+    quantize(weight, stats) -> the layer's result, dequantize(result) -> the float weight the later
+    blocks see while they calibrate. The float weights are restored afterwards."""
+    out: dict = {}
     saved = {n: m.weight.detach().clone() for n, m in layers}
 
     def process(name, linear, st):
-        q = gptq_int4(linear.weight.detach(), st.hessian, group_size, symmetric, shift=st.shift)
+        q = quantize(linear.weight.detach(), st)
         out[name] = q
         with torch.no_grad():  # later blocks see this layer quantized
-            linear.weight.copy_(dequantize_int4(q).to(linear.weight.dtype))
+            linear.weight.copy_(dequantize(q).to(linear.weight.dtype))
 
     try:
         sequential(model, layers, data, ("hessian", "shift"), process, "gptq", show, true_sequential=True,
@@ -105,4 +129,5 @@ def pruned_weights(model: nn.Module, layers: list[tuple[str, nn.Linear]], data, 
     return out, errors
 
 
-__all__ = ["CALIBRATED", "INT4_METHODS", "PRUNE_METHODS", "int4_weights", "pruned_weights"]
+__all__ = ["CALIBRATED", "FP8_METHODS", "INT4_METHODS", "PRUNE_METHODS", "fp8_weights", "int4_weights",
+           "pruned_weights"]

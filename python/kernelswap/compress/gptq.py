@@ -39,8 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from typing import Callable
+
+from ..ops.fp8 import quantize_fp8_rows
 from ..ops.int4 import SYMMETRIC_ZERO
-from ..packing import Int4Weight, pack_int4, quantize_int4
+from ..packing import Int4Weight, pack_int4, quantize_fp8, quantize_int4
 
 BLOCK = 128
 
@@ -70,6 +73,25 @@ def float_target(w: Tensor, hessian: Tensor, shift: Tensor, damp: float) -> Tens
     diag[diag == 0] = 1.0
     h += damp * diag.mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     return (w.double() + torch.linalg.solve(h, shift.double() @ w.double().T).T).float()
+
+
+def sweep(w: Tensor, u: Tensor, order: Tensor, quantize: Callable[[Tensor, int, int], Tensor]) -> None:
+    """The GPTQ sweep over w's columns (already in `order`, u the Cholesky factor of prepare_hessian):
+    quantize(w1, i, col) gives column i of the current block w1 (the weights as updated so far;
+    col = its place in K) quantized and dequantized, and its error is spread over the columns after
+    it, lazily in blocks of BLOCK columns. Updates w in place."""
+    kp = w.shape[1]
+    for b0 in range(0, kp, BLOCK):
+        b1 = min(b0 + BLOCK, kp)
+        w1, u1 = w[:, b0:b1].clone(), u[b0:b1, b0:b1]
+        err1 = torch.zeros_like(w1)
+        for i in range(b1 - b0):
+            x = w1[:, i].clone()
+            q = quantize(w1, i, int(order[b0 + i]))
+            e = (x - q) / u1[i, i]
+            w1[:, i:] -= e[:, None] * u1[i, i:][None, :]
+            err1[:, i] = e
+        w[:, b1:] -= err1 @ u[b0:b1, b1:]
 
 
 def gptq_int4(w: Tensor, hessian: Tensor, group_size: int = 128, symmetric: bool = False,
@@ -102,38 +124,59 @@ def gptq_int4(w: Tensor, hessian: Tensor, group_size: int = 128, symmetric: bool
     else:
         scales = torch.empty(n, kp // group_size, dtype=torch.float16, device=w.device)
         zeros = None if symmetric else torch.empty(n, kp // group_size, dtype=torch.uint8, device=w.device)
-    s = z = None
-    for b0 in range(0, kp, BLOCK):
-        b1 = min(b0 + BLOCK, kp)
-        w1, u1 = w[:, b0:b1].clone(), u[b0:b1, b0:b1]
-        err1 = torch.zeros_like(w1)
-        for i in range(b1 - b0):
-            col = int(order[b0 + i])  # the column's place in K
-            g = col // group_size
-            if act_order:
-                s, z = all_s[:, g], all_z[:, g]
-            elif col % group_size == 0:  # the group's grid, from the weights as updated so far
-                wg = w1[:, i:i + group_size]  # BLOCK % group_size == 0
-                if search_grid:
-                    hg = hessian[col:col + group_size, col:col + group_size]
-                    hg = F.pad(hg, (0, group_size - hg.shape[1], 0, group_size - hg.shape[0]))
-                    wg = clamp_groups(wg, search_clip(wg, hg, group_size, symmetric), group_size, symmetric)
-                gq = quantize_int4(wg, group_size, symmetric)
-                scales[:, g] = gq.scales[:, 0]
-                s = gq.scales[:, 0].float()
-                z = torch.full_like(s, SYMMETRIC_ZERO) if symmetric else gq.zeros[:, 0].float()
-                if zeros is not None:
-                    zeros[:, g] = gq.zeros[:, 0]
-            x = w1[:, i]
-            c = (torch.round(x / s) + z).clamp_(0, 15) if not symmetric else \
-                torch.round(x / s).clamp_(-8, 7) + SYMMETRIC_ZERO
-            codes[:, col] = c.to(torch.uint8)
-            q = (c - z) * s
-            e = (x - q) / u1[i, i]
-            w1[:, i:] -= e[:, None] * u1[i, i:][None, :]
-            err1[:, i] = e
-        w[:, b1:] -= err1 @ u[b0:b1, b1:]
+    grid: list = [None, None]  # the current group's (scale, zero point)
+
+    def quantize(w1: Tensor, i: int, col: int) -> Tensor:
+        g = col // group_size
+        if act_order:
+            grid[:] = all_s[:, g], all_z[:, g]
+        elif col % group_size == 0:  # the group's grid, from the weights as updated so far
+            wg = w1[:, i:i + group_size]  # BLOCK % group_size == 0
+            if search_grid:
+                hg = hessian[col:col + group_size, col:col + group_size]
+                hg = F.pad(hg, (0, group_size - hg.shape[1], 0, group_size - hg.shape[0]))
+                wg = clamp_groups(wg, search_clip(wg, hg, group_size, symmetric), group_size, symmetric)
+            gq = quantize_int4(wg, group_size, symmetric)
+            scales[:, g] = gq.scales[:, 0]
+            grid[:] = gq.scales[:, 0].float(), (torch.full_like(gq.scales[:, 0].float(), SYMMETRIC_ZERO) if symmetric
+                                                 else gq.zeros[:, 0].float())
+            if zeros is not None:
+                zeros[:, g] = gq.zeros[:, 0]
+        s, z = grid
+        x = w1[:, i]
+        c = (torch.round(x / s) + z).clamp_(0, 15) if not symmetric else \
+            torch.round(x / s).clamp_(-8, 7) + SYMMETRIC_ZERO
+        codes[:, col] = c.to(torch.uint8)
+        return (c - z) * s
+
+    sweep(w, u, order, quantize)
     return Int4Weight(pack_int4(codes), scales, zeros, group_size, k)
 
 
-__all__ = ["float_target", "gptq_int4", "prepare_hessian"]
+def gptq_fp8(w: Tensor, hessian: Tensor, damp: float = 0.01, act_order: bool = True,
+             shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """GPTQ with the e4m3 grid of packing.quantize_fp8: (w_q (N, K) float8_e4m3fn, w_scale (N,) fp32).
+
+    Each row's scale is fixed up front from the (float-target) weights, max |w_n| / 448, as RTN
+    makes it; the sweep then rounds each column to e4m3 at that scale (saturating at +-448: the
+    updated weights may grow past the original range) and spreads the error as for int4."""
+    if shift is not None:
+        w = float_target(w, hessian, shift, damp)
+    n, k = w.shape
+    scale = quantize_fp8(w)[1]
+    perm = torch.argsort(torch.diagonal(hessian).float(), descending=True, stable=True) if act_order else None
+    w, u = prepare_hessian(hessian, w, k, damp, perm)
+    order = perm if perm is not None else torch.arange(k, device=w.device)
+    codes = torch.zeros(n, k, dtype=torch.float8_e4m3fn, device=w.device)
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+
+    def quantize(w1: Tensor, i: int, col: int) -> Tensor:
+        c = quantize_fp8_rows(w1[:, i:i + 1], scale)[:, 0]
+        codes[:, col] = c
+        return c.float() * safe
+
+    sweep(w, u, order, quantize)
+    return codes, scale
+
+
+__all__ = ["float_target", "gptq_fp8", "gptq_int4", "prepare_hessian", "sweep"]

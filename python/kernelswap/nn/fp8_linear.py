@@ -30,7 +30,6 @@ from .sparse24_linear import sparse24_weight
 
 class Fp8Linear(LinearModule):
     FIXED_DTYPE_BUFFERS = ("w_q", "values", "w_scale")
-    method = "magnitude"  # sparse24: how the mask was chosen (ks.Sparse24Fp8(method=...)); kept in recipe_config
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, sparse24: bool = False, *,
                  device=None, dtype: torch.dtype = torch.float32, name: str | None = None):
@@ -39,6 +38,9 @@ class Fp8Linear(LinearModule):
         if not dtype.is_floating_point or dtype == FP8:
             raise TypeError(f"{self.where}: dtype is the float dtype of the layer (its bias and output), got {dtype}")
         self.in_features, self.out_features, self.sparse24 = in_features, out_features, bool(sparse24)
+        # How the weights were made, kept in recipe_config: sparse24, the mask (ks.Sparse24Fp8(method=...));
+        # dense, the e4m3 rounding (ks.Fp8(method="rtn" | "gptq")).
+        self.method = "magnitude" if sparse24 else "rtn"
         self.OP = "sparse24_fp8_linear" if sparse24 else "fp8_linear"
         if sparse24:
             kp = math.ceil(in_features / K_MULTIPLE) * K_MULTIPLE
@@ -71,7 +73,7 @@ class Fp8Linear(LinearModule):
 
     def recipe_config(self) -> dict:
         if not self.sparse24:
-            return {"recipe": "fp8"}
+            return {"recipe": "fp8"} if self.method == "rtn" else {"recipe": "fp8", "method": self.method}
         cfg = {"recipe": "sparse24-fp8"}
         return cfg if self.method == "magnitude" else {**cfg, "method": self.method}
 
