@@ -1,23 +1,54 @@
-"""Where an eager decode step of the HF Llama goes: GPU kernel time against wall time, per variant.
+"""Where an eager decode step of the HF Llama goes: GPU kernel time against wall time, per variant,
+and what one swapped layer costs inside the model.
 
-    python benchmarks/decode_profile.py [--variants int8-weight,int4] [--tokens 16] [--layers 4]
+    python benchmarks/decode_profile.py [--variants int8-weight,int4] [--tokens 32] [--rounds 5]
 
-Builds the model of kernelswap.bench.hf_llama (Llama-3-8B layer shapes, random bf16 weights),
-and for bf16 and each chosen variant runs one eager generate() of `--tokens` new tokens under
-torch.profiler. It prints, per new token: the wall time, the summed GPU kernel time (if the
-kernels' time is near the wall time the step is GPU bound, else host bound), and the kernels
-and host ops that take the most. A step whose GPU time is below its wall time by the same
-margin as bf16's loses on host time; one whose kernels take longer loses on the kernels.
+Builds the model of kernelswap.bench.hf_llama (Llama-3-8B layer shapes, random bf16 weights) and,
+beside bf16 and each chosen variant, a "null linear" one: every Linear but lm_head replaced by
+a module that returns a kept output tensor (no kernel, the least a Python module call costs).
+All are kept on the GPU and timed interleaved, as hf_llama's L1: `--rounds` rounds of one
+generate() of `--tokens` tokens and one of 1 each, the best sample of each kept. Printed per
+variant: ms per new token; per-layer cost in the model, (variant - null) / layers swapped, in
+us (bf16's is nn.Linear's own cost there, so a variant whose per-layer cost is below bf16's
+spends less host and GPU time per layer than nn.Linear). Then one generate() of each under
+torch.profiler: the summed GPU kernel time per token (near the wall time: GPU bound; far below:
+host bound) and the kernels and host ops that take the most.
 """
 from __future__ import annotations
 
 import argparse
-import time
+import copy
 
 import torch
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from kernelswap.bench import hf_llama
+
+
+class NullLinear(nn.Module):
+    """Returns a kept (..., out_features) tensor: a module call with no kernel behind it."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.out_features = linear.out_features
+        self.kept: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.kept.get(x.shape)
+        if out is None:
+            out = self.kept[x.shape] = x.new_zeros((*x.shape[:-1], self.out_features))
+        return out
+
+
+def null_model(base: nn.Module) -> tuple[nn.Module, int]:
+    m = copy.deepcopy(base)
+    names = [n for n, mod in m.named_modules() if isinstance(mod, nn.Linear) and n != "lm_head"]
+    for n in names:
+        parent, _, child = n.rpartition(".")
+        holder = m.get_submodule(parent) if parent else m
+        setattr(holder, child, NullLinear(getattr(holder, child)))
+    return m, len(names)
 
 
 def _kernel_us(evt) -> float:
@@ -31,50 +62,55 @@ def _kernel_us(evt) -> float:
     return 0.0
 
 
-def one(name: str, model, ids, tokens: int, top: int) -> None:
-    def gen(n):
-        return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-
-    gen(2)
-    gen(tokens)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    gen(tokens)
-    torch.cuda.synchronize()
-    wall = (time.perf_counter() - t0) / tokens * 1e3
+def profile_one(name: str, model, ids, tokens: int, top: int) -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        gen(tokens)
+        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
         torch.cuda.synchronize()
     avgs = prof.key_averages()
-    kernels = sorted(((e.key, _kernel_us(e), e.count) for e in avgs if _kernel_us(e) > 0),
-                     key=lambda t: -t[1])
-    gpu_ms = sum(us for _, us, _ in kernels) / tokens / 1e3
-    print(f"==== {name}: wall {wall:.3f} ms/token, GPU kernels {gpu_ms:.3f} ms/token")
+    kernels = sorted(((e.key, _kernel_us(e), e.count) for e in avgs if _kernel_us(e) > 0), key=lambda t: -t[1])
+    print(f"==== {name}: GPU kernels {sum(us for _, us, _ in kernels) / tokens / 1e3:.3f} ms/token (profiled)")
     for key, us, count in kernels[:top]:
         print(f"   gpu {us / tokens:9.1f} us/token  x{count // tokens:<4d} {key[:90]}")
-    host = sorted(avgs, key=lambda e: -e.self_cpu_time_total)[:top]
-    for e in host:
+    for e in sorted(avgs, key=lambda e: -e.self_cpu_time_total)[:top]:
         print(f"   cpu {e.self_cpu_time_total / tokens:9.1f} us/token  x{e.count // tokens:<4d} {e.key[:90]}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default="int8-weight,int4")
-    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--top", type=int, default=8)
     a = ap.parse_args()
     base = hf_llama.build_model(a.layers, hf_llama.LLAMA_8B, "cuda", torch.bfloat16)
     ids = torch.randint(0, hf_llama.LLAMA_8B["vocab_size"], (1, hf_llama.PROMPT), device="cuda")
     only = [v for v in a.variants.split(",") if v]
+    models: dict[str, nn.Module] = {}
     with torch.no_grad():
+        models["null linear"], swapped = null_model(base)
         for name, build in hf_llama.variants(base):
             if name == "bf16" or any(name.endswith(" " + v) for v in only):
                 try:
-                    one(name, build(), ids, a.tokens, a.top)
+                    models[name] = build()
                 except Exception as e:  # noqa: BLE001 - report and go on to the next variant
                     print(f"==== {name}: {type(e).__name__}: {e}")
-                torch.cuda.empty_cache()
+        for m in models.values():
+            hf_llama.l1_warm_up(m, ids, a.tokens)
+        best: dict[str, list[float]] = {}
+        for _ in range(a.rounds):
+            for name, m in models.items():
+                t_n, t_1 = hf_llama.l1_generate_seconds(m, ids, a.tokens, "cuda")
+                b = best.setdefault(name, [t_n, t_1])
+                b[:] = [min(b[0], t_n), min(b[1], t_1)]
+        ms = {name: (t_n - t_1) / (a.tokens - 1) * 1e3 for name, (t_n, t_1) in best.items()}
+        print(f"{'variant':28s} {'ms/token':>9s} {'us a layer in the model':>24s}  "
+              f"({swapped} layers, {a.rounds} interleaved rounds, {torch.cuda.get_device_name()})")
+        for name, v in ms.items():
+            per_layer = (v - ms["null linear"]) * 1e3 / swapped
+            print(f"{name:28s} {v:9.3f} {per_layer:24.1f}")
+        for name, m in models.items():
+            profile_one(name, m, ids, a.tokens, a.top)
 
 
 if __name__ == "__main__":
