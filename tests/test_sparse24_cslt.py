@@ -172,11 +172,18 @@ def test_cslt_under_cuda_graph():
 @pytest.mark.gpu
 @needs_cslt
 def test_prepare_makes_the_compressed_weight_only_where_it_is_chosen(monkeypatch):
+    from kernelswap.ops import sparse24_cuda
     from kernelswap.ops._cuda import device_index, sm90_reason
 
-    if sm90_reason(device_index(torch.empty(1, device="cuda"))) is not None:
-        pytest.skip("the rule applies where the CUTLASS sm_90a 2:4 GEMM can serve")
     _, _, values, meta = _case(1, 512, 1024, torch.bfloat16, "cuda")
+    if sm90_reason(device_index(values)) is not None:
+        # No sm_90a GEMM: the copy is made where no sm_80 CUTLASS GEMM serves, whatever CSLT_FROM_M says.
+        want = sparse24_cuda._sm80_weights_reason(values) is not None
+        for from_m in (None, 256):
+            monkeypatch.setattr(sparse24_cslt, "CSLT_FROM_M", from_m)
+            backend.prepare_weights("sparse24_linear", values, meta, None)
+            assert sparse24_cslt._CSLT.holds((values, meta)) == want, from_m
+        return
     monkeypatch.setattr(sparse24_cslt, "CSLT_FROM_M", None)  # ours at every M: no copy
     backend.prepare_weights("sparse24_linear", values, meta, None)
     assert not sparse24_cslt._CSLT.holds((values, meta))
@@ -207,10 +214,17 @@ def test_auto_choice_across_cslt_from_m(monkeypatch, from_m):
     from kernelswap.ops import sparse24_cuda
     from kernelswap.ops._cuda import device_index, sm90_reason
 
-    if sm90_reason(device_index(torch.empty(1, device="cuda"))) is not None:
-        pytest.skip("the rule applies where the CUTLASS sm_90a 2:4 GEMM can serve")
     monkeypatch.setattr(sparse24_cslt, "CSLT_FROM_M", from_m)
     _, _, values, meta = _case(1, 512, 1024, torch.bfloat16, "cuda")
+    if sm90_reason(device_index(values)) is not None:
+        # No sm_90a GEMM: past the Triton GEMV, cuSPARSELt serves exactly where no sm_80 CUTLASS GEMM
+        # does, at either setting.
+        cslt = sparse24_cuda._sm80_weights_reason(values) is not None
+        for m in (255, 256, 4096):
+            x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+            name = backend.choose("sparse24_linear", x.device, x, values, meta, None).fn.__name__
+            assert (name == "_sparse24_linear_cslt") == cslt, (m, name)
+        return
     for m in (sparse24_cuda.SPARSE24_TRITON_UP_TO_M + 1, 255, 256, 4096):
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         name = backend.choose("sparse24_linear", x.device, x, values, meta, None).fn.__name__

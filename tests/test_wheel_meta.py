@@ -106,18 +106,25 @@ def _fake_toolkit(tmp_path, release: str):
     return str(tmp_path)
 
 
+def _other_major_target() -> tuple[str, dict]:
+    """The target whose CUDA major is not this torch's (cu12 unless torch is a CUDA 12 build), with a
+    fake toolkit of that major and this interpreter: the torch-major check must refuse it."""
+    import torch
+    if torch.version.cuda and torch.version.cuda.startswith("12."):
+        return "cu13", {"KERNELSWAP_CUDA13_HOME": "TOOLKIT_13.0", "KERNELSWAP_CUDA13_PYTHON": sys.executable}
+    return "cu12", {"KERNELSWAP_CUDA12_HOME": "TOOLKIT_12.8", "KERNELSWAP_CUDA12_PYTHON": sys.executable}
+
+
 @pytest.mark.parametrize("target, env, message", [
     ("cu12", {}, "set KERNELSWAP_CUDA12_HOME to a CUDA 12 toolkit"),
     ("cu11", {}, "unknown target 'cu11'"),
     ("cu13", {"KERNELSWAP_CUDA13_HOME": "TOOLKIT_12.8"}, "is CUDA 12.8, not 13.x"),
-    ("cu12", {"KERNELSWAP_CUDA12_HOME": "TOOLKIT_12.8", "KERNELSWAP_CUDA12_PYTHON": sys.executable},
-     "is built for CUDA"),
+    ("other-major", None, "is built for CUDA"),
 ])
 def test_build_wheel_checks_before_compiling(tmp_path, target, env, message):
-    import torch
-    if "KERNELSWAP_CUDA12_PYTHON" in env and torch.version.cuda and torch.version.cuda.startswith("12."):
-        pytest.skip("this torch is a CUDA 12 build: the torch-major check would pass")
-    env = {k: _fake_toolkit(tmp_path, "12.8") if v == "TOOLKIT_12.8" else v for k, v in env.items()}
+    if env is None:
+        target, env = _other_major_target()
+    env = {k: _fake_toolkit(tmp_path, v.split("_")[1]) if v.startswith("TOOLKIT_") else v for k, v in env.items()}
     run = subprocess.run(["bash", "tools/build_wheel.sh", target], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, **env, "PYTHON": sys.executable})
     assert run.returncode != 0 and message in run.stderr, run.stderr
