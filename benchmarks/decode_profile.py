@@ -97,13 +97,7 @@ def main() -> None:
                     print(f"==== {name}: {type(e).__name__}: {e}")
         for m in models.values():
             hf_llama.l1_warm_up(m, ids, a.tokens)
-        best: dict[str, list[float]] = {}
-        for _ in range(a.rounds):
-            for name, m in models.items():
-                t_n, t_1 = hf_llama.l1_generate_seconds(m, ids, a.tokens, "cuda")
-                b = best.setdefault(name, [t_n, t_1])
-                b[:] = [min(b[0], t_n), min(b[1], t_1)]
-        ms = {name: (t_n - t_1) / (a.tokens - 1) * 1e3 for name, (t_n, t_1) in best.items()}
+        ms, _ = hf_llama.l1_interleaved(models, ids, a.tokens, "cuda", a.rounds)
         print(f"{'variant':28s} {'ms/token':>9s} {'us a layer in the model':>24s}  "
               f"({swapped} layers, {a.rounds} interleaved rounds, {torch.cuda.get_device_name()})")
         for name, v in ms.items():

@@ -110,6 +110,26 @@ def l1_warm_up(model, ids, new_tokens: int) -> None:
         model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
 
+def l1_interleaved(models: dict[str, nn.Module], ids, new_tokens: int, device: str, rounds: int,
+                   guard: Callable[[str, Callable], None] = lambda name, fn: fn()
+                   ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """L1 of each model (ms per new token), timed in `rounds` interleaved rounds: each round takes one
+    sample (l1_generate_seconds) of every model in turn, and a model's L1 is (best N-token time -
+    best 1-token time) / (N - 1). Returns ({name: L1}, {name: each round's own L1}). guard(name, fn)
+    runs a model's sample (hf_llama.run records a failure there instead of raising)."""
+    best: dict[str, list[float]] = {}
+    per_round: dict[str, list[float]] = {}
+    for _ in range(max(1, rounds)):
+        for name, model in models.items():
+            def sample(name=name, model=model):
+                t_n, t_1 = l1_generate_seconds(model, ids, new_tokens, device)
+                per_round.setdefault(name, []).append((t_n - t_1) / (new_tokens - 1) * 1e3)
+                b = best.setdefault(name, [t_n, t_1])
+                b[:] = [min(b[0], t_n), min(b[1], t_1)]
+            guard(name, sample)
+    return {name: (t_n - t_1) / (new_tokens - 1) * 1e3 for name, (t_n, t_1) in best.items()}, per_round
+
+
 def _cache_kw(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -236,19 +256,14 @@ def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, st
         _guarded(row, setup)
     live = [(row, models[row["variant"]]) for row in rows if "error" not in row]
     if "L1" in measures:
-        best: dict[str, list[float]] = {}
-        for _ in range(max(1, rounds)):
-            for row, model in live:
-                def sample(row=row, model=model):
-                    t_n, t_1 = l1_generate_seconds(model, ids, new_tokens, device)
-                    row.setdefault("L1_rounds_ms", []).append((t_n - t_1) / (new_tokens - 1) * 1e3)
-                    b = best.setdefault(row["variant"], [t_n, t_1])
-                    b[:] = [min(b[0], t_n), min(b[1], t_1)]
-                _guarded(row, sample)
-        for row, _ in live:
-            if row["variant"] in best and "error" not in row:
-                t_n, t_1 = best[row["variant"]]
-                row["L1_ms_per_token"] = (t_n - t_1) / (new_tokens - 1) * 1e3
+        by_name = {row["variant"]: row for row, _ in live}
+        ms, per_round = l1_interleaved({row["variant"]: model for row, model in live}, ids, new_tokens, device,
+                                       rounds, guard=lambda name, fn: _guarded(by_name[name], fn))
+        for name, row in by_name.items():
+            if name in per_round:
+                row["L1_rounds_ms"] = per_round[name]
+            if name in ms and "error" not in row:
+                row["L1_ms_per_token"] = ms[name]
     for row, model in live:
         if profile_to and "L1" in measures:
             def prof(row=row, model=model):
