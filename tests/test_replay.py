@@ -100,6 +100,24 @@ def test_triton_under_the_interpreter_is_refused():
     assert r.program is None and "interpreter" in r.why_plain
 
 
+@pytest.mark.parametrize("capturing", [False, True])
+def test_scratch_is_kept_per_stream_within_the_limit_and_never_under_capture(monkeypatch, capturing):
+    from kernelswap.ops import _scratch
+
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing)
+    kept, made = _scratch.PerStream(), []
+
+    def make():
+        made.append(object())
+        return made[-1]
+    first = kept.get(1, 16, make)
+    assert kept.get(1, 16, make) is (made[0] if not capturing else made[1]) and first is made[0]
+    assert kept.get(2, 16, make) is not first  # another stream, its own scratch
+    big = kept.get(3, _scratch.LIMIT + 1, make)
+    assert kept.get(3, _scratch.LIMIT + 1, make) is not big  # past the limit: made per call
+    assert len(made) == (4 if not capturing else 5)
+
+
 # ---------------------------------------------------------------- GPU: layers
 @needs_cuda
 @pytest.mark.gpu

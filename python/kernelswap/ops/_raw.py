@@ -8,10 +8,9 @@ it: for one layer and input layout, `gemv_runner` / `gemm_runner` make a plan in
 checks, the kernel choice and every fixed argument, once) and return fn(x), which per call
 allocates the output through torch (so CUDA-graph capture and the caching allocator see it as
 they see any op's), reads the current stream and makes one foreign call. The scratch a plan asks
-for (split-K partials, the quantized x) is allocated once per stream and kept, up to
-SCRATCH_LIMIT bytes: calls on one stream run in order, so they never share it at once (inside
-a CUDA-graph capture it is allocated per call, so no graph's memory is kept). Tracing, autograd and fake tensors never get here: the runners are only made
-for plain eager calls, and everything else still goes through the registered ops.
+for (split-K partials, the quantized x) is kept per stream (ops/_scratch.py). Tracing, autograd
+and fake tensors never get here: the runners are only made for plain eager calls, and
+everything else still goes through the registered ops.
 
 Any reason the raw path cannot serve (no extension, an extension without these entry points,
 KERNELSWAP_RAW_LAUNCH=0 read at import, a tensor not in the layout the C plan assumes) makes
@@ -29,11 +28,11 @@ import torch
 from torch import Tensor
 
 from .. import _ext
+from ._scratch import PerStream
 
 ENABLED = os.environ.get("KERNELSWAP_RAW_LAUNCH", "1") != "0"
 VERSION = 1  # kernelswap_raw_version() of the C signatures below
 MISALIGNED = 2  # a run's answer when x or out is not 16-byte aligned (csrc/raw_entry.h)
-SCRATCH_LIMIT = 4 << 20  # bytes of scratch a runner keeps per stream (more: allocated per call)
 
 # The families, as the C entry points number them.
 GEMV_INT4, GEMV_INT8_WEIGHT, GEMV_INT8 = 0, 1, 2
@@ -117,7 +116,7 @@ def _runner(run_c, plan: _Plan, index: int, mn: tuple[int, int], scratch_bytes: 
     M tokens in all, its output made in out_shape (..., N) directly: the plan reads x through its
     pointer, so a (batch, 1, K) decode input needs no view in and out."""
     handle, current = plan.handle, torch._C._cuda_getCurrentRawStream
-    kept: dict[int, Tensor] = {}  # stream -> its scratch: calls on one stream never overlap
+    kept = PerStream()
 
     def make(out_shape: tuple) -> Callable:
         miss = fallback if out_shape == mn else (
@@ -127,11 +126,7 @@ def _runner(run_c, plan: _Plan, index: int, mn: tuple[int, int], scratch_bytes: 
             out = x.new_empty(out_shape)
             stream = current(index)
             if scratch_bytes:
-                scratch = kept.get(stream)
-                if scratch is None:
-                    scratch = x.new_empty(scratch_bytes, dtype=torch.uint8)
-                    if scratch_bytes <= SCRATCH_LIMIT and not torch.cuda.is_current_stream_capturing():
-                        kept[stream] = scratch  # not memory of a CUDA graph's pool
+                scratch = kept.get(stream, scratch_bytes, lambda: x.new_empty(scratch_bytes, dtype=torch.uint8))
                 rc = run_c(handle, x.data_ptr(), out.data_ptr(), scratch.data_ptr(), stream)
             else:
                 rc = run_c(handle, x.data_ptr(), out.data_ptr(), None, stream)

@@ -27,10 +27,10 @@ from typing import Any, Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import _scratch
+
 ENABLED = os.environ.get("KERNELSWAP_REPLAY", "1") != "0"
 RETRIES = 3  # recordings tried before a runner stays plain
-
-SCRATCH_LIMIT = 4 << 20  # bytes of scratch a runner keeps per stream (more: allocated per call)
 
 _aten = torch.ops.aten
 _EMPTY = (_aten.empty.memory_format, _aten.empty_strided.default)
@@ -110,7 +110,7 @@ def _scratch_slots(steps: list, out: int, tensors: dict) -> dict[int, int]:
     for j, (func, args, kwargs, outs, single) in enumerate(steps):
         if func in _EMPTY and not _has_slot((args, kwargs)) and outs[0] != out and outs[0] not in viewed:
             t = tensors[outs[0]]
-            if t.is_cuda and t.numel() * t.element_size() <= SCRATCH_LIMIT:
+            if t.is_cuda and t.numel() * t.element_size() <= _scratch.LIMIT:
                 found[outs[0]] = j
     return found
 
@@ -218,7 +218,7 @@ class Replayer:
         self.program: tuple | None = None
         # Per stream, the scratch tensors the replays reuse (the call's own empty() buffers that never
         # escape it): calls on one stream run in order, so they never overlap; another stream has its own.
-        self._scratch: dict[int, list] = {}
+        self._scratch = _scratch.PerStream()
         self.tries = RETRIES if ENABLED else 0
         self.why_plain: str | None = None if ENABLED else "off (KERNELSWAP_REPLAY=0)"
 
@@ -268,11 +268,7 @@ class Replayer:
         vals = [*inputs, *([None] * (n - len(inputs)))]
         if fill:
             stream = torch._C._cuda_getCurrentRawStream(device)
-            bufs = self._scratch.get(stream)
-            if bufs is None:
-                bufs = [func(*args, **kwargs) for _, func, args, kwargs in fill]
-                if not torch.cuda.is_current_stream_capturing():  # memory of a graph's pool is not kept
-                    self._scratch[stream] = bufs
+            bufs = self._scratch.get(stream, 0, lambda: [func(*args, **kwargs) for _, func, args, kwargs in fill])
             for (slot, *_), buf in zip(fill, bufs):
                 vals[slot] = buf
         return vals

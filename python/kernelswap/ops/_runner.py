@@ -9,8 +9,8 @@ own bound form: a plan of _C's raw entry points for this layout (ops/_raw.py: on
 no dispatcher), or the C++ op with the prepared weight layouts already looked up; a Triton or
 torch implementation without one is recorded on its first calls and replayed after that
 (ops/_replay.py: its launches and aten ops without the Python between them). What it returns
-is a function of the input alone. The layers (kernelswap.nn) keep one runner per input layout; their forward is then a dict lookup and this function: no checks,
-no choice, no dispatcher.
+is a function of the input alone. The layers (kernelswap.nn) keep one runner per input layout;
+their forward is then a dict lookup and this function: no checks, no choice, no dispatcher.
 
 A runner is made only for plain eager calls (`eager_ok`): under torch.compile or export
 tracing, a TorchDispatchMode (fake tensors), a functorch transform (vmap, grad), or when
