@@ -3,9 +3,9 @@
     python3 benchmarks/gemv_quick.py --out gemv_quick.csv [--with-triton] [--dtype bf16|fp16]
 
 Needs a GPU and a kernelswap._C built with csrc/gemv. Kernels: W4A16 (group 128 asymmetric and
-group 32 symmetric), W8A16, W8A8 (per-token quantization inside), each through the public op with
-the cuda backend forced (so host time is the op's real per-call path), and on an sm_90 GPU the
-CUTLASS W8A8 GEMM (quantize kernel + int8 GEMM) it displaces; --with-triton adds the Triton
+group 32 symmetric), W8A16, W8A8 (per-token quantization inside), 2:4 ("s24": values + meta),
+each through the public op with the cuda backend forced (so host time is the op's real per-call
+path), and on an sm_90 GPU the CUTLASS W8A8 GEMM (quantize kernel + int8 GEMM) it displaces; --with-triton adds the Triton
 backend of the same ops. At M in {1, 4, 16, 64} on (K, N) in {(4096, 4096),
 (4096, 14336), (14336, 4096), (8192, 28672)}. Each provider cycles through enough copies of its
 weights that they cannot sit in L2. us = one call's time replayed from a CUDA graph of one call
@@ -27,7 +27,7 @@ import triton
 import kernelswap
 from kernelswap.bench.timing import capture_graph, replay_ms
 from kernelswap.ops import backend, int8_cuda
-from kernelswap.packing import quantize_int4
+from kernelswap.packing import compress_24, prune_24, quantize_int4
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]
 MS = [1, 4, 16, 64]
@@ -47,7 +47,7 @@ def copies(nbytes: int) -> int:
     return max(2, min(64, -(-ROTATE_BYTES // max(nbytes, 1))))
 
 
-def make_weights(kind: str, k: int, n: int, count: int):
+def make_weights(kind: str, k: int, n: int, count: int, dtype: torch.dtype = torch.bfloat16):
     """`count` independent weights of one kind: (op args after x, bytes the kernel must read)."""
     out = []
     for _ in range(count):
@@ -57,6 +57,11 @@ def make_weights(kind: str, k: int, n: int, count: int):
             args = (q.packed, q.scales, q.zeros, group, None)
             nbytes = sum(t.numel() * t.element_size() for t in (q.packed, q.scales, q.zeros) if t is not None)
             backend.prepare_weights("int4_linear", *args)
+        elif kind == "s24":
+            values, meta = compress_24(prune_24(torch.randn(n, k, device="cuda")).to(dtype))
+            args = (values, meta, None)
+            nbytes = values.numel() * values.element_size() + meta.numel()
+            backend.prepare_weights("sparse24_linear", *args)
         else:
             w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
             w_s = torch.rand(n, device="cuda") * 1e-2
@@ -68,7 +73,7 @@ def make_weights(kind: str, k: int, n: int, count: int):
 
 
 OPS = {"w4a16-g128": "int4_linear", "w4a16-g32sym": "int4_linear", "w8a16": "int8_weight_linear",
-       "w8a8": "int8_linear"}
+       "w8a8": "int8_linear", "s24": "sparse24_linear"}
 
 
 def time_rotating(fn, weights) -> float:
@@ -117,8 +122,8 @@ def main() -> None:
             rows.append(row("bf16 F.linear", "cublas", m, k, n, bf16_ms[m], bf16_eager[m], dense_bytes, bw, bf16_ms))
         for kind, op_name in OPS.items():
             op = getattr(kernelswap.ops, op_name)
-            probe, nbytes = make_weights(kind, k, n, 1)
-            weights = probe + make_weights(kind, k, n, copies(nbytes) - 1)[0]
+            probe, nbytes = make_weights(kind, k, n, 1, dtype)
+            weights = probe + make_weights(kind, k, n, copies(nbytes) - 1, dtype)[0]
             for be, m in itertools.product(backends, MS):
                 x = xs[m]
                 try:

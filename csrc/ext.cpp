@@ -70,6 +70,8 @@ STABLE_TORCH_LIBRARY_FRAGMENT(kernelswap, m) {
         "int group_size, int n) -> Tensor");
   m.def("_C_int8_weight_gemv(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, Tensor counters, int n) -> Tensor");
   m.def("_C_int8_gemv(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, Tensor counters, int n) -> Tensor");
+  m.def("_C_sparse24_gemv(Tensor x, Tensor w, Tensor? bias, Tensor counters, int n) -> Tensor");
+  m.def("_C_sparse24_int8_gemv(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, Tensor counters, int n) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(kernelswap, CompositeExplicitAutograd, m) {

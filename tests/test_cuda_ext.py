@@ -257,9 +257,10 @@ def test_sparse24_bad_meta_raises():
 
 @needs_cuda
 @needs_sm90
-@pytest.mark.parametrize("m,served", [(1, "triton"), (16, "triton"), (17, "cuda"), (64, "cuda")])
+@pytest.mark.parametrize("m,served", [(1, "cuda"), (2, "triton"), (16, "triton"), (17, "cuda"), (64, "cuda")])
 def test_sparse24_small_m_goes_to_the_triton_gemv(m, served):
-    """The measured crossover (sparse24_cuda.SPARSE24_TRITON_UP_TO_M); forcing cuda still serves M = 1."""
+    """M = 1: the 2:4 decode GEMV (gemv_cuda.GEMV_UP_TO_M); M = 2-16: the Triton GEMV (the measured
+    crossover, sparse24_cuda.SPARSE24_TRITON_UP_TO_M); forcing cuda still serves every M."""
     from kernelswap.ops.backend import choose
 
     values, meta, _ = _sparse_weight(64, 128, torch.bfloat16, "cuda")

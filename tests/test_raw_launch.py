@@ -66,7 +66,7 @@ def test_gemv_plan_refuses_with_the_reason(kwargs, message):
 
 
 @needs_ext
-@pytest.mark.parametrize("fmt, group", [(0, 32), (0, 128), (1, 0), (2, 0)])
+@pytest.mark.parametrize("fmt, group", [(0, 32), (0, 128), (1, 0), (2, 0), (3, 0)])
 @pytest.mark.parametrize("m, k, n", [(1, 520, 70), (16, 4096, 4096), (64, 96, 37)])
 def test_gemv_plan_sizes_its_workspace(fmt, group, m, k, n):
     lib = _lib()
@@ -124,7 +124,8 @@ RECIPE_CASES = [  # (recipe, K, N, Ms): K, N awkward for each family's rules
     ("int8-weight", 520, 70, (1, 4)),        # GEMV W8A16
     ("int8", 520, 70, (1,)),                 # GEMV W8A8
     ("int8", 528, 272, (2, 17, 130)),        # quantize + CUTLASS GEMM
-    ("sparse24", 528, 272, (17, 130)),       # CUTLASS 2:4 (the Triton GEMV serves M <= 16)
+    ("sparse24", 520, 70, (1,)),             # the 2:4 GEMV
+    ("sparse24", 528, 272, (17, 130)),       # CUTLASS 2:4 (the Triton GEMV serves M 2-16)
     ("sparse24-int8", 544, 272, (1, 17, 130)),
     ("fp8", 528, 272, (1, 17, 130)),
     ("sparse24-fp8", 544, 272, (1, 17, 130)),

@@ -121,7 +121,7 @@ def test_scratch_is_kept_per_stream_within_the_limit_and_never_under_capture(mon
 # ---------------------------------------------------------------- GPU: layers
 @needs_cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("recipe, m", [("int8-weight", 16), ("sparse24", 1), ("sparse24", 16), ("int4", 128),
+@pytest.mark.parametrize("recipe, m", [("int8-weight", 16), ("sparse24", 8), ("sparse24", 16), ("int4", 128),
                                        ("int8-weight", 128), ("int4", 64)])
 def test_layers_served_by_python_backends_are_replayed(recipe, m):
     torch.manual_seed(0)

@@ -12,6 +12,11 @@
 //   Int8W8<Act>      W8A8: 8 loads a batch (one m16n8k32 int8 step each), x quantized per
 //                    token inside the kernel into shared memory, int32-exact accumulation,
 //                    epilogue (acc * a_scale[m]) * b_scale[n] + bias[n] rounded step by step.
+//   Sparse24<Act>    2:4 bf16 / fp16: 8 loads of kept values and 1 of metadata a batch (0.56x
+//                    the bytes of the dense weight); PRMT expands each pair into its dense A
+//                    register.
+//   Sparse24Int8<Act> 2:4 int8, W8A8's x quantization and epilogue: 4 loads of kept values and 1
+//                    of metadata a batch (0.63x the bytes of the int8 weight).
 // The float formats read x from shared memory (XStage: the block's K range, staged once).
 //
 // Interface the kernel (gemv_kernel.cuh) uses:
@@ -45,7 +50,12 @@ struct Args {
 // minimum for 256 bytes. With GS > 0 it also holds, for each group of GS values of K in the
 // range and each of the kMp tokens, the fp32 sum of x over the group (0 past M), which the
 // int4 format needs to take its zero point out after the MMA.
-template <int GS>
+//
+// kNatural keeps each chunk in K order instead, so lane t's 8 bytes of a step are values
+// 4t .. 4t + 3: the 2:4 format maps a lane's B-fragment rows (2t, 2t + 1, 2t + 8, 2t + 9) to
+// those four values, the one group of four its A fragment holds (the product does not change
+// when A and B permute K alike).
+template <int GS, bool kNatural = false>
 struct XStage {
   static constexpr int row_bytes(int k_range) { return 2 * k_range + 32; }
   static constexpr int sums_offset(int k_range, int m) { return (m + 1) * row_bytes(k_range); }
@@ -69,12 +79,16 @@ struct XStage {
       const int64_t k = k_begin + 8 * v;
       uint4 r = make_uint4(0u, 0u, 0u, 0u);
       if (m < a.M && k < a.K) r = __ldg(reinterpret_cast<const uint4*>(x + m * a.K + k));
-      // values 8v .. 8v + 7 = half h of chunk v / 2: pair j goes to word 2j + h of the chunk
-      auto* chunk = reinterpret_cast<uint32_t*>(smem + m * rb + 32 * (v / 2)) + (v % 2);
-      chunk[0] = r.x;
-      chunk[2] = r.y;
-      chunk[4] = r.z;
-      chunk[6] = r.w;
+      if constexpr (kNatural) {
+        *reinterpret_cast<uint4*>(smem + m * rb + 16 * v) = r;
+      } else {
+        // values 8v .. 8v + 7 = half h of chunk v / 2: pair j goes to word 2j + h of the chunk
+        auto* chunk = reinterpret_cast<uint32_t*>(smem + m * rb + 32 * (v / 2)) + (v % 2);
+        chunk[0] = r.x;
+        chunk[2] = r.y;
+        chunk[4] = r.z;
+        chunk[6] = r.w;
+      }
     }
     base = smem;
     row_bytes_ = rb;
@@ -107,11 +121,38 @@ struct XStage {
     const int m = nt * 8 + g;
     return base + (m < a.M ? m : a.M) * row_bytes_;
   }
+
+  // Each fragment's row at batch b of the split (16 k16 steps of 32 bytes a batch).
+  template <int NT>
+  __device__ void batch_rows(const Args& a, int b, int g, const unsigned char* (&rows)[NT]) const {
+    const int b_local = b - blockIdx.y * a.batches_per_split;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) rows[nt] = row(a, nt, g) + 32 * 16 * b_local;
+  }
 };
 
 // B fragment of k16 step `step` (block-local) from a lane's staged row.
 __device__ __forceinline__ uint2 x_frag(const unsigned char* row, int step, int t) {
   return *reinterpret_cast<const uint2*>(row + 32 * step + 8 * t);
+}
+
+// The 16 k16 steps of batch b for a 16-bit format whose A fragment of a step comes from the step
+// alone: a_regs(s, ra) makes step s's, the B fragments come from the block's staged x.
+template <class Act, int NT, class Block, class ARegs>
+__device__ __forceinline__ void mma_steps16(const Args& a, const Block& blk, int b, int g, int t,
+                                            float (&acc)[NT][4], ARegs&& a_regs) {
+  const unsigned char* rows[NT];
+  blk.template batch_rows<NT>(a, b, g, rows);
+#pragma unroll
+  for (int s = 0; s < 16; ++s) {
+    uint32_t ra[4];
+    a_regs(s, ra);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const uint2 xb = x_frag(rows[nt], s, t);
+      Act::mma(acc[nt], ra, xb.x, xb.y);
+    }
+  }
 }
 
 // (a & mask) | c in one LOP3.
@@ -170,10 +211,9 @@ struct Int4 : FloatBase<Act, GS> {
   template <int NT>
   __device__ static void batch(const Args& a, const Block& blk, int b, int g, int t, const uint4 (&w)[kLoads],
                                const Aux& aux, float (&acc)[NT][4]) {
-    const int b_local = b - blockIdx.y * a.batches_per_split;
     const unsigned char* rows[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) rows[nt] = blk.row(a, nt, g) + 32 * 16 * b_local;
+    blk.template batch_rows<NT>(a, b, g, rows);
+    const int b_local = b - blockIdx.y * a.batches_per_split;
     constexpr float kMagic = Act::kMagicValue;
     float gacc[NT][4];
 #pragma unroll
@@ -229,27 +269,81 @@ struct Int8W16 : FloatBase<Act, 0> {
   template <int NT>
   __device__ static void batch(const Args& a, const Block& blk, int b, int g, int t, const uint4 (&w)[kLoads],
                                const Aux&, float (&acc)[NT][4]) {
-    const int b_local = b - blockIdx.y * a.batches_per_split;
-    const unsigned char* rows[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) rows[nt] = blk.row(a, nt, g) + 32 * 16 * b_local;
-#pragma unroll
-    for (int s = 0; s < kLoads * 2; ++s) {  // k16 steps: words (2j, 2j + 1) of load s / 2
+    mma_steps16<Act, NT>(a, blk, b, g, t, acc, [&](int s, uint32_t (&ra)[4]) {  // words (2s, 2s + 1) of the batch
       const uint32_t lo = word(w[s / 2], 2 * (s % 2)), hi = word(w[s / 2], 2 * (s % 2) + 1);
-      const uint32_t ra[4] = {Act::from_biased_bytes(lo, 0), Act::from_biased_bytes(lo, 1),
-                              Act::from_biased_bytes(hi, 0), Act::from_biased_bytes(hi, 1)};
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const uint2 xb = x_frag(rows[nt], s, t);
-        Act::mma(acc[nt], ra, xb.x, xb.y);
-      }
-    }
+      ra[0] = Act::from_biased_bytes(lo, 0);
+      ra[1] = Act::from_biased_bytes(lo, 1);
+      ra[2] = Act::from_biased_bytes(hi, 0);
+      ra[3] = Act::from_biased_bytes(hi, 1);
+    });
   }
 
   // out = (x @ w_q.T) * w_scale[n] + bias[n]
   __device__ static float epilogue(const Args& a, const Block&, float acc, int, int n) {
     const float v = __fmul_rn(acc, static_cast<const float*>(a.scales)[n]);
     return a.bias ? __fadd_rn(v, a.bias[n]) : v;
+  }
+};
+
+// 2:4 bf16 / fp16 (kernelswap.ops.sparse24's values and meta). A batch is 9 loads a lane: loads
+// 0-7 hold the kept values, load 8 the metadata. At k16 step s (word pair s % 2 of load s / 2)
+// a lane holds, for rows g and g + 8, the two kept values of group 4s + t of the batch (K
+// 16s + 4t .. + 3), and byte s of load 8 their nibbles (row g low, row g + 8 high; a nibble is
+// i0 | i1 << 2, the kept positions). One PRMT per register expands a pair into its dense A
+// register with the zeros in place: the selector for each nibble comes from a 16-entry table in
+// shared memory (16 words in 16 banks: no conflicts). x is staged in K order (XStage kNatural).
+template <class Act>
+struct Sparse24 {
+  static constexpr int kWarps = 8, kBlocksPerSm = 2;  // 9 loads a batch, as the int8 formats' 8
+  using Acc = float;
+  static constexpr int kLoads = 9;
+  using Stage = XStage<0, true>;
+  struct Aux {};
+  struct Block {
+    Stage x;
+    const uint32_t* lut;  // nibble -> PRMT selectors: low half (k 0, 1), high half (k 2, 3)
+    template <int NT>
+    __device__ void batch_rows(const Args& a, int b, int g, const unsigned char* (&rows)[NT]) const {
+      x.template batch_rows<NT>(a, b, g, rows);
+    }
+  };
+  static constexpr int lut_offset(int k_range, int m, int mp) { return (Stage::bytes(k_range, m, mp) + 15) / 16 * 16; }
+  static constexpr int smem_bytes(int k_range, int m, int mp) { return lut_offset(k_range, m, mp) + 16 * 4; }
+
+  // PRMT source bytes of dense position p: v0 (bytes 0, 1), v1 (bytes 2, 3) or zero (b's byte 4).
+  __device__ static uint32_t source(int p, int i0, int i1) { return p == i0 ? 0x10u : p == i1 ? 0x32u : 0x44u; }
+
+  template <int NT>
+  __device__ static void setup(const Args& a, int b0, int b1, unsigned char* smem, Block& blk) {
+    auto* lut = reinterpret_cast<uint32_t*>(smem + lut_offset((b1 - b0) * kBatchK, a.M, 8 * NT));
+    if (threadIdx.x < 16) {
+      const int i0 = threadIdx.x & 3, i1 = threadIdx.x >> 2;
+      lut[threadIdx.x] = source(0, i0, i1) | source(1, i0, i1) << 8 | source(2, i0, i1) << 16 |
+                         source(3, i0, i1) << 24;
+    }
+    blk.x.template fill<Act, 8 * NT>(a, b0, b1, smem);  // ends with a barrier: the table is visible
+    blk.lut = lut;
+  }
+
+  __device__ static void load_aux(const Args&, int, int, int, Aux&) {}
+
+  template <int NT>
+  __device__ static void batch(const Args& a, const Block& blk, int b, int g, int t, const uint4 (&w)[kLoads],
+                               const Aux&, float (&acc)[NT][4]) {
+    mma_steps16<Act, NT>(a, blk, b, g, t, acc, [&](int s, uint32_t (&ra)[4]) {
+      const uint32_t lo = word(w[s / 2], 2 * (s % 2)), hi = word(w[s / 2], 2 * (s % 2) + 1);  // rows g, g + 8
+      const uint32_t nib = word(w[8], s / 4) >> (8 * (s % 4));
+      const uint32_t sel_lo = blk.lut[nib & 15u], sel_hi = blk.lut[(nib >> 4) & 15u];
+      ra[0] = prmt(lo, 0u, sel_lo);
+      ra[1] = prmt(hi, 0u, sel_hi);
+      ra[2] = prmt(lo, 0u, sel_lo >> 16);
+      ra[3] = prmt(hi, 0u, sel_hi >> 16);
+    });
+  }
+
+  // out = x @ W.T + bias
+  __device__ static float epilogue(const Args& a, const Block&, float acc, int, int n) {
+    return a.bias ? acc + a.bias[n] : acc;
   }
 };
 
@@ -359,6 +453,60 @@ struct Int8W8 {
   __device__ static float epilogue(const Args& a, const Block& blk, int acc, int m, int n) {
     const float v = __fmul_rn(__fmul_rn(__int2float_rn(acc), blk.scale[m]), static_cast<const float*>(a.scales)[n]);
     return a.bias ? __fadd_rn(v, a.bias[n]) : v;
+  }
+};
+
+// 2:4 int8 with int8 activations (kernelswap.ops.sparse24's int8 values and meta): Int8W8's x
+// quantization, numerics and epilogue, 5 loads a batch. Loads 0-3, k32 step s (word pair s % 2 of
+// load s / 2): word 2 (s % 2) holds the kept pairs of group 8s + t (K 32s + 4t .. + 3) for row g
+// (bytes 0, 1) and row g + 8 (bytes 2, 3), word 2 (s % 2) + 1 those of group 8s + 4 + t (K + 16).
+// Load 4, 16-bit half s: the four nibbles in the order of the A registers (row g, row g + 8, of
+// each group). One PRMT per register expands a pair into its 4 bytes, the selector from a
+// 16-entry table in shared memory.
+template <class Act>
+struct Sparse24Int8 : Int8W8<Act> {
+  using Base = Int8W8<Act>;
+  using typename Base::Block;
+  using Aux = typename Base::Aux;
+  static constexpr int kLoads = 5;
+  static constexpr int lut_offset(int k_range, int m, int mp) { return (Base::smem_bytes(k_range, m, mp) + 15) / 16 * 16; }
+  static constexpr int smem_bytes(int k_range, int m, int mp) { return lut_offset(k_range, m, mp) + 16 * 4; }
+
+  // PRMT source byte of dense position p: v0 (0), v1 (1) or zero (b's byte 4).
+  __device__ static uint32_t source(int p, int i0, int i1) { return p == i0 ? 0u : p == i1 ? 1u : 4u; }
+
+  template <int NT>
+  __device__ static void setup(const Args& a, int b0, int b1, unsigned char* smem, Block& blk) {
+    // Past the shared memory of the split's full K range (the last split's may be shorter), where
+    // batch() finds it again from Int8W8's block (its scales start the shared memory).
+    auto* lut = reinterpret_cast<uint32_t*>(smem + lut_offset(a.batches_per_split * kBatchK, a.M, 8 * NT));
+    if (threadIdx.x < 16) {
+      const int i0 = threadIdx.x & 3, i1 = threadIdx.x >> 2;
+      lut[threadIdx.x] = source(0, i0, i1) | source(1, i0, i1) << 4 | source(2, i0, i1) << 8 |
+                         source(3, i0, i1) << 12;
+    }
+    Base::template setup<NT>(a, b0, b1, smem, blk);  // ends with a barrier: the table is visible
+  }
+
+  template <int NT>
+  __device__ static void batch(const Args& a, const Block& blk, int b, int g, int t, const uint4 (&w)[kLoads],
+                               const Aux&, int (&acc)[NT][4]) {
+    const int k_range = a.batches_per_split * kBatchK;
+    const auto* lut = reinterpret_cast<const uint32_t*>(reinterpret_cast<const unsigned char*>(blk.scale) +
+                                                        lut_offset(k_range, a.M, 8 * NT));
+    const int k_local = (b - blockIdx.y * a.batches_per_split) * kBatchK + 4 * t;
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {  // k32 steps
+      const uint32_t lo = word(w[s / 2], 2 * (s % 2)), hi = word(w[s / 2], 2 * (s % 2) + 1);
+      const uint32_t nib = word(w[4], s / 2) >> (16 * (s % 2));
+      const uint4 ra = make_uint4(prmt(lo, 0u, lut[nib & 15u]), prmt(lo >> 16, 0u, lut[(nib >> 4) & 15u]),
+                                  prmt(hi, 0u, lut[(nib >> 8) & 15u]), prmt(hi >> 16, 0u, lut[(nib >> 12) & 15u]));
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int8_t* row = blk.q + (nt * 8 + g) * blk.stride + k_local + 32 * s;
+        mma_s8(acc[nt], ra, *reinterpret_cast<const uint32_t*>(row), *reinterpret_cast<const uint32_t*>(row + 16));
+      }
+    }
   }
 };
 

@@ -5,6 +5,8 @@
 //   _C_int4_gemv(x, w, scales, zeros, bias, counters, group_size, n)   W4A16
 //   _C_int8_weight_gemv(x, w, w_scale, bias, counters, n)              W8A16
 //   _C_int8_gemv(x, w, w_scale, bias, counters, n)                     W8A8, x quantized per token inside
+//   _C_sparse24_gemv(x, w, bias, counters, n)                          2:4 bf16 / fp16 (values and meta in w)
+//   _C_sparse24_int8_gemv(x, w, w_scale, bias, counters, n)            2:4 int8, x quantized per token inside
 //
 //   x (M, K) bf16 / fp16, contiguous, 16-byte aligned, K % 8 == 0, M <= 64;
 //   w (ceil(n / 16), B * bytes_a_batch) uint8, B = ceil(K / 256) batches of 256 K a tile;
@@ -175,8 +177,9 @@ using Int4G64 = gemv::Int4<Act, 64>;
 template <class Act>
 using Int4G128 = gemv::Int4<Act, 128>;
 
-// The formats by number, as the raw entry points take them: W4A16 (groups 32 / 64 / 128), W8A16, W8A8.
-enum Format { kInt4 = 0, kInt8Weight = 1, kInt8 = 2 };
+// The formats by number, as the raw entry points take them: W4A16 (groups 32 / 64 / 128), W8A16, W8A8,
+// 2:4 bf16 / fp16, 2:4 int8 (W8A8).
+enum Format { kInt4 = 0, kInt8Weight = 1, kInt8 = 2, kSparse24 = 3, kSparse24Int8 = 4 };
 
 template <template <class> class F>
 Launcher for_act(bool bf16, int64_t m) {
@@ -190,7 +193,9 @@ Launcher pick(int format, int group_size, bool bf16, int64_t m) {
     return group_size == 32 ? for_act<Int4G32>(bf16, m)
                             : group_size == 64 ? for_act<Int4G64>(bf16, m) : for_act<Int4G128>(bf16, m);
   }
-  STD_TORCH_CHECK(format == kInt8Weight || format == kInt8, "kernelswap GEMV: unknown format ", format);
+  STD_TORCH_CHECK(format >= kInt8Weight && format <= kSparse24Int8, "kernelswap GEMV: unknown format ", format);
+  if (format == kSparse24) return for_act<gemv::Sparse24>(bf16, m);
+  if (format == kSparse24Int8) return for_act<gemv::Sparse24Int8>(bf16, m);
   return format == kInt8Weight ? for_act<gemv::Int8W16>(bf16, m) : for_act<gemv::Int8W8>(bf16, m);
 }
 
@@ -222,9 +227,9 @@ Tensor int4_gemv(const Tensor& x, const Tensor& w, const Tensor& scales, const s
   return y;
 }
 
-Tensor int8_gemv_impl(const char* op, int format, const Tensor& x, const Tensor& w, const Tensor& w_scale,
+Tensor int8_gemv_impl(const char* op, int format, int loads, const Tensor& x, const Tensor& w, const Tensor& w_scale,
                       const std::optional<Tensor>& bias, const Tensor& counters, int64_t n) {
-  check_common(op, x, w, 8 * 32 * 16, bias, counters, n);
+  check_common(op, x, w, loads * 32 * 16, bias, counters, n);
   check_vector(op, "w_scale", w_scale, n);
   check_on_x_device(op, "w_scale", w_scale, x);
   STD_TORCH_CHECK(x.size(1) <= (1LL << 17), op, ": K must be at most 2^17 (int32 accumulation is exact there)");
@@ -239,12 +244,31 @@ Tensor int8_gemv_impl(const char* op, int format, const Tensor& x, const Tensor&
 
 Tensor int8_weight_gemv(const Tensor& x, const Tensor& w, const Tensor& w_scale, const std::optional<Tensor>& bias,
                         const Tensor& counters, int64_t n) {
-  return int8_gemv_impl("_C_int8_weight_gemv", kInt8Weight, x, w, w_scale, bias, counters, n);
+  return int8_gemv_impl("_C_int8_weight_gemv", kInt8Weight, gemv::Int8W16<gemv::BF16>::kLoads, x, w, w_scale, bias,
+                        counters, n);
 }
 
 Tensor int8_gemv(const Tensor& x, const Tensor& w, const Tensor& w_scale, const std::optional<Tensor>& bias,
                  const Tensor& counters, int64_t n) {
-  return int8_gemv_impl("_C_int8_gemv", kInt8, x, w, w_scale, bias, counters, n);
+  return int8_gemv_impl("_C_int8_gemv", kInt8, gemv::Int8W8<gemv::BF16>::kLoads, x, w, w_scale, bias, counters, n);
+}
+
+Tensor sparse24_int8_gemv(const Tensor& x, const Tensor& w, const Tensor& w_scale, const std::optional<Tensor>& bias,
+                          const Tensor& counters, int64_t n) {
+  return int8_gemv_impl("_C_sparse24_int8_gemv", kSparse24Int8, gemv::Sparse24Int8<gemv::BF16>::kLoads, x, w, w_scale,
+                        bias, counters, n);
+}
+
+Tensor sparse24_gemv(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, const Tensor& counters,
+                     int64_t n) {
+  constexpr const char* op = "_C_sparse24_gemv";
+  check_common(op, x, w, gemv::Sparse24<gemv::BF16>::kLoads * 32 * 16, bias, counters, n);
+  Tensor y = torch::stable::new_empty(x, {x.size(0), n});
+  auto a = args(x, w, bias, counters, y);
+  if (!a) return y;
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  launch(pick(kSparse24, 0, x.scalar_type() == ScalarType::BFloat16, a->M), *a, x);
+  return y;
 }
 
 }  // namespace kernelswap
@@ -269,13 +293,14 @@ void* kernelswap_gemv_plan(int format, int group_size, int bf16, const void* w, 
   using namespace kernelswap;
   const char* op = "kernelswap GEMV plan";
   const bool ok =
-      (format == kInt4 || format == kInt8Weight || format == kInt8 || raw::fail(op, ": unknown format ", format)) &&
+      ((format >= kInt4 && format <= kSparse24Int8) || raw::fail(op, ": unknown format ", format)) &&
       (format != kInt4 || group_size == 32 || group_size == 64 || group_size == 128 ||
        raw::fail(op, ": group_size must be 32, 64 or 128, got ", group_size)) &&
       ((M >= 1 && M <= kMaxM) || raw::fail(op, ": M=", M, " outside 1..", kMaxM)) &&
       ((K > 0 && K % 8 == 0 && K < (1LL << 31)) ||
        raw::fail(op, ": K=", K, " must be a positive multiple of 8 below 2^31")) &&
-      (format == kInt4 || K <= (1LL << 17) || raw::fail(op, ": int8 needs K <= 2^17, got ", K)) &&
+      (format == kInt4 || format == kSparse24 || K <= (1LL << 17) ||
+       raw::fail(op, ": int8 needs K <= 2^17, got ", K)) &&
       ((N > 0 && N < (1LL << 31) && n_tiles == ceil_div(N, kTileN)) ||
        raw::fail(op, ": N=", N, " does not match ", n_tiles, " weight tiles"));
   if (!ok) return nullptr;
@@ -319,10 +344,14 @@ STABLE_TORCH_LIBRARY_IMPL(kernelswap, CUDA, m) {
   m.impl("_C_int4_gemv", TORCH_BOX(&kernelswap::int4_gemv));
   m.impl("_C_int8_weight_gemv", TORCH_BOX(&kernelswap::int8_weight_gemv));
   m.impl("_C_int8_gemv", TORCH_BOX(&kernelswap::int8_gemv));
+  m.impl("_C_sparse24_gemv", TORCH_BOX(&kernelswap::sparse24_gemv));
+  m.impl("_C_sparse24_int8_gemv", TORCH_BOX(&kernelswap::sparse24_int8_gemv));
 }
 
 STABLE_TORCH_LIBRARY_IMPL(kernelswap, Meta, m) {
   m.impl("_C_int4_gemv", TORCH_BOX(&kernelswap::int4_gemv));
   m.impl("_C_int8_weight_gemv", TORCH_BOX(&kernelswap::int8_weight_gemv));
   m.impl("_C_int8_gemv", TORCH_BOX(&kernelswap::int8_gemv));
+  m.impl("_C_sparse24_gemv", TORCH_BOX(&kernelswap::sparse24_gemv));
+  m.impl("_C_sparse24_int8_gemv", TORCH_BOX(&kernelswap::sparse24_int8_gemv));
 }

@@ -35,7 +35,7 @@ VERSION = 1  # kernelswap_raw_version() of the C signatures below
 MISALIGNED = 2  # a run's answer when x or out is not 16-byte aligned (csrc/raw_entry.h)
 
 # The families, as the C entry points number them.
-GEMV_INT4, GEMV_INT8_WEIGHT, GEMV_INT8 = 0, 1, 2
+GEMV_INT4, GEMV_INT8_WEIGHT, GEMV_INT8, GEMV_SPARSE24, GEMV_SPARSE24_INT8 = 0, 1, 2, 3, 4
 GEMM_INT8_LINEAR, GEMM_FP8_LINEAR, GEMM_SPARSE24, GEMM_SPARSE24_INT8, GEMM_SPARSE24_FP8 = 0, 1, 2, 3, 4
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64

@@ -4,6 +4,9 @@
   int8_weight_linear  _C_int8_weight_gemv  W8A16, per-channel fp32 scale
   int8_linear         _C_int8_gemv         W8A8, x quantized per token inside the one launch,
                                            bit-exact with the reference
+  sparse24_linear     _C_sparse24_gemv     2:4 bf16 / fp16: the kept values and their metadata
+                                           streamed (0.56x the dense bytes), expanded in registers
+  sparse24_int8_linear _C_sparse24_int8_gemv  2:4 int8, x quantized per token inside, as W8A8
 
 The layers' runners launch them through _C's raw entry points (ops/_raw.py), other calls
 through the ops. One templated kernel (csrc/gemv) streams weights in the layouts of
@@ -42,7 +45,10 @@ from .backend import Preference, register
 # 1.03 / 1.20 / 0.84 against the Triton GEMM's 0.82-0.95 at M = 32. W8A8 M=1: 0.82 / 0.75 /
 # 0.70 / 0.59, M=4: 1.22 / 0.94 / 1.07 / 0.81 against the CUTLASS quantize + GEMM's 0.73-0.86
 # at M = 1 and 32. M = 2, 3, 5-15 and 17-31 were not measured.
-GEMV_UP_TO_M = {"int4_linear": 16, "int8_weight_linear": 4, "int8_linear": 1}
+# The 2:4 GEMVs serve M = 1 only until they are measured against the Triton 2:4 GEMV and the CUTLASS
+# 2:4-int8 GEMM at M = 2-16 (at M = 1 a raw call replaces a Triton launch or quantize + GEMM).
+GEMV_UP_TO_M = {"int4_linear": 16, "int8_weight_linear": 4, "int8_linear": 1, "sparse24_linear": 1,
+                "sparse24_int8_linear": 1}
 MAX_M = 64
 ALIGN_K = 8  # x rows are read as 16-byte vectors (W8A8) and 4-byte pairs
 MAX_K_INT8 = 1 << 17  # int32 accumulation of K products of 127 * 127 stays exact
@@ -51,7 +57,7 @@ _DTYPES = (torch.bfloat16, torch.float16)
 
 class Prepared(NamedTuple):
     w: Tensor
-    scales: Tensor
+    scales: Tensor | None  # None: 2:4
     zeros: Tensor | None
     bias: Tensor | None
     counters: Tensor
@@ -60,6 +66,8 @@ class Prepared(NamedTuple):
 _INT4 = PreparedWeights("int4 -> decode GEMV layout")
 _W8A16 = PreparedWeights("int8 -> W8A16 decode GEMV layout")
 _W8A8 = PreparedWeights("int8 -> W8A8 decode GEMV layout")
+_S24 = PreparedWeights("2:4 -> decode GEMV layout")
+_S24_INT8 = PreparedWeights("2:4 int8 -> decode GEMV layout")
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,3 +212,87 @@ def _int8_weight_gemv(x, w_q, w_scale, bias):
           bind=_W8A8_BIND, raw=_W8A8_RAW)
 def _int8_gemv(x, w_q, w_scale, bias):
     return _W8A8_BIND(w_q, w_scale, bias)(x)
+
+
+# ---------------------------------------------------------------- 2:4: sparse24_linear, sparse24_int8_linear
+@functools.lru_cache(maxsize=None)
+def _s24_build_reason() -> str | None:
+    if _ext.load() and not hasattr(torch.ops.kernelswap, "_C_sparse24_int8_gemv"):
+        return "kernelswap._C predates the 2:4 decode GEMVs; rebuild it"
+    return None
+
+
+def _s24_prepared(values, meta, w_scale, bias) -> Prepared:
+    """The GEMV layout of a 2:4 weight (w_scale None: bf16 / fp16 values, else int8)."""
+    int8 = w_scale is not None
+    op = "sparse24_int8_linear" if int8 else "sparse24_linear"
+
+    def make():
+        from .sparse24 import check_meta_valid
+
+        check_meta_valid(op, meta)  # the kernels trust every nibble: checked once, here
+        w = L.sparse24_int8_to_gemv(values, meta) if int8 else L.sparse24_to_gemv(values, meta)
+        scales = w_scale.float().contiguous().clone() if int8 else None
+        return Prepared(w, scales, None, bias32(bias), L.counters(values.shape[0], values.device))
+    return (_S24_INT8 if int8 else _S24).get(_key(values, meta, w_scale, bias), make)
+
+
+def _s24_serves(values) -> bool:
+    return _serves(values) and _s24_build_reason() is None
+
+
+def _s24_prepare(values, meta, bias) -> None:
+    if _s24_serves(values) and values.dtype in _DTYPES:
+        _s24_prepared(values, meta, None, bias)
+
+
+def _s24_int8_prepare(values, meta, w_scale, bias) -> None:
+    if _s24_serves(values) and values.dtype == torch.int8:
+        _s24_prepared(values, meta, w_scale, bias)
+
+
+def _s24_supports(x, values, meta, bias):
+    if values.dtype != x.dtype:
+        return f"values are {values.dtype} but x is {x.dtype}; the GEMV multiplies them in one dtype"
+    return _reason(x, "sparse24_linear") or _s24_build_reason()
+
+
+def _s24_int8_supports(x, values, meta, w_scale, bias):
+    if x.shape[1] > MAX_K_INT8:
+        return f"K={x.shape[1]} > {MAX_K_INT8}: int32 accumulation would no longer be exact"
+    return _reason(x, "sparse24_int8_linear") or _s24_build_reason()
+
+
+def _s24_bind(values, meta, bias):
+    p, op, n = _s24_prepared(values, meta, None, bias), torch.ops.kernelswap._C_sparse24_gemv.default, \
+        values.shape[0]
+    return lambda x: op(x, p.w, p.bias, p.counters, n)
+
+
+def _s24_int8_bind(values, meta, w_scale, bias):
+    p, op, n = _s24_prepared(values, meta, w_scale, bias), torch.ops.kernelswap._C_sparse24_int8_gemv.default, \
+        values.shape[0]
+    return lambda x: op(x, p.w, p.scales, p.bias, p.counters, n)
+
+
+def _s24_raw(x, values, meta, bias):
+    p = _s24_prepared(values, meta, None, bias)
+    return _raw.gemv_runner(x, _raw.GEMV_SPARSE24, 0, p.w, None, None, p.bias, p.counters, values.shape[0],
+                            _s24_bind(values, meta, bias))
+
+
+def _s24_int8_raw(x, values, meta, w_scale, bias):
+    p = _s24_prepared(values, meta, w_scale, bias)
+    return _raw.gemv_runner(x, _raw.GEMV_SPARSE24_INT8, 0, p.w, p.scales, None, p.bias, p.counters, values.shape[0],
+                            _s24_int8_bind(values, meta, w_scale, bias))
+
+
+@register("sparse24_linear", "cuda", supports=_s24_supports, prepare=_s24_prepare, bind=_s24_bind, raw=_s24_raw)
+def _sparse24_gemv(x, values, meta, bias):
+    return _s24_bind(values, meta, bias)(x)
+
+
+@register("sparse24_int8_linear", "cuda", supports=_s24_int8_supports, prepare=_s24_int8_prepare,
+          bind=_s24_int8_bind, raw=_s24_int8_raw)
+def _sparse24_int8_gemv(x, values, meta, w_scale, bias):
+    return _s24_int8_bind(values, meta, w_scale, bias)(x)

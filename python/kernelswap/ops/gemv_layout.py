@@ -16,8 +16,17 @@ mma.sync A fragments (lane = 4 * g + t; fragment rules in csrc/gemv/gemv_mma.cuh
   int8 (W8A8)    q as bytes; word r = register r of the m16n8k32 A fragment: row g + 8 * (r % 2),
                  k = 16 * (r // 2) + 4 t + (0..3).
 
+  2:4 (bf16/fp16) 9 loads a batch. Loads 0-7, word w of load u: the kept pair (v0 | v1 << 16) of
+                 row g + 8 * (w % 2), group 4 s + t of the batch (K 16 s + 4 t .. + 3), s = 2 u + w // 2.
+                 Load 8, byte s: the nibbles of that group, row g low, row g + 8 high.
+  2:4 int8       5 loads a batch. Loads 0-3, word w of load u, s = 2 u + w // 2 (k32 step), c = w % 2:
+                 the kept pairs (bytes v0, v1) of group 8 s + 4 c + t of the batch, row g in bytes 0-1,
+                 row g + 8 in bytes 2-3. Load 4, 16-bit half s: the nibbles of (row g, group 8 s + t),
+                 (row g + 8, same), (row g, group 8 s + 4 + t), (row g + 8, same), low to high.
+
 Rows are padded to a multiple of 16 and K to a multiple of 256; the padding holds codes that
-dequantize to 0 (and int4 padding groups have scale 0). int4 scales and zeros are stored as
+dequantize to 0 (and int4 padding groups have scale 0; 2:4 padding groups keep zeros at
+positions 0 and 1). int4 scales and zeros are stored as
 (tile, group, g, h) = the value of row 16 * tile + g + 8 h, so one 32-bit (fp16 scales) or
 16-bit (uint8 zeros) load gives a lane both of its rows.
 """
@@ -136,6 +145,83 @@ def int8_from_gemv(w: Tensor, n: int, k: int, activations_int8: bool) -> Tensor:
     if activations_int8:
         return _untiles(w, "int8_w8", n, k).view(torch.int8)
     return (_untiles(w, "int8_w16", n, k).to(torch.int16) - 128).to(torch.int8)
+
+
+# ---------------------------------------------------------------- 2:4 bf16 / fp16
+SPARSE24_LOADS = 9
+_PAD_NIBBLE = 0 | 1 << 2  # positions 0 and 1 (the values there are zero)
+
+
+def _nibbles(meta: Tensor) -> Tensor:
+    """(N, Kp // 8) uint8 -> (N, Kp // 4) uint8, one nibble a group, in K order."""
+    return torch.stack((meta & 0x0F, meta >> 4), dim=-1).reshape(meta.shape[0], -1)
+
+
+def _padded_groups(values: Tensor, meta: Tensor, pair: torch.dtype) -> tuple[Tensor, Tensor, int, int]:
+    """Each group's kept pair as one `pair` word (N_pad, G_pad) and its nibble (N_pad, G_pad), rows
+    padded to tiles and groups to batches (padding: zero pairs, positions 0 and 1); tiles, batches."""
+    n, groups = values.shape[0], values.shape[1] // 2
+    n_pad, g_pad = _round_up(max(n, 1), TILE_N), _round_up(max(groups, 1), BATCH_K // 4)
+    pairs = F.pad(values.contiguous().view(pair), (0, g_pad - groups, 0, n_pad - n))
+    nib = F.pad(_nibbles(meta), (0, g_pad - groups, 0, n_pad - n), value=_PAD_NIBBLE)
+    return pairs, nib, n_pad // TILE_N, g_pad // (BATCH_K // 4)
+
+
+def sparse24_to_gemv(values: Tensor, meta: Tensor) -> Tensor:
+    """kernelswap.ops.sparse24's (values (N, Kp // 2) bf16 / fp16, meta (N, Kp // 8) uint8) -> the
+    weight of _C_sparse24_gemv: (ceil(N / 16), batches * 9 * 32 * 16) uint8."""
+    pairs, nib, tiles, batches = _padded_groups(values, meta, torch.int32)
+    # row = 16 T + 8 h + g, group = 64 B + 4 s + t, s = 2 u + sw
+    v = pairs.view(tiles, 2, 8, batches, 8, 2, 4).permute(0, 3, 4, 2, 6, 5, 1)  # T B u g t sw h
+    v = v.reshape(tiles, batches, 8, 32 * 4).contiguous().view(torch.uint8)  # (T, B, 8 loads, 32 lanes x 16)
+    m = nib.view(tiles, 2, 8, batches, 16, 4)
+    m = (m[:, 0] | (m[:, 1] << 4)).permute(0, 2, 1, 4, 3)  # T B g t s
+    m = m.reshape(tiles, batches, 1, 32 * 16)
+    return torch.cat((v, m), dim=2).reshape(tiles, -1).contiguous()
+
+
+SPARSE24_INT8_LOADS = 5
+
+
+def sparse24_int8_to_gemv(values: Tensor, meta: Tensor) -> Tensor:
+    """kernelswap.ops.sparse24's int8 (values (N, Kp // 2), meta (N, Kp // 8)) -> the weight of
+    _C_sparse24_int8_gemv: (ceil(N / 16), batches * 5 * 32 * 16) uint8."""
+    pairs, nib, tiles, batches = _padded_groups(values, meta, torch.int16)
+    # row = 16 T + 8 h + g, group = 64 B + 8 s + 4 c + t, s = 2 u + sw; word index 2 sw + c, half h
+    v = pairs.view(tiles, 2, 8, batches, 4, 2, 2, 4).permute(0, 3, 4, 2, 7, 5, 6, 1)  # T B u g t sw c h
+    v = v.reshape(tiles, batches, 4, 32 * 8).contiguous().view(torch.uint8)  # (T, B, 4 loads, 32 lanes x 16)
+    m = nib.view(tiles, 2, 8, batches, 8, 2, 4)  # T h g B s c t
+    m = (m[:, 0] | (m[:, 1] << 4)).permute(0, 2, 1, 5, 3, 4)  # T B g t s c: byte 2 s + c of a lane
+    m = m.reshape(tiles, batches, 1, 32 * 16)
+    return torch.cat((v, m), dim=2).reshape(tiles, -1).contiguous()
+
+
+def sparse24_int8_from_gemv(w: Tensor, n: int, kp: int) -> tuple[Tensor, Tensor]:
+    """The inverse of sparse24_int8_to_gemv: (values (n, kp // 2) int8, meta (n, kp // 8))."""
+    tiles, groups = w.shape[0], kp // 4
+    e = w.view(tiles, -1, SPARSE24_INT8_LOADS, 32 * 16)
+    batches = e.shape[1]
+    v = e[:, :, :4].contiguous().view(torch.int16).view(tiles, batches, 4, 8, 4, 2, 2, 2)  # T B u g t sw c h
+    pairs = v.permute(0, 7, 3, 1, 2, 5, 6, 4).reshape(tiles * TILE_N, batches * 64)  # T h g B u sw c t
+    m = e[:, :, 4].reshape(tiles, batches, 8, 4, 8, 2).permute(0, 2, 1, 4, 5, 3)  # T g B s c t
+    nib = torch.stack((m & 0x0F, m >> 4), dim=1).reshape(tiles * TILE_N, batches * 64)
+    pairs, nib = pairs[:n, :groups], nib[:n, :groups]
+    meta = nib[:, 0::2] | (nib[:, 1::2] << 4)
+    return pairs.contiguous().view(torch.int8), meta.contiguous()
+
+
+def sparse24_from_gemv(w: Tensor, n: int, kp: int) -> tuple[Tensor, Tensor]:
+    """The inverse of sparse24_to_gemv: (values (n, kp // 2) as int16 bits, meta (n, kp // 8))."""
+    tiles, groups = w.shape[0], kp // 4
+    e = w.view(tiles, -1, SPARSE24_LOADS, 32 * 16)
+    batches = e.shape[1]
+    v = e[:, :, :8].contiguous().view(torch.int32).view(tiles, batches, 8, 8, 4, 2, 2)  # T B u g t sw h
+    pairs = v.permute(0, 6, 3, 1, 2, 5, 4).reshape(tiles * TILE_N, batches * 64)  # T h g B u sw t
+    m = e[:, :, 8].reshape(tiles, batches, 8, 4, 16).permute(0, 2, 1, 4, 3)  # T g B s t
+    nib = torch.stack((m & 0x0F, m >> 4), dim=1).reshape(tiles * TILE_N, batches * 64)  # T h g (B s t)
+    pairs, nib = pairs[:n, :groups], nib[:n, :groups]
+    meta = nib[:, 0::2] | (nib[:, 1::2] << 4)
+    return pairs.contiguous().view(torch.int16), meta.contiguous()
 
 
 def counters(n: int, device) -> Tensor:
