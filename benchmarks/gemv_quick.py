@@ -3,10 +3,10 @@
     python3 benchmarks/gemv_quick.py --out gemv_quick.csv [--with-triton] [--dtype bf16|fp16]
 
 Needs a GPU and a kernelswap._C built with csrc/gemv. Kernels: W4A16 (group 128 asymmetric and
-group 32 symmetric), W8A16, W8A8 (per-token quantization inside), 2:4 ("s24": values + meta),
-each through the public op with the cuda backend forced (so host time is the op's real per-call
-path), and on an sm_90 GPU the CUTLASS W8A8 GEMM (quantize kernel + int8 GEMM) it displaces; --with-triton adds the Triton
-backend of the same ops. At M in {1, 4, 16, 64} on (K, N) in {(4096, 4096),
+group 32 symmetric), W8A16, W8A8 (per-token quantization inside), 2:4 ("s24": values + meta) and
+2:4-int8 ("s24i8": int8 values + meta + per-channel scales, per-token quantization inside), each through the public op with the cuda backend forced (so host time is the op's real per-call
+path), and on an sm_90 GPU the CUTLASS GEMMs (quantize kernel + int8 GEMM, dense and 2:4) they displace; --with-triton adds the Triton
+backend of the same ops. At M in {1, 4, 8, 16, 64} on (K, N) in {(4096, 4096),
 (4096, 14336), (14336, 4096), (8192, 28672)}. Each provider cycles through enough copies of its
 weights that they cannot sit in L2. us = one call's time replayed from a CUDA graph of one call
 per weight copy (the kernels alone, no host time); eager_us = do_bench's median of one eager call
@@ -26,11 +26,11 @@ import triton
 
 import kernelswap
 from kernelswap.bench.timing import capture_graph, replay_ms
-from kernelswap.ops import backend, int8_cuda
+from kernelswap.ops import backend, int8_cuda, sparse24_cuda
 from kernelswap.packing import compress_24, prune_24, quantize_int4
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]
-MS = [1, 4, 16, 64]
+MS = [1, 4, 8, 16, 64]
 L2_BYTES = 60 * 2**20
 ROTATE_BYTES = 4 * L2_BYTES  # each provider's copies together exceed L2 four times
 
@@ -62,6 +62,14 @@ def make_weights(kind: str, k: int, n: int, count: int, dtype: torch.dtype = tor
             args = (values, meta, None)
             nbytes = values.numel() * values.element_size() + meta.numel()
             backend.prepare_weights("sparse24_linear", *args)
+        elif kind == "s24i8":
+            keep = prune_24(torch.randn(n, k, device="cuda")) != 0
+            w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda") * keep
+            values, meta = compress_24(w_q.to(torch.int8))
+            w_s = torch.rand(n, device="cuda") * 1e-2
+            args = (values, meta, w_s, None)
+            nbytes = values.numel() + meta.numel() + w_s.numel() * 4
+            backend.prepare_weights("sparse24_int8_linear", *args)
         else:
             w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
             w_s = torch.rand(n, device="cuda") * 1e-2
@@ -73,7 +81,9 @@ def make_weights(kind: str, k: int, n: int, count: int, dtype: torch.dtype = tor
 
 
 OPS = {"w4a16-g128": "int4_linear", "w4a16-g32sym": "int4_linear", "w8a16": "int8_weight_linear",
-       "w8a8": "int8_linear", "s24": "sparse24_linear"}
+       "w8a8": "int8_linear", "s24": "sparse24_linear", "s24i8": "sparse24_int8_linear"}
+# The CUTLASS GEMMs (quantize + int8 GEMM) the W8A8 and 2:4-int8 GEMVs displace at decode M.
+CUTLASS = {"w8a8": int8_cuda._int8_linear_cuda, "s24i8": sparse24_cuda._sparse24_int8_linear_cuda}
 
 
 def time_rotating(fn, weights) -> float:
@@ -107,7 +117,8 @@ def main() -> None:
     bw = copy_bandwidth()
     print(f"copy bandwidth: {bw / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
     backends = ["cuda"] + (["triton"] if opts.with_triton else [])
-    cutlass_ok = int8_cuda._int8_linear_supports(torch.empty(1, 4096, device="cuda", dtype=dtype),
+    # 64 rows: past the M below which the CUTLASS GEMM declines to Triton's
+    cutlass_ok = int8_cuda._int8_linear_supports(torch.empty(64, 4096, device="cuda", dtype=dtype),
                                                 torch.empty(4096, 4096, device="cuda", dtype=torch.int8),
                                                 torch.empty(4096, device="cuda"), None) is None
     rows = []
@@ -135,9 +146,9 @@ def main() -> None:
                     print(f"skip {kind} {be} M={m} K={k} N={n}: {str(e).splitlines()[0][:120]}")
                     continue
                 rows.append(row(kind, be, m, k, n, ms, eager, nbytes, bw, bf16_ms))
-            if kind == "w8a8" and cutlass_ok:  # the CUTLASS GEMM the GEMV displaces at decode M
+            if kind in CUTLASS and cutlass_ok:
                 for m in MS:
-                    fn = lambda w, x=xs[m]: int8_cuda._int8_linear_cuda(x, *w)  # noqa: E731
+                    fn = lambda w, x=xs[m], f=CUTLASS[kind]: f(x, *w)  # noqa: E731
                     rows.append(row(kind, "cutlass", m, k, n, time_graph(fn, weights), time_rotating(fn, weights),
                                     nbytes, bw, bf16_ms))
             del weights, probe

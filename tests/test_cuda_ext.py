@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelswap import _ext, packing
-from kernelswap.ops import int8_cuda, sparse24_cuda, use_backend
+from kernelswap.ops import gemv_cuda, int8_cuda, sparse24_cuda, use_backend
 from kernelswap.ops.int8 import int8_linear_ref, int8_scaled_mm_ref
 from kernelswap.ops.sparse24 import sparse24_int8_linear_ref
 from utils import CUTLASS, assert_close_to_ref, assert_exact, needs_cuda, needs_cutlass, needs_ext, raises_safely
@@ -233,7 +233,8 @@ def test_sparse24_int8_linear_exact(m, k, n, dtype):
 @needs_sm90
 def test_sparse24_prepared_once_per_weight():
     values, meta, _ = _sparse_weight(64, 128, torch.bfloat16, "cuda")
-    x = torch.randn(5, 128, device="cuda", dtype=torch.bfloat16)
+    # more rows than the 2:4 GEMV serves even when forced, so the CUTLASS GEMM runs
+    x = torch.randn(gemv_cuda.MAX_M + 1, 128, device="cuda", dtype=torch.bfloat16)
     with use_backend("cuda"):
         torch.ops.kernelswap.sparse24_linear(x, values, meta, None)
         before = len(sparse24_cuda._SPARSE)
@@ -257,10 +258,11 @@ def test_sparse24_bad_meta_raises():
 
 @needs_cuda
 @needs_sm90
-@pytest.mark.parametrize("m,served", [(1, "cuda"), (2, "triton"), (16, "triton"), (17, "cuda"), (64, "cuda")])
+@pytest.mark.parametrize("m,served", [(1, "cuda"), (8, "cuda"), (9, "triton"), (16, "triton"), (17, "cuda"),
+                                      (64, "cuda")])
 def test_sparse24_small_m_goes_to_the_triton_gemv(m, served):
-    """M = 1: the 2:4 decode GEMV (gemv_cuda.GEMV_UP_TO_M); M = 2-16: the Triton GEMV (the measured
-    crossover, sparse24_cuda.SPARSE24_TRITON_UP_TO_M); forcing cuda still serves every M."""
+    """M <= gemv_cuda.GEMV_UP_TO_M (8): the 2:4 decode GEMV; up to sparse24_cuda.SPARSE24_TRITON_UP_TO_M
+    (16): the Triton GEMV (measured crossovers); forcing cuda still serves every M."""
     from kernelswap.ops.backend import choose
 
     values, meta, _ = _sparse_weight(64, 128, torch.bfloat16, "cuda")
@@ -268,6 +270,21 @@ def test_sparse24_small_m_goes_to_the_triton_gemv(m, served):
     assert choose("sparse24_linear", x.device, x, values, meta, None).backend == served
     with use_backend("cuda"):
         assert choose("sparse24_linear", x.device, x, values, meta, None).backend == "cuda"
+
+
+@needs_cuda
+@needs_sm90
+@pytest.mark.parametrize("m,served", [(1, "cuda"), (2, "triton"), (16, "triton"), (17, "cuda"), (64, "cuda")])
+def test_int8_small_m_goes_to_the_triton_gemm(m, served):
+    """M = 1: the W8A8 GEMV; M = 2 to int8_cuda.INT8_TRITON_UP_TO_M (16): Triton's quantize + GEMM;
+    past it the CUTLASS GEMM (measured crossovers); forcing cuda still serves every M."""
+    from kernelswap.ops.backend import choose
+
+    w_q, w_s = packing.quantize_int8(torch.randn(64, 128, device="cuda"))
+    x = torch.randn(m, 128, device="cuda", dtype=torch.bfloat16)
+    assert choose("int8_linear", x.device, x, w_q, w_s, None).backend == served
+    with use_backend("cuda"):
+        assert choose("int8_linear", x.device, x, w_q, w_s, None).backend == "cuda"
 
 
 @needs_cuda

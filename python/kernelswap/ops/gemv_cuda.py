@@ -45,10 +45,15 @@ from .backend import Preference, register
 # 1.03 / 1.20 / 0.84 against the Triton GEMM's 0.82-0.95 at M = 32. W8A8 M=1: 0.82 / 0.75 /
 # 0.70 / 0.59, M=4: 1.22 / 0.94 / 1.07 / 0.81 against the CUTLASS quantize + GEMM's 0.73-0.86
 # at M = 1 and 32. M = 2, 3, 5-15 and 17-31 were not measured.
-# The 2:4 GEMVs serve M = 1 only until they are measured against the Triton 2:4 GEMV and the CUTLASS
-# 2:4-int8 GEMM at M = 2-16 (at M = 1 a raw call replaces a Triton launch or quantize + GEMM).
-GEMV_UP_TO_M = {"int4_linear": 16, "int8_weight_linear": 4, "int8_linear": 1, "sparse24_linear": 1,
-                "sparse24_int8_linear": 1}
+# 2:4 bf16 (2026-12-02, same bench, against the Triton 2:4 GEMV it displaces): M=1: 0.76 / 0.79 /
+# 0.72 / 0.61 of cuBLAS (Triton 0.81 / 0.80 / 1.00 / 0.69), M=4: 0.89 / 0.82 / 0.73 / 0.67
+# (Triton 0.95 / 1.01 / 0.97 / 0.96), M=16: 1.22 / 1.08 / 1.18 / 0.84 (Triton 1.09 / 0.98 / 0.99
+# / 0.97); M=8: 0.92 / 0.89 / 0.75 / 0.72 (Triton 1.02 / 1.03 / 1.01 / 1.00). 2:4-int8 against
+# the CUTLASS 2:4-int8 quantize + GEMM: M=1: 0.72 / 0.50 / 0.60 / 0.41 (CUTLASS 1.01 / 0.74 / 1.06
+# / 0.72), M=4: 1.02 / 0.69 / 0.88 / 0.53 (1.04 / 0.82 / 1.08 / 0.83), M=8: 1.26 / 0.86 / 1.24 /
+# 0.65 (1.01 / 0.83 / 1.03 / 0.74).
+GEMV_UP_TO_M = {"int4_linear": 16, "int8_weight_linear": 4, "int8_linear": 1, "sparse24_linear": 8,
+                "sparse24_int8_linear": 4}
 MAX_M = 64
 ALIGN_K = 8  # x rows are read as 16-byte vectors (W8A8) and 4-byte pairs
 MAX_K_INT8 = 1 << 17  # int32 accumulation of K products of 127 * 127 stays exact

@@ -6,7 +6,8 @@
 
 The GEMM is sm_90a code; `supports` says why a call cannot be served (GPU, build, dtype,
 shape, alignment) so the dispatcher falls back before the extension would raise. At decode
-sizes the GEMVs of ops/gemv_cuda.py (registered first) serve int8_linear before these.
+sizes the GEMVs of ops/gemv_cuda.py (registered first) serve int8_linear before these, and
+the GEMM declines M <= INT8_TRITON_UP_TO_M to the Triton one (measured faster there).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from ._cuda import bias32, gemm_reason, out_reason
 from . import _raw
-from .backend import register
+from .backend import Preference, register
 
 
 @register("quantize_per_token_int8", "cuda")
@@ -31,8 +32,20 @@ def _int8_scaled_mm_cuda(a, a_scale, b, b_scale, bias, out_dtype):
     return torch.ops.kernelswap._C_int8_mm(a, a_scale, b, b_scale, bias32(bias), out_dtype)
 
 
+# At M <= this (past the GEMV's M), Triton's quantize + int8 GEMM beat the CUTLASS one on an
+# H200 (2026-12-02, kernels replayed from a CUDA graph, benchmarks/gemv_quick.py; us, Triton /
+# CUTLASS at K x N = 4096x4096 / 4096x14336 / 14336x4096 / 8192x28672): M=4: 12.1/15.2,
+# 26.1/29.2, 26.7/40.1, 65.1/99.9; M=16: 13.8/14.0, 27.4/29.6, 28.9/37.5, 65.8/93.0. At M = 64
+# CUTLASS is ahead on three of the four (12.0/16.8, 22.6/27.4, 28.3/46.4; 72.6/69.6). M = 17-63
+# was not measured.
+INT8_TRITON_UP_TO_M = 16
+
+
 def _int8_linear_supports(x, w_q, w_scale, bias):
-    return out_reason(x.dtype) or gemm_reason(x, x.shape[1], w_q.shape[0], w_q, w_scale)
+    why = out_reason(x.dtype) or gemm_reason(x, x.shape[1], w_q.shape[0], w_q, w_scale)
+    if why is None and x.shape[0] <= INT8_TRITON_UP_TO_M:
+        return Preference(f"M={x.shape[0]} <= {INT8_TRITON_UP_TO_M}: the Triton quantize + GEMM is faster here")
+    return why
 
 
 def _prepare_bias(w_q, w_scale, bias):
