@@ -274,14 +274,19 @@ def test_sparse24_small_m_goes_to_the_triton_gemv(m, served):
 
 @needs_cuda
 @needs_sm90
-@pytest.mark.parametrize("m,served", [(1, "cuda"), (2, "triton"), (16, "triton"), (17, "cuda"), (64, "cuda")])
-def test_int8_small_m_goes_to_the_triton_gemm(m, served):
-    """M = 1: the W8A8 GEMV; M = 2 to int8_cuda.INT8_TRITON_UP_TO_M (16): Triton's quantize + GEMM;
-    past it the CUTLASS GEMM (measured crossovers); forcing cuda still serves every M."""
+@pytest.mark.parametrize("m,n,served", [(1, 8192, "cuda"), (2, 8192, "triton"), (16, 8192, "triton"),
+                                        (17, 8192, "cuda"), (16, 8176, "cuda")])
+def test_int8_small_m_on_large_weights_goes_to_the_triton_gemm(m, n, served):
+    """M = 1: the W8A8 GEMV; M = 2 to int8_cuda.INT8_TRITON_UP_TO_M (16) on a weight of
+    INT8_TRITON_FROM_NK elements or more: Triton's quantize + GEMM; otherwise the CUTLASS GEMM
+    (measured crossovers); forcing cuda still serves every M."""
+    from kernelswap.ops import int8_cuda
     from kernelswap.ops.backend import choose
 
-    w_q, w_s = packing.quantize_int8(torch.randn(64, 128, device="cuda"))
-    x = torch.randn(m, 128, device="cuda", dtype=torch.bfloat16)
+    k = int8_cuda.INT8_TRITON_FROM_NK // 8192
+    w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
+    w_s = torch.rand(n, device="cuda")
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     assert choose("int8_linear", x.device, x, w_q, w_s, None).backend == served
     with use_backend("cuda"):
         assert choose("int8_linear", x.device, x, w_q, w_s, None).backend == "cuda"

@@ -123,7 +123,7 @@ RECIPE_CASES = [  # (recipe, K, N, Ms): K, N awkward for each family's rules
     ("int4", 520, 70, (1, 3, 16)),           # GEMV, K not a multiple of 128 or 256, N odd-ish
     ("int8-weight", 520, 70, (1, 4)),        # GEMV W8A16
     ("int8", 520, 70, (1,)),                 # GEMV W8A8
-    ("int8", 528, 272, (17, 130)),           # quantize + CUTLASS GEMM (Triton's serves M 2-16)
+    ("int8", 528, 272, (2, 17, 130)),        # quantize + CUTLASS GEMM
     ("sparse24", 520, 70, (1, 3, 8)),        # the 2:4 GEMV
     ("sparse24", 528, 272, (17, 130)),       # CUTLASS 2:4 (the Triton GEMV serves M 9-16)
     ("sparse24-int8", 544, 272, (1, 4, 17, 130)),

@@ -7,7 +7,8 @@
 The GEMM is sm_90a code; `supports` says why a call cannot be served (GPU, build, dtype,
 shape, alignment) so the dispatcher falls back before the extension would raise. At decode
 sizes the GEMVs of ops/gemv_cuda.py (registered first) serve int8_linear before these, and
-the GEMM declines M <= INT8_TRITON_UP_TO_M to the Triton one (measured faster there).
+the GEMM declines M <= INT8_TRITON_UP_TO_M on large weights to the Triton one (measured faster
+there).
 """
 from __future__ import annotations
 
@@ -32,19 +33,24 @@ def _int8_scaled_mm_cuda(a, a_scale, b, b_scale, bias, out_dtype):
     return torch.ops.kernelswap._C_int8_mm(a, a_scale, b, b_scale, bias32(bias), out_dtype)
 
 
-# At M <= this (past the GEMV's M), Triton's quantize + int8 GEMM beat the CUTLASS one on an
-# H200 (2026-12-02, kernels replayed from a CUDA graph, benchmarks/gemv_quick.py; us, Triton /
-# CUTLASS at K x N = 4096x4096 / 4096x14336 / 14336x4096 / 8192x28672): M=4: 12.1/15.2,
-# 26.1/29.2, 26.7/40.1, 65.1/99.9; M=16: 13.8/14.0, 27.4/29.6, 28.9/37.5, 65.8/93.0. At M = 64
-# CUTLASS is ahead on three of the four (12.0/16.8, 22.6/27.4, 28.3/46.4; 72.6/69.6). M = 17-63
-# was not measured.
+# At M <= INT8_TRITON_UP_TO_M (past the GEMV's M), Triton's quantize + int8 GEMM take less GPU
+# time than the CUTLASS one on an H200 (2026-12-02, kernels replayed from a CUDA graph,
+# benchmarks/gemv_quick.py; us, Triton / CUTLASS at K x N = 4096x4096 / 4096x14336 / 14336x4096 /
+# 8192x28672): M=4: 12.1/15.2, 26.1/29.2, 26.7/40.1, 65.1/99.9; M=16: 13.8/14.0, 27.4/29.6,
+# 28.9/37.5, 65.8/93.0 (at M = 64 CUTLASS is ahead on three of the four). But a swapped layer's
+# Triton path costs more host time per call (43 against 25-31 us at M = 16,
+# benchmarks/overhead_quick.py), which an eager call pays wherever the GPU work is shorter, so
+# the preference holds only for weights of INT8_TRITON_FROM_NK elements or more (8192x28672:
+# 65 against 93 us; at 14336x4096 the two tie in eager code). M = 17-63 was not measured.
 INT8_TRITON_UP_TO_M = 16
+INT8_TRITON_FROM_NK = 1 << 26
 
 
 def _int8_linear_supports(x, w_q, w_scale, bias):
     why = out_reason(x.dtype) or gemm_reason(x, x.shape[1], w_q.shape[0], w_q, w_scale)
-    if why is None and x.shape[0] <= INT8_TRITON_UP_TO_M:
-        return Preference(f"M={x.shape[0]} <= {INT8_TRITON_UP_TO_M}: the Triton quantize + GEMM is faster here")
+    if why is None and x.shape[0] <= INT8_TRITON_UP_TO_M and w_q.numel() >= INT8_TRITON_FROM_NK:
+        return Preference(f"M={x.shape[0]} <= {INT8_TRITON_UP_TO_M} on a {w_q.shape[0]}x{w_q.shape[1]} weight: "
+                          f"the Triton quantize + GEMM is faster here")
     return why
 
 
