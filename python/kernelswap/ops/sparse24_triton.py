@@ -18,9 +18,9 @@ from .int8 import quantize_per_token_ref
 from .sparse24 import check_meta_valid
 
 # Largest M the Triton kernel serves: 64 is the largest x tile of its tensor-core mode, so up
-# to here the weight stream is read once. The "cuda" backend is tried first: its sm_90a
-# sparse24_linear GEMM declines M <= sparse24_cuda.SPARSE24_TRITON_UP_TO_M = 16 (measured
-# there), so this kernel serves those M; the sm_90a int8 2:4 GEMM and the sm_80 GEMMs take
+# to here the weight stream is read once. The "cuda" backend is tried first: its 2:4 GEMV serves
+# M <= gemv_cuda.GEMV_UP_TO_M (8) and its sm_90a sparse24_linear GEMM declines
+# M <= sparse24_cuda.SPARSE24_TRITON_UP_TO_M = 16 (measured there), so this kernel serves M 9-16; the sm_90a int8 2:4 GEMM and the sm_80 GEMMs take
 # every M they can. Where no CUTLASS 2:4 GEMM runs (GPU, build, shape), this kernel serves
 # up to 64; the crossover with dense decompress + cuBLAS at M 17-64 was not measured.
 MAX_M = 64
