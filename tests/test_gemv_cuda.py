@@ -21,7 +21,7 @@ from kernelswap.ops.int4 import dequantize_int4_ref, unpack_int4
 from kernelswap.ops.int8 import int8_linear_ref
 from kernelswap.packing import quantize_int4
 
-from utils import assert_close_to_ref, assert_exact
+from utils import assert_close_to_ref, assert_exact, assert_repeats_and_replays
 
 # (N, K, group): N odd or not a multiple of 16; K below one batch, not a multiple of 128 or 256.
 INT4_SHAPES = [(37, 96, 32), (45, 200, 64), (16, 256, 128), (70, 700, 32)]
@@ -263,20 +263,8 @@ def test_split_k_is_deterministic_and_graph_safe(m):
     x = _x(m, k, torch.bfloat16)
     backend.prepare_weights("int4_linear", q.packed, q.scales, q.zeros, 128, None)
     with kernelswap.use_backend("cuda"):
-        first = kernelswap.ops.int4_linear(x, q.packed, q.scales, q.zeros, 128, None)
-        assert all(torch.equal(first, kernelswap.ops.int4_linear(x, q.packed, q.scales, q.zeros, 128, None))
-                   for _ in range(5))
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(stream):
-            with torch.cuda.graph(graph, stream=stream):
-                captured = kernelswap.ops.int4_linear(x, q.packed, q.scales, q.zeros, 128, None)
-        torch.cuda.current_stream().wait_stream(stream)
-    for _ in range(3):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(captured, first)
+        assert_repeats_and_replays(lambda: kernelswap.ops.int4_linear(x, q.packed, q.scales, q.zeros, 128, None),
+                                   f"int4 gemv m={m}")
 
 
 @needs_ops

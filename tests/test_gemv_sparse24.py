@@ -22,7 +22,7 @@ from kernelswap.ops import backend, gemv_cuda, gemv_layout as L
 from kernelswap.ops.sparse24 import decompress_24_ref, sparse24_int8_linear_ref
 from kernelswap.packing import compress_24, prune_24
 
-from utils import assert_close_to_ref, assert_exact
+from utils import assert_close_to_ref, assert_exact, assert_repeats_and_replays
 
 SHAPES = [(37, 96), (45, 200), (16, 256), (70, 520)]  # (N, K): N odd or not a multiple of 16; K < or not a multiple of 256
 
@@ -183,19 +183,7 @@ def test_split_k_is_deterministic_and_graph_safe(m):
     values, meta = _weight(300, 8192, torch.bfloat16, "cuda")
     x = torch.randn(m, 8192, device="cuda").to(torch.bfloat16)
     backend.prepare_weights("sparse24_linear", values, meta, None)
-    first = _run(x, values, meta, None)
-    assert all(torch.equal(first, _run(x, values, meta, None)) for _ in range(5))
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream):
-        with torch.cuda.graph(graph, stream=stream):
-            captured = _run(x, values, meta, None)
-    torch.cuda.current_stream().wait_stream(stream)
-    for _ in range(3):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(captured, first)
+    assert_repeats_and_replays(lambda: _run(x, values, meta, None), f"2:4 gemv m={m}")
 
 
 @needs_gemv

@@ -62,6 +62,24 @@ def assert_exact(out: torch.Tensor, ref: torch.Tensor, what: str = "") -> None:
                         f"({100.0 * n_bad / max(out.numel(), 1):.2f}%); {_worst(out, ref)}")
 
 
+def assert_repeats_and_replays(fn, what: str = "") -> None:
+    """fn() gives the same bits on repeated runs and replayed from a CUDA graph captured on a side
+    stream (split-K partials added in a fixed order; no host state read at replay)."""
+    first = fn()
+    assert all(torch.equal(first, fn()) for _ in range(5)), f"{what}: repeated runs differ"
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph, stream=stream):
+            captured = fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, first), f"{what}: the replay differs from the eager run"
+
+
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio of approx against ref, in dB."""
     ref, approx = ref.double(), approx.double()
