@@ -4,15 +4,17 @@
 
 Needs a GPU and a kernelswap._C built with csrc/gemv. Kernels: W4A16 (group 128 asymmetric and
 group 32 symmetric), W8A16, W8A8 (per-token quantization inside), 2:4 ("s24": values + meta) and
-2:4-int8 ("s24i8": int8 values + meta + per-channel scales, per-token quantization inside), each through the public op with the cuda backend forced (so host time is the op's real per-call
-path), and on an sm_90 GPU the CUTLASS GEMMs (quantize kernel + int8 GEMM, dense and 2:4) they displace; --with-triton adds the Triton
-backend of the same ops. At M in {1, 4, 8, 16, 64} on (K, N) in {(4096, 4096),
-(4096, 14336), (14336, 4096), (8192, 28672)}. Each provider cycles through enough copies of its
-weights that they cannot sit in L2. us = one call's time replayed from a CUDA graph of one call
-per weight copy (the kernels alone, no host time); eager_us = do_bench's median of one eager call
-(it clears L2 first), which also holds the host time where that outlasts the GPU work. GB/s counts the weight bytes the kernel must read (codes +
-scales + zeros, public sizes); % copy is that against a device-to-device copy timed here; "x bf16"
-is the time over cuBLAS bf16's (F.linear) at the same M. Prints a table last; --out writes the CSV.
+2:4-int8 ("s24i8": int8 values + meta + per-channel scales, per-token quantization inside), each
+through the public op with the cuda backend forced (so host time is the op's real per-call path),
+and on an sm_90 GPU the CUTLASS GEMMs (quantize kernel + int8 GEMM, dense and 2:4) they displace;
+--with-triton adds the Triton backend of the same ops. At M in {1, 4, 8, 16, 64} on (K, N) in
+{(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)}. Each provider cycles through enough
+copies of its weights that they cannot sit in L2. us = one call's time replayed from a CUDA graph
+of one call per weight copy (the kernels alone, no host time); eager_us = do_bench's median of one
+eager call (it clears L2 first), which also holds the host time where that outlasts the GPU work.
+GB/s counts the weight bytes the kernel must read (codes + scales + zeros, public sizes); % copy is
+that against a device-to-device copy timed here; "x bf16" is the time over cuBLAS bf16's (F.linear)
+at the same M. Prints a table last; --out writes the CSV.
 """
 from __future__ import annotations
 
