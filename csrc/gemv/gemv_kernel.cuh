@@ -1,5 +1,5 @@
-// The one decode GEMV kernel, templated on the weight format F (gemv_formats.cuh) and on
-// NT, the number of 8-token B fragments (M <= 8 * NT).
+// The one decode GEMV kernel, templated on the weight format F (gemv_formats.cuh and
+// gemv_formats_int8.cuh) and on NT, the number of 8-token B fragments (M <= 8 * NT).
 //
 // Grid: x = blocks of F::kWarps tiles (16 output rows each, one warp a tile), y = splits of K.
 // Each warp streams its tile's weights over the split's batches (kBatchK values of K each,
@@ -11,6 +11,7 @@
 #pragma once
 
 #include "gemv/gemv_formats.cuh"
+#include "gemv/gemv_formats_int8.cuh"
 
 #include <algorithm>
 
