@@ -268,28 +268,39 @@ def _s24_int8_supports(x, values, meta, w_scale, bias):
     return _reason(x, "sparse24_int8_linear") or _s24_build_reason()
 
 
-def _s24_bind(values, meta, bias):
-    p, op, n = _s24_prepared(values, meta, None, bias), torch.ops.kernelswap._C_sparse24_gemv.default, \
-        values.shape[0]
-    return lambda x: op(x, p.w, p.bias, p.counters, n)
-
-
-def _s24_int8_bind(values, meta, w_scale, bias):
-    p, op, n = _s24_prepared(values, meta, w_scale, bias), torch.ops.kernelswap._C_sparse24_int8_gemv.default, \
-        values.shape[0]
+def _s24_run(values, meta, w_scale, bias):
+    """The 2:4 GEMV as a function of x alone (w_scale None: bf16 / fp16, else int8), the prepared
+    layout looked up once."""
+    p, n = _s24_prepared(values, meta, w_scale, bias), values.shape[0]
+    if w_scale is None:
+        op = torch.ops.kernelswap._C_sparse24_gemv.default
+        return lambda x: op(x, p.w, p.bias, p.counters, n)
+    op = torch.ops.kernelswap._C_sparse24_int8_gemv.default
     return lambda x: op(x, p.w, p.scales, p.bias, p.counters, n)
 
 
+def _s24_raw_run(x, values, meta, w_scale, bias):
+    """_s24_run for x's layout through the raw entry points (ops/_raw.py), or None."""
+    p = _s24_prepared(values, meta, w_scale, bias)
+    fmt = _raw.GEMV_SPARSE24 if w_scale is None else _raw.GEMV_SPARSE24_INT8
+    return _raw.gemv_runner(x, fmt, 0, p.w, p.scales, None, p.bias, p.counters, values.shape[0],
+                            _s24_run(values, meta, w_scale, bias))
+
+
+def _s24_bind(values, meta, bias):
+    return _s24_run(values, meta, None, bias)
+
+
+def _s24_int8_bind(values, meta, w_scale, bias):
+    return _s24_run(values, meta, w_scale, bias)
+
+
 def _s24_raw(x, values, meta, bias):
-    p = _s24_prepared(values, meta, None, bias)
-    return _raw.gemv_runner(x, _raw.GEMV_SPARSE24, 0, p.w, None, None, p.bias, p.counters, values.shape[0],
-                            _s24_bind(values, meta, bias))
+    return _s24_raw_run(x, values, meta, None, bias)
 
 
 def _s24_int8_raw(x, values, meta, w_scale, bias):
-    p = _s24_prepared(values, meta, w_scale, bias)
-    return _raw.gemv_runner(x, _raw.GEMV_SPARSE24_INT8, 0, p.w, p.scales, None, p.bias, p.counters, values.shape[0],
-                            _s24_int8_bind(values, meta, w_scale, bias))
+    return _s24_raw_run(x, values, meta, w_scale, bias)
 
 
 @register("sparse24_linear", "cuda", supports=_s24_supports, prepare=_s24_prepare, bind=_s24_bind, raw=_s24_raw)

@@ -196,6 +196,14 @@ def sparse24_int8_to_gemv(values: Tensor, meta: Tensor) -> Tensor:
     return torch.cat((v, m), dim=2).reshape(tiles, -1).contiguous()
 
 
+def _unpadded_groups(pairs: Tensor, m: Tensor, n: int, groups: int) -> tuple[Tensor, Tensor]:
+    """The inverses' common end: the (tiles x 16, groups_pad) pairs and the (T, g, ...) nibble bytes
+    (row g low, g + 8 high, groups in K order) -> (pairs (n, groups), meta (n, groups // 2))."""
+    nib = torch.stack((m & 0x0F, m >> 4), dim=1).reshape(pairs.shape)  # T h g (groups)
+    pairs, nib = pairs[:n, :groups], nib[:n, :groups]
+    return pairs.contiguous(), (nib[:, 0::2] | (nib[:, 1::2] << 4)).contiguous()
+
+
 def sparse24_int8_from_gemv(w: Tensor, n: int, kp: int) -> tuple[Tensor, Tensor]:
     """The inverse of sparse24_int8_to_gemv: (values (n, kp // 2) int8, meta (n, kp // 8))."""
     tiles, groups = w.shape[0], kp // 4
@@ -204,10 +212,8 @@ def sparse24_int8_from_gemv(w: Tensor, n: int, kp: int) -> tuple[Tensor, Tensor]
     v = e[:, :, :4].contiguous().view(torch.int16).view(tiles, batches, 4, 8, 4, 2, 2, 2)  # T B u g t sw c h
     pairs = v.permute(0, 7, 3, 1, 2, 5, 6, 4).reshape(tiles * TILE_N, batches * 64)  # T h g B u sw c t
     m = e[:, :, 4].reshape(tiles, batches, 8, 4, 8, 2).permute(0, 2, 1, 4, 5, 3)  # T g B s c t
-    nib = torch.stack((m & 0x0F, m >> 4), dim=1).reshape(tiles * TILE_N, batches * 64)
-    pairs, nib = pairs[:n, :groups], nib[:n, :groups]
-    meta = nib[:, 0::2] | (nib[:, 1::2] << 4)
-    return pairs.contiguous().view(torch.int8), meta.contiguous()
+    values, meta = _unpadded_groups(pairs, m, n, groups)
+    return values.view(torch.int8), meta
 
 
 def sparse24_from_gemv(w: Tensor, n: int, kp: int) -> tuple[Tensor, Tensor]:
@@ -218,10 +224,8 @@ def sparse24_from_gemv(w: Tensor, n: int, kp: int) -> tuple[Tensor, Tensor]:
     v = e[:, :, :8].contiguous().view(torch.int32).view(tiles, batches, 8, 8, 4, 2, 2)  # T B u g t sw h
     pairs = v.permute(0, 6, 3, 1, 2, 5, 4).reshape(tiles * TILE_N, batches * 64)  # T h g B u sw t
     m = e[:, :, 8].reshape(tiles, batches, 8, 4, 16).permute(0, 2, 1, 4, 3)  # T g B s t
-    nib = torch.stack((m & 0x0F, m >> 4), dim=1).reshape(tiles * TILE_N, batches * 64)  # T h g (B s t)
-    pairs, nib = pairs[:n, :groups], nib[:n, :groups]
-    meta = nib[:, 0::2] | (nib[:, 1::2] << 4)
-    return pairs.contiguous().view(torch.int16), meta.contiguous()
+    values, meta = _unpadded_groups(pairs, m, n, groups)
+    return values.view(torch.int16), meta
 
 
 def counters(n: int, device) -> Tensor:
