@@ -1,7 +1,7 @@
 """Where an eager decode step of the HF Llama goes: GPU kernel time against wall time, per variant,
 and what one swapped layer costs inside the model.
 
-    python benchmarks/decode_profile.py [--variants int8-weight,int4] [--tokens 32] [--rounds 5]
+    python benchmarks/decode_profile.py [--variants int8-weight,int4] [--tokens 32] [--rounds 5] [--compiled]
 
 Builds the model of kernelswap.bench.hf_llama (Llama-3-8B layer shapes, random bf16 weights) and,
 beside bf16 and each chosen variant, a "null linear" one: every Linear but lm_head replaced by
@@ -13,6 +13,9 @@ us (bf16's is nn.Linear's own cost there, so a variant whose per-layer cost is b
 spends less host and GPU time per layer than nn.Linear). Then one generate() of each under
 torch.profiler: the summed GPU kernel time per token (near the wall time: GPU bound; far below:
 host bound) and the kernels and host ops that take the most.
+With --compiled, only the profile, of hf_llama's L2 decode step instead (StaticCache, the step
+under torch.compile(mode="reduce-overhead"), so replayed from a CUDA graph): the GPU time a step
+costs each variant, kernel by kernel.
 """
 from __future__ import annotations
 
@@ -62,13 +65,28 @@ def _kernel_us(evt) -> float:
     return 0.0
 
 
-def profile_one(name: str, model, ids, tokens: int, top: int) -> None:
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+def profile_one(name: str, model, ids, tokens: int, top: int, compiled: bool = False) -> None:
+    """One generate() of `tokens` tokens under torch.profiler; compiled: `tokens` decode steps of
+    hf_llama's L2 instead (StaticCache, torch.compile reduce-overhead: CUDA-graph replays), after
+    3 steps that record the graph."""
+    if compiled:
+        advance = hf_llama.l2_stepper(model, ids, tokens + 3, "cuda", "reduce-overhead")
+        for _ in range(3):
+            advance()
         torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        if compiled:
+            for _ in range(tokens):
+                advance()
+        else:
+            model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        torch.cuda.synchronize()
+    if compiled:
+        torch._dynamo.reset()
     avgs = prof.key_averages()
     kernels = sorted(((e.key, _kernel_us(e), e.count) for e in avgs if _kernel_us(e) > 0), key=lambda t: -t[1])
-    print(f"==== {name}: GPU kernels {sum(us for _, us, _ in kernels) / tokens / 1e3:.3f} ms/token (profiled)")
+    what = "L2 step (compiled, graph replay)" if compiled else "token"
+    print(f"==== {name}: GPU kernels {sum(us for _, us, _ in kernels) / tokens / 1e3:.3f} ms/{what} (profiled)")
     for key, us, count in kernels[:top]:
         print(f"   gpu {us / tokens:9.1f} us/token  x{count // tokens:<4d} {key[:90]}")
     for e in sorted(avgs, key=lambda e: -e.self_cpu_time_total)[:top]:
@@ -82,6 +100,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--compiled", action="store_true",
+                    help="profile hf_llama's L2 step (StaticCache, torch.compile reduce-overhead) instead of "
+                         "eager generate(); the interleaved eager timing is skipped")
     a = ap.parse_args()
     base = hf_llama.build_model(a.layers, hf_llama.LLAMA_8B, "cuda", torch.bfloat16)
     ids = torch.randint(0, hf_llama.LLAMA_8B["vocab_size"], (1, hf_llama.PROMPT), device="cuda")
@@ -95,6 +116,11 @@ def main() -> None:
                     models[name] = build()
                 except Exception as e:  # noqa: BLE001 - report and go on to the next variant
                     print(f"==== {name}: {type(e).__name__}: {e}")
+        if a.compiled:
+            del models["null linear"]
+            for name, m in models.items():
+                profile_one(name, m, ids, a.tokens, a.top, compiled=True)
+            return
         for m in models.values():
             hf_llama.l1_warm_up(m, ids, a.tokens)
         ms, _ = hf_llama.l1_interleaved(models, ids, a.tokens, "cuda", a.rounds)

@@ -134,8 +134,10 @@ def _cache_kw(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def l2_static_compiled_step_ms(model, ids, steps: int, device: str, compile_mode: str | None) -> float:
-    """Decode steps against a StaticCache, the step compiled (reduce-overhead on CUDA)."""
+def l2_stepper(model, ids, steps: int, device: str, compile_mode: str | None) -> Callable[[], None]:
+    """One decode step against a StaticCache (room for `steps` + 8 tokens past the prompt), the step
+    compiled (reduce-overhead on CUDA): each call of the returned function decodes the next token
+    (torch.compiler.cudagraph_mark_step_begin() first on CUDA)."""
     from transformers import StaticCache
 
     cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + steps + 8)
@@ -152,19 +154,27 @@ def l2_static_compiled_step_ms(model, ids, steps: int, device: str, compile_mode
     # variant would take minutes.
     compiled = (torch.compile(step, mode=compile_mode, fullgraph=True) if compile_mode
                 else torch.compile(step, backend="eager", fullgraph=True))
-    tok = logits[:, -1:].argmax(-1)
-    warm = 3
-    times = []
-    for i in range(warm + steps):
-        pos = torch.tensor([prompt + i], device=ids.device)
+    state = {"tok": logits[:, -1:].argmax(-1), "pos": prompt}
+
+    def advance() -> None:
+        pos = torch.tensor([state["pos"]], device=ids.device)
         if device == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
+        state["tok"] = compiled(state["tok"], pos)[:, -1:].argmax(-1)
+        state["pos"] += 1
+    return advance
+
+
+def l2_static_compiled_step_ms(model, ids, steps: int, device: str, compile_mode: str | None) -> float:
+    """Median wall time of a decode step of l2_stepper, after 3 warm-up steps."""
+    advance = l2_stepper(model, ids, steps + 3, device, compile_mode)
+    times = []
+    for i in range(3 + steps):
         _sync(device)
         t0 = time.perf_counter()
-        out = compiled(tok, pos)
-        tok = out[:, -1:].argmax(-1)
+        advance()
         _sync(device)
-        if i >= warm:
+        if i >= 3:
             times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
 
