@@ -13,6 +13,8 @@
 #include "common.h"
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 
 namespace kernelswap {
 
@@ -32,6 +34,17 @@ struct Workspace {
   void* ctx;
 };
 
+// A raw plan's CUTLASS kernel parameters, kept between its runs (sm90 only): a run whose operands
+// other than out sit where the kept parameters point (the plan's weights, its scratch) patches out's
+// address (and x's, when x is the caller's) into them and launches, instead of setting CUTLASS up
+// again (can_implement, workspace, the TMA descriptors, the kernel attributes: most of a GEMM's host
+// time at decode sizes). run_gemm (csrc/sm90/gemm_sm90.cuh) fills and reads it.
+struct GemmCache {
+  std::mutex lock;
+  std::shared_ptr<void> params;    // the kernel's Params, or null
+  const void* made_for[2] = {};    // x (when it is the plan's scratch), x_scale
+};
+
 struct GemmProblem {
   const void* w;        // (N, K) int8 / e4m3 weight, or the 2:4 values in the arch's compressed layout
   const void* meta;     // sparse only: 2:4 metadata in the arch's layout
@@ -45,6 +58,7 @@ struct GemmProblem {
   cudaStream_t stream;  // the stream it launches on
   Workspace workspace;
   size_t* query = nullptr;  // set: store the workspace bytes the launch needs there and launch nothing
+  GemmCache* cache = nullptr;  // a raw plan's (sm90): reuse the kernel parameters of its last run
 };
 
 }  // namespace kernelswap

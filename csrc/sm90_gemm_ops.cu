@@ -233,6 +233,7 @@ struct GemmPlan : raw::PlanBase {
   bool quantize = false, fp8 = false;
   ScalarType x_dtype = ScalarType::BFloat16;
   int64_t q_bytes = 0, s_bytes = 0, ws_bytes = 0;  // the scratch: q, its scales, CUTLASS's workspace
+  mutable GemmCache cache;  // the kernel parameters of the last run (csrc/gemm_args.h)
 };
 
 // The caller's scratch as a GEMM workspace.
@@ -339,6 +340,7 @@ int kernelswap_gemm_run(const void* plan, const void* x, void* out, void* scratc
     }
     RawWorkspace ws{base ? base + g->q_bytes + g->s_bytes : nullptr, static_cast<size_t>(g->ws_bytes)};
     p.workspace = Workspace{&RawWorkspace::alloc, &ws};
+    p.cache = &g->cache;
     g->launch(g->out, p);
     return 0;
   });

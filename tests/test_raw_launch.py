@@ -204,3 +204,4 @@ def test_misaligned_input_is_copied_first(recipe):
         expected = layer(x)
         assert torch.equal(layer(odd), expected)  # a runner of its own: the same kernel on a copy
         assert torch.equal(_op_path(layer, odd), expected)
+

@@ -19,6 +19,11 @@
 #include <cutlass/gemm/dispatch_policy.hpp>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 
+#include <cuda.h>
+
+#include <algorithm>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 
 namespace kernelswap::sm90 {
@@ -140,7 +145,7 @@ inline int sm_count(int device) {
 }
 
 template <bool Sparse, DType In, DType Out, Tiles T>
-void run_gemm(const GemmProblem& p) {
+typename Gemm<Sparse, In, Out, T>::Device::Arguments arguments(const GemmProblem& p) {
   using G = Gemm<Sparse, In, Out, T>;
   using Device = typename G::Device;
   using ElementIn = typename G::ElementIn;
@@ -184,9 +189,86 @@ void run_gemm(const GemmProblem& p) {
 
   const int device = p.device;
   cutlass::KernelHardwareInfo hw{device, sm_count(device)};
-  typename Device::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm, problem, mainloop, epilogue, hw};
+  return typename Device::Arguments{cutlass::gemm::GemmUniversalMode::kGemm, problem, mainloop, epilogue, hw};
+}
 
-  run_cutlass<Device>("sm90 GEMM", args, p);
+// cuTensorMapReplaceAddress from the driver (null where the driver has none): a TMA descriptor's
+// global address changed in place, the rest of it kept.
+using ReplaceAddress = CUresult (*)(CUtensorMap*, void*);
+inline ReplaceAddress replace_address() {
+  static const ReplaceAddress fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapReplaceAddress", &f, 12000,
+                                                           cudaEnableDefault, &found);
+    if (e != cudaSuccess || found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      f = nullptr;
+    }
+    return reinterpret_cast<ReplaceAddress>(f);
+  }();
+  return fn;
+}
+
+template <class Tma>
+void point(ReplaceAddress fn, const Tma& tma, const void* ptr) {
+  auto* desc = reinterpret_cast<CUtensorMap*>(const_cast<TmaDescriptor*>(tma.get_tma_descriptor()));
+  STD_TORCH_CHECK(fn(desc, const_cast<void*>(ptr)) == CUDA_SUCCESS,
+                  "kernelswap._C sm90 GEMM: cuTensorMapReplaceAddress failed");
+}
+
+// run_cutlass with the kernel parameters kept in p.cache (csrc/gemm_args.h GemmCache): made by a
+// full set-up when the cache is empty or was made for another x (8-bit kinds: the quantized x in
+// the caller's scratch) or x_scale; then out's address (and x's, for 16-bit x, which
+// is the caller's tensor) patched into a copy of them and the kernel launched from that copy. A
+// kernel that asks for workspace (never these configs) is set up every run, as is every run on a
+// driver without cuTensorMapReplaceAddress.
+template <class Device, class MakeArgs>
+void run_kept(const GemmProblem& p, bool x_is_scratch, MakeArgs&& make_args) {
+  using Params = typename Device::Params;
+  const ReplaceAddress fn = replace_address();
+  GemmCache& cache = *p.cache;
+  const void* made_for[2] = {x_is_scratch ? p.x : nullptr, p.x_scale};
+  std::shared_ptr<void> kept;
+  {
+    std::lock_guard<std::mutex> hold(cache.lock);
+    if (cache.params && std::equal(made_for, made_for + 2, cache.made_for)) kept = cache.params;
+  }
+  if (!kept) {
+    const auto args = make_args();
+    if (fn == nullptr || Device::get_workspace_size(args) != 0) {
+      run_cutlass<Device>("sm90 GEMM", args, p);
+      return;
+    }
+    cutlass::Status st = Device::can_implement(args);
+    STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: CUTLASS cannot run M=", p.M,
+                    " N=", p.N, " K=", p.K, ": ", cutlassGetStatusString(st));
+    Device gemm;
+    st = gemm.initialize(args, nullptr, p.stream);  // also sets the kernel's shared-memory attribute
+    STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: initialize failed: ",
+                    cutlassGetStatusString(st));
+    kept = std::shared_ptr<void>(new Params(gemm.params()), [](void* q) { delete static_cast<Params*>(q); });
+    std::lock_guard<std::mutex> hold(cache.lock);
+    cache.params = kept;
+    std::copy(made_for, made_for + 2, cache.made_for);
+  }
+  Params params = *static_cast<const Params*>(kept.get());
+  point(fn, params.epilogue.tma_store_d, p.out);
+  if (!x_is_scratch) point(fn, params.mainloop.tma_load_b, p.x);
+  const cutlass::Status st = Device::run(params, p.stream);
+  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: launch failed: ",
+                  cutlassGetStatusString(st));
+  KS_CHECK_LAUNCH();
+}
+
+template <bool Sparse, DType In, DType Out, Tiles T>
+void run_gemm(const GemmProblem& p) {
+  using Device = typename Gemm<Sparse, In, Out, T>::Device;
+  if (p.cache != nullptr && p.query == nullptr) {
+    run_kept<Device>(p, Gemm<Sparse, In, Out, T>::kScaled, [&] { return arguments<Sparse, In, Out, T>(p); });
+  } else {
+    run_cutlass<Device>("sm90 GEMM", arguments<Sparse, In, Out, T>(p), p);
+  }
 }
 
 }  // namespace kernelswap::sm90
