@@ -6,7 +6,8 @@ decodes each lane's 16 bytes the way the kernel does and gets the public weights
 supports predicates refuse what the kernels cannot take. GPU: the public ops with the cuda
 backend forced, against the references: W8A8 bit-exact, W4A16 / W8A16 within 2x the error
 of the same computation in x.dtype torch; M in {0, 1, 2, 7, 16, 33, 64}, K not a multiple of
-128 (groups 32 / 64), N odd, bf16 and fp16, split-K and not; determinism; a CUDA graph replay.
+128 (groups 32 / 64), N odd, bf16 and fp16, split-K and not, the int8 GEMVs on the layer's own
+weight and on the prepared copy; determinism; a CUDA graph replay.
 """
 from __future__ import annotations
 
@@ -148,7 +149,19 @@ DTYPES = [torch.bfloat16, torch.float16]
 ids = lambda v: {torch.float16: "fp16", torch.bfloat16: "bf16"}[v]  # noqa: E731
 # On the GPU: a single-split shape (K <= 511), split-K shapes, K not a multiple of 128 or 256.
 GPU_INT4 = [(37, 96, 32), (1001, 2080, 32), (4097, 4160, 64), (300, 4096, 128)]
-GPU_INT8 = [(37, 96), (1001, 2088), (4097, 4096)]
+GPU_INT8 = [(37, 96), (1001, 2088), (1001, 2064), (4097, 4096)]  # 2088: K % 16 != 0 (prepared layout only)
+
+
+@pytest.fixture(params=["rows", "prepared"])
+def int8_layout(request, monkeypatch):
+    """Both int8 GEMV weight sources: the layer's own (N, K) weight and gemv_layout's prepared copy."""
+    monkeypatch.setattr(gemv_cuda, "INT8_ROW_MAJOR", request.param == "rows")
+    return request.param
+
+
+def _check_int8_source(activations_int8, w_q, w_s, bias, layout):
+    rows = gemv_cuda._int8_prepared(activations_int8, w_q, w_s, bias).w is None
+    assert rows == (layout == "rows" and w_q.shape[1] % 16 == 0)
 
 
 def _x(m, k, dtype):
@@ -177,12 +190,13 @@ def test_int4_gemv(m, n, k, group, symmetric, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids)
 @pytest.mark.parametrize("n,k", GPU_INT8)
 @pytest.mark.parametrize("m", M_VALUES)
-def test_w8a16_gemv(m, n, k, dtype):
+def test_w8a16_gemv(m, n, k, dtype, int8_layout):
     w_q = torch.randint(-128, 128, (n, k), dtype=torch.int8, device="cuda")
     w_s = torch.rand(n, device="cuda") * 1e-2 + 1e-4
     x, bias = _x(m, k, dtype), torch.randn(n, device="cuda").to(dtype)
     with kernelswap.use_backend("cuda"):
         out = kernelswap.ops.int8_weight_linear(x, w_q, w_s, bias)
+    _check_int8_source(False, w_q, w_s, bias, int8_layout)
     ref64 = (x.double() @ w_q.double().t()) * w_s.double() + bias.double()
     baseline = F.linear(x, w_q.to(dtype) * w_s.to(dtype)[:, None], bias)
     assert_close_to_ref(out, ref64, baseline, what=f"w8a16 gemv m={m} n={n} k={k}")
@@ -193,7 +207,7 @@ def test_w8a16_gemv(m, n, k, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids)
 @pytest.mark.parametrize("n,k", GPU_INT8)
 @pytest.mark.parametrize("m", M_VALUES)
-def test_w8a8_gemv_exact(m, n, k, dtype, with_bias):
+def test_w8a8_gemv_exact(m, n, k, dtype, with_bias, int8_layout):
     w_q = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
     w_s = torch.rand(n, device="cuda") * 1e-2 + 1e-4
     x = _x(m, k, dtype) * torch.logspace(-2, 2, m, device="cuda").to(dtype)[:, None]
@@ -202,8 +216,25 @@ def test_w8a8_gemv_exact(m, n, k, dtype, with_bias):
     bias = torch.randn(n, device="cuda").to(dtype) if with_bias else None
     with kernelswap.use_backend("cuda"):
         out = kernelswap.ops.int8_linear(x, w_q, w_s, bias)
+    _check_int8_source(True, w_q, w_s, bias, int8_layout)
     ref = int8_linear_ref(x.cpu(), w_q.cpu(), w_s.cpu(), None if bias is None else bias.cpu())
     assert_exact(out.cpu(), ref, what=f"w8a8 gemv m={m} n={n} k={k}")
+
+
+@needs_gemv
+@pytest.mark.parametrize("activations_int8", [True, False], ids=["w8a8", "w8a16"])
+def test_int8_gemv_keeps_no_copy_of_the_weight(activations_int8):
+    """Where K % 16 == 0 the int8 GEMVs read the layer's (N, K) weight: what they prepare beside it is
+    its fp32 scales, the bias and the counters, not a second weight; a K % 16 != 0 weight gets the copy."""
+    from kernelswap.ops._prepared import prepared_bytes
+
+    prepare = gemv_cuda._w8a8_prepare if activations_int8 else gemv_cuda._w8a16_prepare
+    for k, copy in ((1024, False), (1032, True)):
+        w_q = torch.randint(-127, 128, (512, k), dtype=torch.int8, device="cuda")
+        w_s = torch.rand(512, device="cuda")
+        prepare(w_q, w_s, None)
+        held = prepared_bytes([w_q])
+        assert (held >= w_q.numel()) == copy, f"K={k}: {held} bytes prepared beside a {w_q.numel()}-byte weight"
 
 
 @needs_gemv
@@ -279,3 +310,6 @@ def test_meta_shapes():
     ws = torch.empty(20, device="meta", dtype=torch.float32)
     assert torch.ops.kernelswap._C_int8_gemv(x, w8, ws, None, c, 20).shape == (3, 20)
     assert torch.ops.kernelswap._C_int8_weight_gemv(x, w8, ws, None, c, 20).shape == (3, 20)
+    rows = torch.empty(20, 512, device="meta", dtype=torch.int8)  # the layer's own weight
+    assert torch.ops.kernelswap._C_int8_gemv(x, rows, ws, None, c, 20).shape == (3, 20)
+    assert torch.ops.kernelswap._C_int8_weight_gemv(x, rows, ws, None, c, 20).shape == (3, 20)

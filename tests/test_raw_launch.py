@@ -30,11 +30,14 @@ def _lib():
     return lib
 
 
-def _gemv_plan(lib, fmt=0, group=128, m=1, k=512, n=64, n_tiles=None):
+def _gemv_plan(lib, fmt=0, group=128, m=1, k=512, n=64, n_tiles=None, w=1 << 20):
+    """A plan on fake pointers (the plan stores them only); n_tiles: the weight's leading dim
+    (default: its tiles, or n for the row formats 5 and 6)."""
     ws = L(-1)
-    fake = 1 << 20  # the plan stores pointers only
-    handle = lib.kernelswap_gemv_plan(fmt, group, 1, fake, fake, None, None, fake, m, k, n,
-                                      (n + 15) // 16 if n_tiles is None else n_tiles, 0, ctypes.byref(ws))
+    fake = 1 << 20
+    rows = n if fmt in (_raw.GEMV_INT8_WEIGHT_ROWS, _raw.GEMV_INT8_ROWS) else (n + 15) // 16
+    handle = lib.kernelswap_gemv_plan(fmt, group, 1, w, fake, None, None, fake, m, k, n,
+                                      rows if n_tiles is None else n_tiles, 0, ctypes.byref(ws))
     return handle, ws.value
 
 
@@ -53,7 +56,10 @@ def test_entry_points_match_the_python_side():
     (dict(m=0), "M=0 outside 1..64"),
     (dict(m=65), "M=65 outside 1..64"),
     (dict(k=100), "K=100 must be a positive multiple of 8"),
-    (dict(n=64, n_tiles=3), "N=64 does not match 3 weight tiles"),
+    (dict(n=64, n_tiles=3), "N=64 does not match the weight's 3 tiles"),
+    (dict(fmt=6, n=64, n_tiles=4), "N=64 does not match the weight's 4 rows"),
+    (dict(fmt=5, k=520), "needs K % 16 == 0 and 16-byte alignment, got K=520"),
+    (dict(fmt=6, w=(1 << 20) + 8), "needs K % 16 == 0 and 16-byte alignment"),
     (dict(fmt=7), "unknown format 7"),
     (dict(group=48), "group_size must be 32, 64 or 128, got 48"),
     (dict(fmt=1, k=(1 << 17) + 8), "int8 needs K <= 2^17"),
@@ -66,8 +72,8 @@ def test_gemv_plan_refuses_with_the_reason(kwargs, message):
 
 
 @needs_ext
-@pytest.mark.parametrize("fmt, group", [(0, 32), (0, 128), (1, 0), (2, 0), (3, 0)])
-@pytest.mark.parametrize("m, k, n", [(1, 520, 70), (16, 4096, 4096), (64, 96, 37)])
+@pytest.mark.parametrize("fmt, group", [(0, 32), (0, 128), (1, 0), (2, 0), (3, 0), (5, 0), (6, 0)])
+@pytest.mark.parametrize("m, k, n", [(1, 528, 70), (16, 4096, 4096), (64, 96, 37)])
 def test_gemv_plan_sizes_its_workspace(fmt, group, m, k, n):
     lib = _lib()
     handle, ws = _gemv_plan(lib, fmt=fmt, group=group, m=m, k=k, n=n)
@@ -121,8 +127,10 @@ def test_gemm_plan_refuses_without_a_hopper_gpu():
 # ---------------------------------------------------------------- GPU: layers through raw plans
 RECIPE_CASES = [  # (recipe, K, N, Ms): K, N awkward for each family's rules
     ("int4", 520, 70, (1, 3, 16)),           # GEMV, K not a multiple of 128 or 256, N odd-ish
-    ("int8-weight", 520, 70, (1, 4)),        # GEMV W8A16
-    ("int8", 520, 70, (1,)),                 # GEMV W8A8
+    ("int8-weight", 520, 70, (1, 4)),        # GEMV W8A16, prepared layout (K % 16 != 0)
+    ("int8-weight", 528, 70, (1, 4)),        # GEMV W8A16 on the layer's own weight
+    ("int8", 520, 70, (1,)),                 # GEMV W8A8, prepared layout
+    ("int8", 528, 70, (1,)),                 # GEMV W8A8 on the layer's own weight
     ("int8", 528, 272, (2, 17, 130)),        # quantize + CUTLASS GEMM
     ("sparse24", 520, 70, (1, 3, 8)),        # the 2:4 GEMV
     ("sparse24", 528, 272, (17, 130)),       # CUTLASS 2:4 (the Triton GEMV serves M 9-16)
@@ -205,3 +213,58 @@ def test_misaligned_input_is_copied_first(recipe):
         assert torch.equal(layer(odd), expected)  # a runner of its own: the same kernel on a copy
         assert torch.equal(_op_path(layer, odd), expected)
 
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe, k, n, m", [("int8", 528, 272, 130), ("int8", 528, 272, 17),
+                                             ("sparse24", 528, 272, 130), ("sparse24-int8", 544, 272, 17),
+                                             ("fp8", 528, 272, 130), ("sparse24-fp8", 544, 272, 17)])
+def test_raw_gemm_reuses_its_kernel_parameters_at_new_addresses(recipe, k, n, m):
+    """A raw CUTLASS plan keeps its kernel parameters between runs (csrc/gemm_args.h GemmCache) and
+    patches out's address (and x's, for 16-bit x) into them per run: every run, on a new x, into a
+    new out, and on another stream (another scratch, so parameters made again), answers for its own x."""
+    layer = _layer(recipe, k, n)
+    with torch.no_grad():
+        xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+        ys = [layer(x) for x in xs]  # all kept: each run writes into an out of its own
+        if layer.served_by() != "cuda":
+            pytest.skip(f"{recipe} M={m}: served by {layer.served_by()} here, not by _C")
+        assert _served_raw(layer)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            ys.append(layer(xs[0]))
+        torch.cuda.current_stream().wait_stream(side)
+        ys.append(layer(xs[1]))  # back on the first stream's scratch
+        assert len({y.data_ptr() for y in ys}) == len(ys)
+        for i, (x, y) in enumerate(zip(xs + xs[:2], ys)):
+            assert torch.equal(y, _op_path(layer, x)), f"{recipe} M={m}: run {i} differs from the op"
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", ["int4", "int8-weight", "int8", "sparse24", "sparse24-int8"])
+def test_chained_gemvs_read_what_the_kernel_before_wrote(recipe):
+    """The GEMVs launch with programmatic dependent launch on sm_90 (csrc/gemv/gemv_kernel.cuh): each
+    may start before the kernel before it ends, and must read x only after it. A chain of layers, each
+    reading the last one's output, launched back to back gives the bits of the same chain with the
+    stream drained after every layer; the same layer twice in a row (its split-K counters) too."""
+    torch.manual_seed(0)
+    k = 2048
+    model = nn.Sequential(*[nn.Linear(k, k) for _ in range(6)]).to("cuda", torch.bfloat16).eval()
+    ks.swap(model, recipe, probe=False)
+    layers = list(model) + [model[0], model[0]]
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        def chain(drain: bool):
+            h = x
+            for layer in layers:
+                h = layer(h)  # nothing between two layers: GEMV after GEMV
+                if drain:
+                    torch.cuda.synchronize()
+            return h
+        drained = chain(True)
+        if layers[0].served_by() != "cuda":
+            pytest.skip(f"{recipe}: served by {layers[0].served_by()} here, not by _C")
+        for _ in range(3):
+            assert torch.equal(chain(False), drained)

@@ -1,7 +1,8 @@
 // The weight formats of the decode GEMVs: how one warp turns one batch of its streamed 16-byte
 // loads (kBatchK = 256 values of K for its 16 rows) into MMAs, and the epilogue. The formats with
-// float activations are here, Int8W8 and Sparse24Int8 in gemv_formats_int8.cuh, and what they
-// share (Args, XStage, the k16 step loop) in gemv_stage.cuh.
+// float activations are here, Int8W8 and Sparse24Int8 in gemv_formats_int8.cuh, the int8 formats
+// on the layer's own (N, K) weight in gemv_formats_rows.cuh, and what they share (Args, XStage,
+// the k16 step loop) in gemv_stage.cuh.
 // Each layout is made at swap time by python/kernelswap/ops/gemv_layout.py, which documents
 // the byte order; here each lane's 16 bytes per load are exactly its A fragments.
 //
@@ -22,11 +23,12 @@
 // The float formats read x from shared memory (XStage: the block's K range, staged once).
 //
 // Interface the kernel (gemv_kernel.cuh) uses:
-//   kWarps, kBlocksPerSm, kLoads, Acc, Aux (per-batch side data, e.g. scales), Block (per-block
-//   state), smem_bytes(k_range, m, mp), setup(...), load_aux(...), batch(...), epilogue(...).
+//   kWarps, kBlocksPerSm, kPdl, kLoads, Stream (where the loads come from: gemv_stream.cuh), Acc,
+//   Aux (per-batch side data, e.g. scales), Block (per-block state), smem_bytes(k_range, m, mp),
+//   setup(...), load_aux(...), batch(...), epilogue(...).
 #pragma once
 
-#include "gemv/gemv_stage.cuh"
+#include "gemv/gemv_stream.cuh"
 
 namespace kernelswap {
 namespace gemv {
@@ -46,6 +48,14 @@ struct FloatBase {
   // with about 4 blocks a SM (M = 1: 74.8% of copy bandwidth, against 59.7% with 8 warps and 2);
   // the int8 formats in blocks of 8 warps with 2 (W8A16 M = 1: 82.0% against 71.6%).
   static constexpr int kWarps = 4, kBlocksPerSm = 4;
+  // Launched with programmatic dependent launch by default (gemv_ops.cu pdl_on), per format. In the
+  // HF Llama L2 step on an H200 (benchmarks/decode_profile.py --compiled, 2026-12-02, wall ms/step,
+  // benchmarks/results/pdl_ab.txt) one process each gave int4 1.066 with PDL against 1.184
+  // without and W8A8 1.514 against 1.373, so int4 has it and the rest not; three alternating
+  // processes each later gave int4 0.909-1.224 with and 0.933-1.228 without, W8A8 1.066-1.167 /
+  // 1.097-1.432, 2:4 1.015-1.268 / 1.055-1.105, bf16 itself 1.137-1.397: within the noise of a
+  // step between processes. KERNELSWAP_PDL=all / 0 switch it for every format.
+  static constexpr bool kPdl = false;
   using Block = XStage<GS>;
   static constexpr int smem_bytes(int k_range, int m, int mp) { return Block::bytes(k_range, m, mp); }
   template <int NT>
@@ -60,8 +70,10 @@ struct FloatBase {
 template <class Act, int GS>
 struct Int4 : FloatBase<Act, GS> {
   static_assert(GS == 32 || GS == 64 || GS == 128, "group size");
+  static constexpr bool kPdl = true;  // see FloatBase
   using Block = XStage<GS>;
   static constexpr int kLoads = 4;
+  using Stream = PreparedStream<kLoads>;
   static constexpr int kGroups = kBatchK / GS;  // groups a batch
   static constexpr int kStepsPerGroup = GS / 16;
   struct Aux {
@@ -139,6 +151,7 @@ struct Int8W16 : FloatBase<Act, 0> {
   static constexpr int kWarps = 8, kBlocksPerSm = 2;
   using Block = XStage<0>;
   static constexpr int kLoads = 8;
+  using Stream = PreparedStream<kLoads>;
   struct Aux {};
   __device__ static void load_aux(const Args&, int, int, int, Aux&) {}
 
@@ -154,8 +167,9 @@ struct Int8W16 : FloatBase<Act, 0> {
     });
   }
 
-  // out = (x @ w_q.T) * w_scale[n] + bias[n]
-  __device__ static float epilogue(const Args& a, const Block&, float acc, int, int n) {
+  // out = (x @ w_q.T) * w_scale[n] + bias[n] (also Int8W16Rows', whose Block differs)
+  template <class AnyBlock>
+  __device__ static float epilogue(const Args& a, const AnyBlock&, float acc, int, int n) {
     const float v = __fmul_rn(acc, static_cast<const float*>(a.scales)[n]);
     return a.bias ? __fadd_rn(v, a.bias[n]) : v;
   }
@@ -171,8 +185,10 @@ struct Int8W16 : FloatBase<Act, 0> {
 template <class Act>
 struct Sparse24 {
   static constexpr int kWarps = 8, kBlocksPerSm = 2;  // 9 loads a batch, as the int8 formats' 8
+  static constexpr bool kPdl = false;                  // see FloatBase
   using Acc = float;
   static constexpr int kLoads = 9;
+  using Stream = PreparedStream<kLoads>;
   using Stage = XStage<0, true>;
   struct Aux {};
   struct Block {

@@ -2,7 +2,7 @@
 // token inside the kernel into shared memory, int32-exact accumulation.
 #pragma once
 
-#include "gemv/gemv_stage.cuh"
+#include "gemv/gemv_stream.cuh"
 
 namespace kernelswap {
 namespace gemv {
@@ -16,12 +16,16 @@ __device__ __forceinline__ int quantize_one(float x, float s) {
   return static_cast<int>(fminf(fmaxf(v, -127.f), 127.f));
 }
 
-template <class Act>
+// kPad: bytes past each quantized row of x in shared memory (16: the 4-byte B reads of the
+// prepared layout are conflict-free; the row formats' 16-byte reads need 64).
+template <class Act, int kPad = 16>
 struct Int8W8 {
   static constexpr int kWarps = 8, kBlocksPerSm = 2;  // as Int8W16 (see FloatBase)
+  static constexpr bool kPdl = false;                  // see FloatBase
   using T = typename Act::T;
   using Acc = int;
   static constexpr int kLoads = 8;
+  using Stream = PreparedStream<kLoads>;
   static constexpr int kScaleBytes = 64 * 4;  // a_scale of up to 64 tokens, ahead of q
   struct Aux {};
   struct Block {
@@ -29,7 +33,7 @@ struct Int8W8 {
     const float* scale;  // (M,) per-token scales
     int stride;
   };
-  static constexpr int row_stride(int k_range) { return k_range + 16; }  // 16: no bank conflicts
+  static constexpr int row_stride(int k_range) { return k_range + kPad; }
   static constexpr int smem_bytes(int k_range, int, int mp) { return kScaleBytes + mp * row_stride(k_range); }
 
   // Per-token amax over all of K, then this block's K range of x quantized into shared memory
@@ -129,6 +133,7 @@ struct Sparse24Int8 : Int8W8<Act> {
   using typename Base::Block;
   using Aux = typename Base::Aux;
   static constexpr int kLoads = 5;
+  using Stream = PreparedStream<kLoads>;
   static constexpr int lut_offset(int k_range, int m, int mp) { return (Base::smem_bytes(k_range, m, mp) + 15) / 16 * 16; }
   static constexpr int smem_bytes(int k_range, int m, int mp) { return lut_offset(k_range, m, mp) + 16 * 4; }
 

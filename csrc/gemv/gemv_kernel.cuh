@@ -3,7 +3,8 @@
 //
 // Grid: x = blocks of F::kWarps tiles (16 output rows each, one warp a tile), y = splits of K.
 // Each warp streams its tile's weights over the split's batches (kBatchK values of K each,
-// F::kLoads 16-byte loads a lane, the next batch's loads issued before this one's math) and
+// F::kLoads 16-byte loads a lane from F::Stream (gemv_stream.cuh), the next batch's loads
+// issued before this one's math) and
 // keeps NT x 4 accumulators. With one split the warp writes out directly; with several, each
 // block writes its partials (splits, M, N) to the workspace and the last block of a column to
 // arrive (a counter per grid column, reset by that block) adds them in split order, so the
@@ -12,6 +13,7 @@
 
 #include "gemv/gemv_formats.cuh"
 #include "gemv/gemv_formats_int8.cuh"
+#include "gemv/gemv_formats_rows.cuh"
 
 #include <algorithm>
 
@@ -39,12 +41,6 @@ Plan plan_splits(int64_t n_blocks, int64_t batches, int m, int mp, int sms) {
   return Plan{static_cast<int>(splits), static_cast<int>(per), F::smem_bytes(static_cast<int>(per * kBatchK), m, mp)};
 }
 
-template <class F, int NT>
-__device__ __forceinline__ void load_weights(const uint4* p, uint64_t policy, uint4 (&w)[F::kLoads]) {
-#pragma unroll
-  for (int u = 0; u < F::kLoads; ++u) w[u] = ld_stream(p + u * 32, policy);
-}
-
 // fn(nt, i, m, n) for each accumulator acc[nt][i] of this lane whose output (m, n) exists
 // (C fragment: token m = 8 nt + 2 t + i % 2, row n = n0 + 8 (i / 2)).
 template <int NT, class Fn>
@@ -58,6 +54,25 @@ __device__ __forceinline__ void for_outputs(const Args& a, int n0, int t, Fn&& f
     }
 }
 
+// Programmatic dependent launch (sm_90+; no-ops where the launch did not ask for it, and compiled
+// out below sm_90): launch_dependents lets the next kernel of the stream, when launched with PDL,
+// start before this one ends; wait holds this one until the kernel before it has finished and its
+// writes are visible. The kernel reads only its prepared weights and their scales before the wait:
+// those are written when the layer is prepared, kernels before any GEMV on them (the last kernel of
+// a prepare is the counters' fill, after the weights'); x, the workspace, the counters and out
+// come after it.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 template <class Act, class F, int NT>
 __global__ void __launch_bounds__(F::kWarps * 32) gemv_kernel(const Args a) {
   using Acc = typename F::Acc;
@@ -67,6 +82,20 @@ __global__ void __launch_bounds__(F::kWarps * 32) gemv_kernel(const Args a) {
   const int tile = blockIdx.x * F::kWarps + warp;
   const int b0 = blockIdx.y * a.batches_per_split;
   const int b1 = min(b0 + a.batches_per_split, a.batches);
+  const bool streams = tile < a.n_tiles && b0 < b1;
+
+  // The first batch's weights are in flight before the wait (see pdl_wait) and while x is staged.
+  const uint64_t policy = evict_first_policy();
+  typename F::Stream stream(a, streams ? tile : 0, streams ? b0 : 0, lane);
+  static_assert(F::Stream::kLoads == F::kLoads, "a format's stream loads its kLoads");
+  uint4 next[F::kLoads];
+  typename F::Aux aux_next;
+  if (streams) {
+    stream.load(policy, next);
+    F::load_aux(a, tile, b0, g, aux_next);
+  }
+  pdl_wait();
+  pdl_launch_dependents();  // the next GEMV may start streaming its own first batch (see F::kPdl)
   typename F::Block blk;
   F::template setup<NT>(a, b0, b1, smem, blk);
 
@@ -76,22 +105,15 @@ __global__ void __launch_bounds__(F::kWarps * 32) gemv_kernel(const Args a) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[nt][i] = Acc(0);
 
-  if (tile < a.n_tiles && b0 < b1) {
-    const uint64_t policy = evict_first_policy();
-    constexpr int kStride = F::kLoads * 32;  // uint4 a batch of one tile
-    const uint4* p = a.w + (static_cast<int64_t>(tile) * a.batches + b0) * kStride + lane;
-    uint4 next[F::kLoads];
-    typename F::Aux aux_next;
-    load_weights<F, NT>(p, policy, next);
-    F::load_aux(a, tile, b0, g, aux_next);
+  if (streams) {
     for (int b = b0; b < b1; ++b) {
       uint4 cur[F::kLoads];
 #pragma unroll
       for (int u = 0; u < F::kLoads; ++u) cur[u] = next[u];
       const typename F::Aux aux = aux_next;
       if (b + 1 < b1) {
-        p += kStride;
-        load_weights<F, NT>(p, policy, next);
+        stream.next();
+        stream.load(policy, next);
         F::load_aux(a, tile, b + 1, g, aux_next);
       }
       F::template batch<NT>(a, blk, b, g, t, cur, aux, acc);

@@ -9,7 +9,9 @@
 //   _C_sparse24_int8_gemv(x, w, w_scale, bias, counters, n)            2:4 int8, x quantized per token inside
 //
 //   x (M, K) bf16 / fp16, contiguous, 16-byte aligned, K % 8 == 0, M <= 64;
-//   w (ceil(n / 16), B * bytes_a_batch) uint8, B = ceil(K / 256) batches of 256 K a tile;
+//   w (ceil(n / 16), B * bytes_a_batch) uint8, B = ceil(K / 256) batches of 256 K a tile; for W8A16
+//   and W8A8 also the int8 (n, K) weight itself (K % 16 == 0, 16-byte aligned: the row formats of
+//   gemv_formats_rows.cuh, no prepared copy);
 //   int4: scales (ceil(n / 16), B * 256 / group_size * 16) fp16, zeros the same in uint8 or None;
 //   int8: w_scale (n,) fp32; bias (n,) fp32 or None; counters (>= ceil(n / 64),) int32, all zero
 //   (each launch leaves them zero again: two launches on one weight must not run concurrently).
@@ -23,6 +25,7 @@
 #include <torch/csrc/stable/accelerator.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <type_traits>
 #include <optional>
@@ -57,9 +60,10 @@ void check_on_x_device(const char* op, const char* name, const Tensor& t, const 
                   " must be on x's CUDA device ", x.get_device_index());
 }
 
-// What every format checks: x, the prepared weight's shape, bias, counters. Returns the batch count.
-int64_t check_common(const char* op, const Tensor& x, const Tensor& w, int64_t bytes_a_batch,
-                     const std::optional<Tensor>& bias, const Tensor& counters, int64_t n) {
+// What every format checks: x, w (a prepared layout of bytes_a_batch bytes a batch and tile, or with
+// bytes_a_batch 0 the int8 row-major (n, K) weight of the row formats), bias, counters.
+void check_common(const char* op, const Tensor& x, const Tensor& w, int64_t bytes_a_batch,
+                  const std::optional<Tensor>& bias, const Tensor& counters, int64_t n) {
   const ScalarType dt = x.scalar_type();
   STD_TORCH_CHECK(dt == ScalarType::BFloat16 || dt == ScalarType::Half, op, ": x must be bfloat16 or float16");
   check_tensor(op, "x", x, dt, "bfloat16 / float16", 2);
@@ -68,11 +72,21 @@ int64_t check_common(const char* op, const Tensor& x, const Tensor& w, int64_t b
   STD_TORCH_CHECK(K > 0 && K % 8 == 0 && K < (1LL << 31), op, ": K must be a positive multiple of 8 below 2^31, got ",
                   K);
   STD_TORCH_CHECK(n > 0 && n < (1LL << 31), op, ": n must be positive and below 2^31, got ", n);
-  check_tensor(op, "w", w, ScalarType::Byte, "uint8", 2);
-  const int64_t batches = ceil_div(K, kBatchK);
-  STD_TORCH_CHECK(w.size(0) == ceil_div(n, kTileN) && w.size(1) == batches * bytes_a_batch, op, ": w is (",
-                  w.size(0), ", ", w.size(1), "), expected (", ceil_div(n, kTileN), ", ", batches * bytes_a_batch,
-                  ") for n=", n, " K=", K, "; make it with kernelswap.ops.gemv_layout");
+  if (bytes_a_batch == 0) {
+    check_tensor(op, "w", w, ScalarType::Char, "int8", 2);
+    STD_TORCH_CHECK(w.size(0) == n && w.size(1) == K, op, ": w is (", w.size(0), ", ", w.size(1), "), expected (", n,
+                    ", ", K, ")");
+    STD_TORCH_CHECK(K % 16 == 0, op, ": an int8 (n, K) w needs K % 16 == 0 (16-byte rows), got K=", K,
+                    "; use its kernelswap.ops.gemv_layout form");
+    STD_TORCH_CHECK(!w.is_cuda() || reinterpret_cast<uintptr_t>(w.const_data_ptr()) % 16 == 0, op,
+                    ": an int8 (n, K) w must be 16-byte aligned (not an offset view)");
+  } else {
+    check_tensor(op, "w", w, ScalarType::Byte, "uint8", 2);
+    const int64_t batches = ceil_div(K, kBatchK);
+    STD_TORCH_CHECK(w.size(0) == ceil_div(n, kTileN) && w.size(1) == batches * bytes_a_batch, op, ": w is (",
+                    w.size(0), ", ", w.size(1), "), expected (", ceil_div(n, kTileN), ", ", batches * bytes_a_batch,
+                    ") for n=", n, " K=", K, "; make it with kernelswap.ops.gemv_layout");
+  }
   if (bias.has_value()) check_vector(op, "bias", *bias, n);
   check_on_x_device(op, "w", w, x);
   check_on_x_device(op, "counters", counters, x);
@@ -80,26 +94,38 @@ int64_t check_common(const char* op, const Tensor& x, const Tensor& w, int64_t b
   STD_TORCH_CHECK(counters.dim() == 1 && counters.scalar_type() == ScalarType::Int && counters.is_contiguous() &&
                       counters.size(0) >= ceil_div(ceil_div(n, kTileN), kMinWarps),
                   op, ": counters must be a contiguous int32 vector of at least ceil(n / 64) zeros");
-  return batches;
 }
 
 // One (format, activation, NT) instantiation: its split plan and its launch. The op entry points
 // and the raw plans (end of file) pick one (pick, below) and share everything after that.
 struct Launcher {
   gemv::Plan (*plan)(int64_t n_blocks, int64_t batches, int m, int sms);
-  void (*run)(const Args& a, dim3 grid, int smem, cudaStream_t stream);
+  void (*run)(const Args& a, dim3 grid, int smem, bool pdl, cudaStream_t stream);
   int warps;
+  bool pdl;  // the format's F::kPdl: launched with PDL by default (pdl_on)
 
+  // pdl: launched with programmatic stream serialization (see gemv_kernel.cuh's pdl_wait), so it
+  // may start while the kernel before it finishes.
   template <class Act, class F, int NT>
   static Launcher of() {
     return {[](int64_t n_blocks, int64_t batches, int m, int sms) {
               return gemv::plan_splits<F>(n_blocks, batches, m, 8 * NT, sms);
             },
-            [](const Args& a, dim3 grid, int smem, cudaStream_t stream) {
-              gemv::gemv_kernel<Act, F, NT><<<grid, F::kWarps * 32, smem, stream>>>(a);
-              KS_CHECK_LAUNCH();
+            [](const Args& a, dim3 grid, int smem, bool pdl, cudaStream_t stream) {
+              cudaLaunchAttribute attr{};
+              attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+              attr.val.programmaticStreamSerializationAllowed = 1;
+              cudaLaunchConfig_t cfg{};
+              cfg.gridDim = grid;
+              cfg.blockDim = dim3(F::kWarps * 32);
+              cfg.dynamicSmemBytes = static_cast<size_t>(smem);
+              cfg.stream = stream;
+              cfg.attrs = &attr;
+              cfg.numAttrs = pdl ? 1 : 0;
+              const cudaError_t e = cudaLaunchKernelEx(&cfg, gemv::gemv_kernel<Act, F, NT>, a);
+              STD_TORCH_CHECK(e == cudaSuccess, "kernelswap GEMV: launch failed: ", cudaGetErrorString(e));
             },
-            F::kWarps};
+            F::kWarps, F::kPdl};
   }
 
   // NT = the number of 8-token fragments: M <= 8, 16, 32, 64.
@@ -119,7 +145,23 @@ struct Launch {
   dim3 grid;
   int smem = 0;
   int64_t ws_bytes = 0;  // (splits, M, N) 4-byte partials, or 0 with one split
+  bool pdl = false;      // launched with PDL (pdl_on)
 };
+
+// Whether a launcher's launches on `dev` use programmatic dependent launch: an sm_90+ GPU, and
+// KERNELSWAP_PDL (read once a process) unset (the formats whose F::kPdl says so), "all" (every
+// format: to measure them) or "0" (none).
+bool pdl_on(const Launcher& l, int dev) {
+  static const int mode = [] {  // 0 none, 1 the formats' own choice, 2 all
+    const char* v = std::getenv("KERNELSWAP_PDL");
+    if (v == nullptr) return 1;
+    return std::strcmp(v, "0") == 0 ? 0 : std::strcmp(v, "all") == 0 ? 2 : 1;
+  }();
+  static int major[64] = {};
+  if (dev < 0 || dev >= 64 || mode == 0 || (mode == 1 && !l.pdl)) return false;
+  if (major[dev] == 0) cudaDeviceGetAttribute(&major[dev], cudaDevAttrComputeCapabilityMajor, dev);
+  return major[dev] >= 9;
+}
 
 Launch plan_launch(const Launcher& l, const Args& a, int device) {
   const int64_t n_blocks = ceil_div(a.n_tiles, l.warps);
@@ -130,6 +172,7 @@ Launch plan_launch(const Launcher& l, const Args& a, int device) {
   Launch r{l, a, dim3(static_cast<unsigned>(n_blocks), static_cast<unsigned>(p.splits)), p.smem, 0};
   r.a.batches_per_split = p.batches_per_split;
   if (p.splits > 1) r.ws_bytes = int64_t(p.splits) * a.M * a.N * 4;
+  r.pdl = pdl_on(l, device);
   return r;
 }
 
@@ -141,12 +184,12 @@ void launch(const Launcher& l, const Args& a, const Tensor& x) {
     ws = torch::stable::new_empty(x, {r.ws_bytes}, ScalarType::Byte);
     r.a.ws = ws->mutable_data_ptr();
   }
-  r.l.run(r.a, r.grid, r.smem, current_stream(x));
+  r.l.run(r.a, r.grid, r.smem, r.pdl, current_stream(x));
 }
 
 // The Args every format fills the same way (the op entry points and the raw plans); x, out, ws
 // and the format's scales / zeros are the caller's to set.
-Args fill_args(const void* w, const float* bias, void* counters, int64_t M, int64_t K, int64_t N, int64_t n_tiles) {
+Args fill_args(const void* w, const float* bias, void* counters, int64_t M, int64_t K, int64_t N) {
   Args a{};
   a.w = static_cast<const uint4*>(w);
   a.bias = bias;
@@ -154,7 +197,7 @@ Args fill_args(const void* w, const float* bias, void* counters, int64_t M, int6
   a.K = K;
   a.M = static_cast<int>(M);
   a.N = static_cast<int>(N);
-  a.n_tiles = static_cast<int>(n_tiles);
+  a.n_tiles = static_cast<int>(ceil_div(N, kTileN));
   a.batches = static_cast<int>(ceil_div(K, kBatchK));
   return a;
 }
@@ -163,8 +206,7 @@ Args fill_args(const void* w, const float* bias, void* counters, int64_t M, int6
 std::optional<Args> args(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, const Tensor& counters,
                          Tensor& y) {
   if (!x.is_cuda() || x.size(0) == 0) return std::nullopt;  // Meta, or no rows: the shape is all
-  Args a = fill_args(w.const_data_ptr(), opt_ptr(bias), counters.mutable_data_ptr(), x.size(0), x.size(1), y.size(1),
-                     w.size(0));
+  Args a = fill_args(w.const_data_ptr(), opt_ptr(bias), counters.mutable_data_ptr(), x.size(0), x.size(1), y.size(1));
   a.x = x.const_data_ptr();
   a.out = y.mutable_data_ptr();
   return a;
@@ -178,8 +220,10 @@ template <class Act>
 using Int4G128 = gemv::Int4<Act, 128>;
 
 // The formats by number, as the raw entry points take them: W4A16 (groups 32 / 64 / 128), W8A16, W8A8,
-// 2:4 bf16 / fp16, 2:4 int8 (W8A8).
-enum Format { kInt4 = 0, kInt8Weight = 1, kInt8 = 2, kSparse24 = 3, kSparse24Int8 = 4 };
+// 2:4 bf16 / fp16, 2:4 int8 (W8A8), then W8A16 and W8A8 on the int8 (N, K) weight as it lies.
+enum Format { kInt4 = 0, kInt8Weight = 1, kInt8 = 2, kSparse24 = 3, kSparse24Int8 = 4, kInt8WeightRows = 5,
+              kInt8Rows = 6 };
+constexpr bool row_major(int format) { return format == kInt8WeightRows || format == kInt8Rows; }
 
 template <template <class> class F>
 Launcher for_act(bool bf16, int64_t m) {
@@ -193,7 +237,9 @@ Launcher pick(int format, int group_size, bool bf16, int64_t m) {
     return group_size == 32 ? for_act<Int4G32>(bf16, m)
                             : group_size == 64 ? for_act<Int4G64>(bf16, m) : for_act<Int4G128>(bf16, m);
   }
-  STD_TORCH_CHECK(format >= kInt8Weight && format <= kSparse24Int8, "kernelswap GEMV: unknown format ", format);
+  STD_TORCH_CHECK(format >= kInt8Weight && format <= kInt8Rows, "kernelswap GEMV: unknown format ", format);
+  if (format == kInt8WeightRows) return for_act<gemv::Int8W16Rows>(bf16, m);
+  if (format == kInt8Rows) return for_act<gemv::Int8W8Rows>(bf16, m);
   if (format == kSparse24) return for_act<gemv::Sparse24>(bf16, m);
   if (format == kSparse24Int8) return for_act<gemv::Sparse24Int8>(bf16, m);
   return format == kInt8Weight ? for_act<gemv::Int8W16>(bf16, m) : for_act<gemv::Int8W8>(bf16, m);
@@ -206,8 +252,8 @@ Tensor int4_gemv(const Tensor& x, const Tensor& w, const Tensor& scales, const s
   constexpr const char* op = "_C_int4_gemv";
   STD_TORCH_CHECK(group_size == 32 || group_size == 64 || group_size == 128, op,
                   ": group_size must be 32, 64 or 128, got ", group_size);
-  const int64_t batches = check_common(op, x, w, 4 * 32 * 16, bias, counters, n);
-  const int64_t cols = batches * (kBatchK / group_size) * 16;
+  check_common(op, x, w, 4 * 32 * 16, bias, counters, n);
+  const int64_t cols = ceil_div(x.size(1), kBatchK) * (kBatchK / group_size) * 16;
   check_tensor(op, "scales", scales, ScalarType::Half, "float16", 2);
   STD_TORCH_CHECK(scales.size(0) == w.size(0) && scales.size(1) == cols, op, ": scales is (", scales.size(0), ", ",
                   scales.size(1), "), expected (", w.size(0), ", ", cols, "); make it with kernelswap.ops.gemv_layout");
@@ -227,9 +273,13 @@ Tensor int4_gemv(const Tensor& x, const Tensor& w, const Tensor& scales, const s
   return y;
 }
 
+// An int8 w (n, K) is the weight as the layer holds it (format + 4: its row format), a uint8 one a
+// prepared layout of `loads` loads a batch.
 Tensor int8_gemv_impl(const char* op, int format, int loads, const Tensor& x, const Tensor& w, const Tensor& w_scale,
                       const std::optional<Tensor>& bias, const Tensor& counters, int64_t n) {
-  check_common(op, x, w, loads * 32 * 16, bias, counters, n);
+  const bool rows = w.scalar_type() == ScalarType::Char && format != kSparse24Int8;
+  if (rows) format += kInt8WeightRows - kInt8Weight;
+  check_common(op, x, w, rows ? 0 : loads * 32 * 16, bias, counters, n);
   check_vector(op, "w_scale", w_scale, n);
   check_on_x_device(op, "w_scale", w_scale, x);
   STD_TORCH_CHECK(x.size(1) <= (1LL << 17), op, ": K must be at most 2^17 (int32 accumulation is exact there)");
@@ -285,15 +335,17 @@ struct GemvPlan : raw::PlanBase {
 extern "C" {
 
 // The plan of one GEMV layer at M rows: `format` as in pick, bf16 (1) or fp16 (0) activations, the
-// layouts of python/kernelswap/ops/gemv_layout.py (zeros and bias may be null), K, N and the
-// weight's tile rows; *ws_bytes gets the workspace each run needs (0: none). Null on an error.
+// layouts of python/kernelswap/ops/gemv_layout.py (zeros and bias may be null; formats 5 and 6 read
+// the int8 (N, K) weight itself, 16-byte aligned, K % 16 == 0), K, N and w_rows, the weight's
+// leading dimension (its tiles, ceil(N / 16), or N for formats 5 and 6); *ws_bytes gets the
+// workspace each run needs (0: none). Null on an error.
 void* kernelswap_gemv_plan(int format, int group_size, int bf16, const void* w, const void* scales, const void* zeros,
-                           const void* bias, void* counters, int64_t M, int64_t K, int64_t N, int64_t n_tiles,
+                           const void* bias, void* counters, int64_t M, int64_t K, int64_t N, int64_t w_rows,
                            int device, int64_t* ws_bytes) {
   using namespace kernelswap;
   const char* op = "kernelswap GEMV plan";
   const bool ok =
-      ((format >= kInt4 && format <= kSparse24Int8) || raw::fail(op, ": unknown format ", format)) &&
+      ((format >= kInt4 && format <= kInt8Rows) || raw::fail(op, ": unknown format ", format)) &&
       (format != kInt4 || group_size == 32 || group_size == 64 || group_size == 128 ||
        raw::fail(op, ": group_size must be 32, 64 or 128, got ", group_size)) &&
       ((M >= 1 && M <= kMaxM) || raw::fail(op, ": M=", M, " outside 1..", kMaxM)) &&
@@ -301,12 +353,14 @@ void* kernelswap_gemv_plan(int format, int group_size, int bf16, const void* w, 
        raw::fail(op, ": K=", K, " must be a positive multiple of 8 below 2^31")) &&
       (format == kInt4 || format == kSparse24 || K <= (1LL << 17) ||
        raw::fail(op, ": int8 needs K <= 2^17, got ", K)) &&
-      ((N > 0 && N < (1LL << 31) && n_tiles == ceil_div(N, kTileN)) ||
-       raw::fail(op, ": N=", N, " does not match ", n_tiles, " weight tiles"));
+      ((N > 0 && N < (1LL << 31) && w_rows == (row_major(format) ? N : ceil_div(N, kTileN))) ||
+       raw::fail(op, ": N=", N, " does not match the weight's ", w_rows, row_major(format) ? " rows" : " tiles")) &&
+      (!row_major(format) || (K % 16 == 0 && !raw::misaligned(w)) ||
+       raw::fail(op, ": an int8 (N, K) weight needs K % 16 == 0 and 16-byte alignment, got K=", K));
   if (!ok) return nullptr;
   GemvPlan* plan = nullptr;
   raw::guarded([&] {
-    Args a = fill_args(w, static_cast<const float*>(bias), counters, M, K, N, n_tiles);
+    Args a = fill_args(w, static_cast<const float*>(bias), counters, M, K, N);
     a.scales = scales;
     a.zeros = zeros;
     auto p = std::make_unique<GemvPlan>();
@@ -333,7 +387,7 @@ int kernelswap_gemv_run(const void* plan, const void* x, void* out, void* ws, vo
     a.out = out;
     a.ws = ws;
     raw::DeviceScope scope(p->device);
-    p->launch.l.run(a, p->launch.grid, p->launch.smem, static_cast<cudaStream_t>(stream));
+    p->launch.l.run(a, p->launch.grid, p->launch.smem, p->launch.pdl, static_cast<cudaStream_t>(stream));
     return 0;
   });
 }

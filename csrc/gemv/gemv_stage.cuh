@@ -24,8 +24,8 @@ struct Args {
 // M real rows, then one zero row that lanes past M read, so the steps need no bounds checks.
 // Within each 16-value chunk of K the values are stored in B-fragment order (lane t's pairs
 // (2t, 2t+1) and (2t+8, 2t+9) adjacent), so a step's B fragment is one 8-byte shared load
-// per lane. Rows are padded by 32 bytes: the 8 rows a warp reads fall in two bank sets, the
-// minimum for 256 bytes. With GS > 0 it also holds, for each group of GS values of K in the
+// per lane. Rows are padded by kPad = 32 bytes: the 8 rows a warp reads fall in two bank sets, the
+// minimum for 256 bytes (the int8 row format's 16-byte reads want 16, gemv_formats_rows.cuh). With GS > 0 it also holds, for each group of GS values of K in the
 // range and each of the kMp tokens, the fp32 sum of x over the group (0 past M), which the
 // int4 format needs to take its zero point out after the MMA.
 //
@@ -33,9 +33,10 @@ struct Args {
 // 4t .. 4t + 3: the 2:4 format maps a lane's B-fragment rows (2t, 2t + 1, 2t + 8, 2t + 9) to
 // those four values, the one group of four its A fragment holds (the product does not change
 // when A and B permute K alike).
-template <int GS, bool kNatural = false>
+template <int GS, bool kNatural = false, int kPad = 32>
 struct XStage {
-  static constexpr int row_bytes(int k_range) { return 2 * k_range + 32; }
+  static_assert(kPad % 16 == 0, "rows stay 16-byte aligned");
+  static constexpr int row_bytes(int k_range) { return 2 * k_range + kPad; }
   static constexpr int sums_offset(int k_range, int m) { return (m + 1) * row_bytes(k_range); }
   static constexpr int bytes(int k_range, int m, int mp) {
     return sums_offset(k_range, m) + (GS ? k_range / GS * mp * 4 : 0);

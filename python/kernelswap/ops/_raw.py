@@ -36,6 +36,7 @@ MISALIGNED = 2  # a run's answer when x or out is not 16-byte aligned (csrc/raw_
 
 # The families, as the C entry points number them.
 GEMV_INT4, GEMV_INT8_WEIGHT, GEMV_INT8, GEMV_SPARSE24, GEMV_SPARSE24_INT8 = 0, 1, 2, 3, 4
+GEMV_INT8_WEIGHT_ROWS, GEMV_INT8_ROWS = 5, 6  # the same on the int8 (N, K) weight as it lies
 GEMM_INT8_LINEAR, GEMM_FP8_LINEAR, GEMM_SPARSE24, GEMM_SPARSE24_INT8, GEMM_SPARSE24_FP8 = 0, 1, 2, 3, 4
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64

@@ -4,6 +4,7 @@
   int8_weight_linear  _C_int8_weight_gemv  W8A16, per-channel fp32 scale
   int8_linear         _C_int8_gemv         W8A8, x quantized per token inside the one launch,
                                            bit-exact with the reference
+  (both read the layer's int8 (N, K) weight itself where K % 16 == 0: INT8_ROW_MAJOR)
   sparse24_linear     _C_sparse24_gemv     2:4 bf16 / fp16: the kept values and their metadata
                                            streamed (0.56x the dense bytes), expanded in registers
   sparse24_int8_linear _C_sparse24_int8_gemv  2:4 int8, x quantized per token inside, as W8A8
@@ -61,7 +62,7 @@ _DTYPES = (torch.bfloat16, torch.float16)
 
 
 class Prepared(NamedTuple):
-    w: Tensor
+    w: Tensor | None  # None: the int8 row formats read the layer's own (N, K) weight
     scales: Tensor | None  # None: 2:4
     zeros: Tensor | None
     bias: Tensor | None
@@ -71,6 +72,14 @@ class Prepared(NamedTuple):
 _INT4 = PreparedWeights("int4 -> decode GEMV layout")
 _W8A16 = PreparedWeights("int8 -> W8A16 decode GEMV layout")
 _W8A8 = PreparedWeights("int8 -> W8A8 decode GEMV layout")
+_W8A16_ROWS = PreparedWeights("int8 -> W8A16 decode GEMV scales")
+_W8A8_ROWS = PreparedWeights("int8 -> W8A8 decode GEMV scales")
+
+# The W8A16 / W8A8 GEMVs read the int8 (N, K) weight as the layer holds it (the GEMMs' operand,
+# so a layer keeps one copy of its weight: csrc/gemv/gemv_formats_rows.cuh) wherever its rows are
+# 16-byte aligned (K % 16 == 0, a contiguous aligned buffer); elsewhere gemv_layout's prepared copy.
+# False: the prepared copy everywhere (benchmarks/gemv_quick.py --int8-layout compares the two).
+INT8_ROW_MAJOR = True
 _S24 = PreparedWeights("2:4 -> decode GEMV layout")
 _S24_INT8 = PreparedWeights("2:4 int8 -> decode GEMV layout")
 
@@ -157,9 +166,17 @@ def _int4_gemv(x, w_packed, scales, zeros, group_size, bias):
 
 
 # ---------------------------------------------------------------- int8: W8A16 and W8A8
-def _int8_prepared(cache: PreparedWeights, activations_int8: bool, w_q, w_scale, bias) -> Prepared:
+def _int8_rows(w_q: Tensor) -> bool:
+    """Whether the int8 GEMVs read w_q itself (INT8_ROW_MAJOR)."""
+    return INT8_ROW_MAJOR and w_q.shape[1] % 16 == 0 and w_q.is_contiguous() and w_q.data_ptr() % 16 == 0
+
+
+def _int8_prepared(activations_int8: bool, w_q, w_scale, bias) -> Prepared:
+    rows = _int8_rows(w_q)
+    cache = (_W8A8_ROWS if rows else _W8A8) if activations_int8 else (_W8A16_ROWS if rows else _W8A16)
+
     def make():
-        w = L.int8_to_gemv(w_q, activations_int8)
+        w = None if rows else L.int8_to_gemv(w_q, activations_int8)
         return Prepared(w, w_scale.float().contiguous().clone(), None, bias32(bias),
                         L.counters(w_q.shape[0], w_q.device))
     return cache.get(_key(w_q, w_scale, bias), make)
@@ -177,34 +194,34 @@ def _int8_supports_for(op: str):
 
 def _w8a16_prepare(w_q, w_scale, bias) -> None:
     if _serves(w_q):
-        _int8_prepared(_W8A16, False, w_q, w_scale, bias)
+        _int8_prepared(False, w_q, w_scale, bias)
 
 
 def _w8a8_prepare(w_q, w_scale, bias) -> None:
     if _serves(w_q):
-        _int8_prepared(_W8A8, True, w_q, w_scale, bias)
+        _int8_prepared(True, w_q, w_scale, bias)
 
 
-def _int8_bind(cache: PreparedWeights, activations_int8: bool, op_name: str):
+def _int8_bind(activations_int8: bool, op_name: str):
     def bind(w_q, w_scale, bias):
-        p, n = _int8_prepared(cache, activations_int8, w_q, w_scale, bias), w_q.shape[0]
-        op = getattr(torch.ops.kernelswap, op_name).default
-        return lambda x: op(x, p.w, p.scales, p.bias, p.counters, n)
+        p, n = _int8_prepared(activations_int8, w_q, w_scale, bias), w_q.shape[0]
+        op, w = getattr(torch.ops.kernelswap, op_name).default, w_q if p.w is None else p.w
+        return lambda x: op(x, w, p.scales, p.bias, p.counters, n)
     return bind
 
 
-def _int8_raw(cache: PreparedWeights, activations_int8: bool, fmt: int, bind):
+def _int8_raw(activations_int8: bool, fmt: int, bind):
     def raw(x, w_q, w_scale, bias):
-        p = _int8_prepared(cache, activations_int8, w_q, w_scale, bias)
-        return _raw.gemv_runner(x, fmt, 0, p.w, p.scales, None, p.bias, p.counters, w_q.shape[0],
-                                bind(w_q, w_scale, bias))
+        p = _int8_prepared(activations_int8, w_q, w_scale, bias)
+        w, f = (w_q, fmt + _raw.GEMV_INT8_ROWS - _raw.GEMV_INT8) if p.w is None else (p.w, fmt)
+        return _raw.gemv_runner(x, f, 0, w, p.scales, None, p.bias, p.counters, w_q.shape[0], bind(w_q, w_scale, bias))
     return raw
 
 
-_W8A16_BIND = _int8_bind(_W8A16, False, "_C_int8_weight_gemv")
-_W8A8_BIND = _int8_bind(_W8A8, True, "_C_int8_gemv")
-_W8A16_RAW = _int8_raw(_W8A16, False, _raw.GEMV_INT8_WEIGHT, _W8A16_BIND)
-_W8A8_RAW = _int8_raw(_W8A8, True, _raw.GEMV_INT8, _W8A8_BIND)
+_W8A16_BIND = _int8_bind(False, "_C_int8_weight_gemv")
+_W8A8_BIND = _int8_bind(True, "_C_int8_gemv")
+_W8A16_RAW = _int8_raw(False, _raw.GEMV_INT8_WEIGHT, _W8A16_BIND)
+_W8A8_RAW = _int8_raw(True, _raw.GEMV_INT8, _W8A8_BIND)
 
 
 @register("int8_weight_linear", "cuda", supports=_int8_supports_for("int8_weight_linear"), prepare=_w8a16_prepare,

@@ -134,7 +134,8 @@ def int4_from_gemv(w: Tensor, scales: Tensor, zeros: Tensor | None, n: int, kp: 
 # ---------------------------------------------------------------- int8 (W8A16, W8A8)
 def int8_to_gemv(w_q: Tensor, activations_int8: bool) -> Tensor:
     """(N, K) int8 -> the weight of _C_int8_gemv (activations_int8, W8A8: q as bytes) or of
-    _C_int8_weight_gemv (W8A16: q + 128 as bytes)."""
+    _C_int8_weight_gemv (W8A16: q + 128 as bytes). Made only where the GEMVs cannot read the
+    (N, K) weight itself (K % 16 != 0, an unaligned buffer; ops/gemv_cuda.INT8_ROW_MAJOR)."""
     if activations_int8:
         return _tiles(w_q.view(torch.uint8), "int8_w8", 0)
     return _tiles((w_q.to(torch.int16) + 128).to(torch.uint8), "int8_w16", 128)
