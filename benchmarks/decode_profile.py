@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
+import time
 
 import torch
 from torch import nn
@@ -68,12 +70,21 @@ def _kernel_us(evt) -> float:
 def profile_one(name: str, model, ids, tokens: int, top: int, compiled: bool = False) -> None:
     """One generate() of `tokens` tokens under torch.profiler; compiled: `tokens` decode steps of
     hf_llama's L2 instead (StaticCache, torch.compile reduce-overhead: CUDA-graph replays), after
-    3 steps that record the graph."""
+    3 steps that record the graph and `tokens` steps timed one by one (wall time, the stream
+    drained around each: hf_llama's L2 measure)."""
+    wall = ""
     if compiled:
-        advance = hf_llama.l2_stepper(model, ids, tokens + 3, "cuda", "reduce-overhead")
+        advance = hf_llama.l2_stepper(model, ids, 2 * tokens + 3, "cuda", "reduce-overhead")
         for _ in range(3):
             advance()
-        torch.cuda.synchronize()
+        times = []
+        for _ in range(tokens):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            advance()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        wall = f", wall {statistics.median(times) * 1e3:.3f} ms/step (median of {tokens})"
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         if compiled:
             for _ in range(tokens):
@@ -86,7 +97,7 @@ def profile_one(name: str, model, ids, tokens: int, top: int, compiled: bool = F
     avgs = prof.key_averages()
     kernels = sorted(((e.key, _kernel_us(e), e.count) for e in avgs if _kernel_us(e) > 0), key=lambda t: -t[1])
     what = "L2 step (compiled, graph replay)" if compiled else "token"
-    print(f"==== {name}: GPU kernels {sum(us for _, us, _ in kernels) / tokens / 1e3:.3f} ms/{what} (profiled)")
+    print(f"==== {name}: GPU kernels {sum(us for _, us, _ in kernels) / tokens / 1e3:.3f} ms/{what} (profiled){wall}")
     for key, us, count in kernels[:top]:
         print(f"   gpu {us / tokens:9.1f} us/token  x{count // tokens:<4d} {key[:90]}")
     for e in sorted(avgs, key=lambda e: -e.self_cpu_time_total)[:top]:

@@ -1,6 +1,7 @@
 """Decode GEMVs (csrc/gemv) against cuBLAS bf16, in % of the copy bandwidth measured in the same run.
 
     python3 benchmarks/gemv_quick.py --out gemv_quick.csv [--with-triton] [--dtype bf16|fp16]
+                                     [--kernels w8a8,s24] [--ms 1,16] [--int8-layout rows|prepared]
 
 Needs a GPU and a kernelswap._C built with csrc/gemv. Kernels: W4A16 (group 128 asymmetric and
 group 32 symmetric), W8A16, W8A8 (per-token quantization inside), 2:4 ("s24": values + meta) and
@@ -8,13 +9,15 @@ group 32 symmetric), W8A16, W8A8 (per-token quantization inside), 2:4 ("s24": va
 through the public op with the cuda backend forced (so host time is the op's real per-call path),
 and on an sm_90 GPU the CUTLASS GEMMs (quantize kernel + int8 GEMM, dense and 2:4) they displace;
 --with-triton adds the Triton backend of the same ops. At M in {1, 4, 8, 16, 64} on (K, N) in
-{(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)}. Each provider cycles through enough
+{(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)} (--kernels, --ms: a subset). Each provider cycles through enough
 copies of its weights that they cannot sit in L2. us = one call's time replayed from a CUDA graph
 of one call per weight copy (the kernels alone, no host time); eager_us = do_bench's median of one
 eager call (it clears L2 first), which also holds the host time where that outlasts the GPU work.
 GB/s counts the weight bytes the kernel must read (codes + scales + zeros, public sizes); % copy is
 that against a device-to-device copy timed here; "x bf16" is the time over cuBLAS bf16's (F.linear)
-at the same M. Prints a table last; --out writes the CSV.
+at the same M. --int8-layout prepared makes W8A16 / W8A8 stream gemv_layout's prepared copy of the
+weight instead of the layer's own (N, K) weight (gemv_cuda.INT8_ROW_MAJOR). Prints a table last;
+--out writes the CSV.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import triton
 
 import kernelswap
 from kernelswap.bench.timing import capture_graph, replay_ms
-from kernelswap.ops import backend, int8_cuda, sparse24_cuda
+from kernelswap.ops import backend, gemv_cuda, int8_cuda, sparse24_cuda
 from kernelswap.ops.backend import Preference
 from kernelswap.packing import compress_24, prune_24, quantize_int4
 
@@ -114,7 +117,16 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="CSV path")
     ap.add_argument("--with-triton", action="store_true", help="also time the Triton backend of each op")
     ap.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+    ap.add_argument("--kernels", default=",".join(OPS), help="which of " + ", ".join(OPS))
+    ap.add_argument("--ms", default=",".join(map(str, MS)), help="token counts")
+    ap.add_argument("--int8-layout", choices=("rows", "prepared"), default="rows",
+                    help="the int8 GEMVs' weight: the layer's own (default) or the prepared copy")
     opts = ap.parse_args()
+    gemv_cuda.INT8_ROW_MAJOR = opts.int8_layout == "rows"
+    kinds = [k for k in opts.kernels.split(",") if k]
+    if unknown := set(kinds) - set(OPS):
+        ap.error(f"--kernels: unknown {sorted(unknown)}; choose from {', '.join(OPS)}")
+    ms_list = [int(m) for m in opts.ms.split(",") if m]
     dtype = torch.bfloat16 if opts.dtype == "bf16" else torch.float16
     torch.manual_seed(0)
     bw = copy_bandwidth()
@@ -128,17 +140,18 @@ def main() -> None:
     for k, n in SHAPES:
         dense_bytes = n * k * 2
         dense = [torch.randn(n, k, device="cuda").to(dtype) for _ in range(copies(dense_bytes))]
-        xs = {m: torch.randn(m, k, device="cuda").to(dtype) for m in MS}
-        bf16_ms = {m: time_graph(lambda w, x=xs[m]: F.linear(x, w), dense) for m in MS}
-        bf16_eager = {m: time_rotating(lambda w, x=xs[m]: F.linear(x, w), dense) for m in MS}
+        xs = {m: torch.randn(m, k, device="cuda").to(dtype) for m in ms_list}
+        bf16_ms = {m: time_graph(lambda w, x=xs[m]: F.linear(x, w), dense) for m in ms_list}
+        bf16_eager = {m: time_rotating(lambda w, x=xs[m]: F.linear(x, w), dense) for m in ms_list}
         del dense
-        for m in MS:
+        for m in ms_list:
             rows.append(row("bf16 F.linear", "cublas", m, k, n, bf16_ms[m], bf16_eager[m], dense_bytes, bw, bf16_ms))
-        for kind, op_name in OPS.items():
+        for kind in kinds:
+            op_name = OPS[kind]
             op = getattr(kernelswap.ops, op_name)
             probe, nbytes = make_weights(kind, k, n, 1, dtype)
             weights = probe + make_weights(kind, k, n, copies(nbytes) - 1, dtype)[0]
-            for be, m in itertools.product(backends, MS):
+            for be, m in itertools.product(backends, ms_list):
                 x = xs[m]
                 try:
                     with kernelswap.use_backend(be):
@@ -150,17 +163,18 @@ def main() -> None:
                     continue
                 rows.append(row(kind, be, m, k, n, ms, eager, nbytes, bw, bf16_ms))
             if kind in CUTLASS and cutlass_ok:
-                for m in MS:
+                for m in ms_list:
                     fn = lambda w, x=xs[m], f=CUTLASS[kind]: f(x, *w)  # noqa: E731
                     rows.append(row(kind, "cutlass", m, k, n, time_graph(fn, weights), time_rotating(fn, weights),
                                     nbytes, bw, bf16_ms))
             del weights, probe
             torch.cuda.empty_cache()
     with open(opts.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["copy_GBps", "gpu", "dtype"])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["copy_GBps", "gpu", "dtype", "int8_layout"])
         writer.writeheader()
         for r in rows:
-            writer.writerow(dict(r, copy_GBps=bw / 1e9, gpu=torch.cuda.get_device_name(), dtype=opts.dtype))
+            writer.writerow(dict(r, copy_GBps=bw / 1e9, gpu=torch.cuda.get_device_name(), dtype=opts.dtype,
+                                 int8_layout=opts.int8_layout))
     print(f"\n{'kernel':<14}{'backend':<8}{'M':>4}{'K':>7}{'N':>7}{'us':>9}{'GB/s':>8}{'%copy':>7}{'x bf16':>8}"
           f"{'eager us':>10}")
     for r in rows:
