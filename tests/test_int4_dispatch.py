@@ -200,6 +200,32 @@ def test_tinygemm_path_cuda(shape, m):
     assert_exact(auto, out, what="public op at small M, bf16, torch backend")
 
 
+@needs_sm80
+def test_tinygemm_layout_only_where_it_can_be_chosen(monkeypatch):
+    """Where the W4A16 GEMV serves every M tinygemm would, prepare makes no tinygemm copy of the weight
+    (forcing the torch backend does); a call that would pick tinygemm inside capture without its layout
+    (K % 8 != 0: the GEMV declines) goes to the next backend instead of making it in the graph's pool."""
+    q, x, bias, ref64, baseline = _problem_cuda(1, 100, 64, 32, False, torch.bfloat16, with_bias=False)
+    sources = (q.packed, q.scales, q.zeros)
+    backend.prepare_weights("int4_linear", q.packed, q.scales, q.zeros, 32, None)
+    gemv_first = gemv_cuda.int4_serves_up_to(q.packed) >= int4_tinygemm.TINYGEMM_M_MAX
+    assert int4_tinygemm._PREPARED.holds(sources) != gemv_first
+    if not gemv_first:
+        pytest.skip("the W4A16 GEMV does not serve on this GPU / build")
+    capturing = {"on": True}
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing["on"])
+    assert isinstance(int4_tinygemm.supports(x, q.packed, q.scales, q.zeros, 32, None), backend.Transient)
+    chosen = backend.choose("int4_linear", x.device, x, q.packed, q.scales, q.zeros, 32, None)
+    assert chosen.fn is not int4_tinygemm.tinygemm_linear
+    out = chosen.fn(x, q.packed, q.scales, q.zeros, 32, None)
+    assert not int4_tinygemm._PREPARED.holds(sources)
+    assert_close_to_ref(out, ref64, baseline, what="int4 K=100 M=1 without the tinygemm layout")
+    capturing["on"] = False
+    with backend.use_backend("torch"):
+        backend.prepare_weights("int4_linear", q.packed, q.scales, q.zeros, 32, None)
+    assert int4_tinygemm._PREPARED.holds(sources)
+
+
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("m", [0, 1, 33, 600], ids=lambda m: f"M{m}")

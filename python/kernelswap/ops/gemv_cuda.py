@@ -142,6 +142,12 @@ def _int4_prepare(w_packed, scales, zeros, group_size, bias) -> None:
         _int4_prepared(w_packed, scales, zeros, group_size, bias)
 
 
+def int4_serves_up_to(w_packed: Tensor) -> int:
+    """The M up to which the automatic choice sends int4_linear on these weights to the GEMV (0:
+    it cannot run here); the GEMV takes every group size, N and K % 8 == 0 the op allows."""
+    return GEMV_UP_TO_M["int4_linear"] if _serves(w_packed) else 0
+
+
 def _int4_supports(x, w_packed, scales, zeros, group_size, bias):
     return _reason(x, "int4_linear")
 

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._prepared import PreparedWeights
+from . import gemv_cuda
+from .backend import Transient, forced_backend
 
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # the group sizes int4mm.cu instantiates
 TINYGEMM_OFFSET = 8  # tinygemm subtracts 8 from every code
@@ -97,12 +99,25 @@ def supports(x, w_packed, scales, zeros, group_size, bias) -> str | None:
     m = x.shape[0]
     if not 1 <= m <= TINYGEMM_M_MAX:
         return f"M={m} outside tinygemm's range 1..{TINYGEMM_M_MAX}"
-    return _usable(x, w_packed, group_size)
+    why = _usable(x, w_packed, group_size)
+    if why is None and not _PREPARED.holds(tuple(t for t in (w_packed, scales, zeros) if t is not None)) and \
+            torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
+        # prepare() leaves the layout out where the GEMV serves; made here it would sit in the graph's pool.
+        return Transient("capturing, and the tinygemm layout was not prepared (the W4A16 GEMV serves these "
+                         "weights; use_backend('torch') around kernelswap.prepare(model) makes it)")
+    return why
 
 
 def prepare(w_packed, scales, zeros, group_size, bias) -> None:
-    """Make the tinygemm layout of these weights where tinygemm can serve them (register's prepare)."""
+    """Make the tinygemm layout of these weights where tinygemm can serve them (register's prepare),
+    unless the CUDA extension's W4A16 GEMV, tried first, serves every M tinygemm would on this GPU:
+    then the layout would be a copy of the weight that only a K % 8 != 0 call (which the GEMV declines)
+    could read; such a call makes it on its first eager use, and inside CUDA-graph capture leaves
+    it to the next backend (supports). Forcing the torch backend (`use_backend("torch")` around the
+    move or `ks.prepare`, or KERNELSWAP_BACKEND=torch) makes it here."""
     if not w_packed.is_cuda or _usable_weights(w_packed, group_size) is not None:
+        return
+    if forced_backend() != "torch" and gemv_cuda.int4_serves_up_to(w_packed) >= TINYGEMM_M_MAX:
         return
     sources = tuple(t for t in (w_packed, scales, zeros) if t is not None)
     _PREPARED.get(sources, lambda: _prepare(w_packed, scales, zeros))
