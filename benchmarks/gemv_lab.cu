@@ -2,7 +2,8 @@
 // kernel itself, and for ncu / compute-sanitizer runs on one kernel at a time.
 //
 //   nvcc -O3 -arch=sm_90a -std=c++17 --expt-relaxed-constexpr -Icsrc -lcublas -o gemv_lab benchmarks/gemv_lab.cu
-//   ./gemv_lab [format M K N [splits]]     format: int4g128 int4g32 w8a16 w8a8 bf16
+//   ./gemv_lab [format M K N [splits]]     format: int4g128 int4g32 w8a16 w8a8 w8a16r w8a8r bf16
+//                                          (w8a16r / w8a8r: the int8 formats on the (N, K) weight)
 //
 // With no arguments it runs the decode sweep (M in 1, 4, 16 on 8192x28672 and 4096x14336) and
 // prints us, GB/s of weight bytes and the time of cuBLAS bf16 at the same shape, all in one run.
@@ -221,6 +222,9 @@ float run_case(const Case& c, int sms, cublasHandle_t h, float* gbps) {
   if (c.fmt == "int4g32") return run_fmt<I4g32>(c, 4 * 512, 8, false, sms, gbps);
   if (c.fmt == "w8a16") return run_fmt<Int8W16>(c, 8 * 512, 0, false, sms, gbps);
   if (c.fmt == "w8a8") return run_fmt<Int8W8>(c, 8 * 512, 0, false, sms, gbps);
+  // The row formats read an (N, K) int8 weight (K % 16 == 0); the buffer above is at least that.
+  if (c.fmt == "w8a16r") return run_fmt<Int8W16Rows>(c, 8 * 512, 0, false, sms, gbps);
+  if (c.fmt == "w8a8r") return run_fmt<Int8W8Rows>(c, 8 * 512, 0, false, sms, gbps);
   if (c.fmt == "bf16") return time_cublas(h, c, gbps);
   std::fprintf(stderr, "unknown format %s\n", c.fmt.c_str());
   std::exit(2);

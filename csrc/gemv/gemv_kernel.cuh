@@ -32,9 +32,26 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // (mp = 8 * NT): enough blocks to keep every SM streaming (F::kBlocksPerSm a SM), at
 // least 2 batches a split, and no more batches a split than the format's shared memory allows.
 // smem > kSmemLimit when even one batch a split does not fit.
+// The split count is ceil(target / n_blocks), or the count below it where that is at least 2
+// and leaves the last wave of blocks fuller: 112 blocks against a target of 264 take 2 splits
+// (224 blocks, one wave 85% full), not 3 (336: a second wave 27% full). On an H200
+// (benchmarks/gemv_lab.cu, 2026-12-02, 4096x14336, M = 1) that took the row-major W8A16 from
+// 26.3 to 21.9 us, W8A8 from 27.0 to 22.7 and int4 g128 (224 blocks, target 528) from 15.8 to
+// 14.9 us. Never down to 1 split: the large layers' 2 (224 int8 blocks, 448 int4 ones) is what
+// the block-shape sweep measured, and 1 was not.
+inline int64_t splits_for_waves(int64_t target, int64_t n_blocks) {
+  const int64_t lo = target / n_blocks, hi = ceil_div(target, n_blocks);
+  auto fullness = [&](int64_t s) {  // blocks in the last wave
+    const int64_t r = (s * n_blocks) % target;
+    return r == 0 ? target : r;
+  };
+  return lo >= 2 && fullness(lo) > fullness(hi) ? lo : hi;
+}
+
 template <class F>
 Plan plan_splits(int64_t n_blocks, int64_t batches, int m, int mp, int sms) {
-  int64_t s = std::max<int64_t>(1, std::min(ceil_div(int64_t(F::kBlocksPerSm) * sms, n_blocks), batches / 2));
+  const int64_t target = int64_t(F::kBlocksPerSm) * sms;
+  int64_t s = std::max<int64_t>(1, std::min(splits_for_waves(target, n_blocks), batches / 2));
   int64_t per = ceil_div(batches, s);
   while (per > 1 && F::smem_bytes(static_cast<int>(per * kBatchK), m, mp) > kSmemLimit) per = ceil_div(per, 2);
   const int64_t splits = ceil_div(batches, per);
