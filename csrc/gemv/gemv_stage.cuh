@@ -24,9 +24,10 @@ struct Args {
 // M real rows, then one zero row that lanes past M read, so the steps need no bounds checks.
 // Within each 16-value chunk of K the values are stored in B-fragment order (lane t's pairs
 // (2t, 2t+1) and (2t+8, 2t+9) adjacent), so a step's B fragment is one 8-byte shared load
-// per lane. Rows are padded by kPad = 32 bytes: the 8 rows a warp reads fall in two bank sets, the
-// minimum for 256 bytes (the int8 row format's 16-byte reads want 16, gemv_formats_rows.cuh). With GS > 0 it also holds, for each group of GS values of K in the
-// range and each of the kMp tokens, the fp32 sum of x over the group (0 past M), which the
+// per lane. Rows are padded by kPad = 32 bytes: the 8 rows a warp reads fall in two bank sets,
+// the minimum for 256 bytes (the W8A16 row format's 16-byte reads want 16: gemv_formats_rows.cuh).
+// With GS > 0 it also holds, for each group of GS values of K in the range and each of the kMp
+// tokens, the fp32 sum of x over the group (0 past M), which the
 // int4 format needs to take its zero point out after the MMA.
 //
 // kNatural keeps each chunk in K order instead, so lane t's 8 bytes of a step are values

@@ -11,7 +11,8 @@
 
 The layers' runners launch them through _C's raw entry points (ops/_raw.py), other calls
 through the ops. One templated kernel (csrc/gemv) streams weights in the layouts of
-kernelswap.ops.gemv_layout, made once per weight buffer when the layer's buffers are made,
+kernelswap.ops.gemv_layout (or, for int8 with K % 16 == 0, the layer's own weight), made once
+per weight buffer when the layer's buffers are made,
 moved or loaded (`prepare`, through kernelswap.ops.backend.prepare_weights) and kept in
 PreparedWeights caches, with the scales in the kernel's order (int4) or as fp32 (int8), an
 fp32 bias and the split-K counters. They run on any sm_80+ GPU the build carries code for,
