@@ -2,8 +2,9 @@
 
 CPU (CI): the swap-time layouts (kernelswap.ops.gemv_layout) round-trip to the public packed
 formats, and an emulator written from the PTX fragment rules (not from gemv_layout's maps)
-decodes each lane's 16 bytes the way the kernel does and gets the public weights back; the
-supports predicates refuse what the kernels cannot take. GPU: the public ops with the cuda
+decodes each lane's 16 bytes the way the kernel does and gets the public weights back; another
+computes x @ w.T through the int8 row formats' loads and fragments; the supports predicates
+refuse what the kernels cannot take. GPU: the public ops with the cuda
 backend forced, against the references: W8A8 bit-exact, W4A16 / W8A16 within 2x the error
 of the same computation in x.dtype torch; M in {0, 1, 2, 7, 16, 33, 64}, K not a multiple of
 128 (groups 32 / 64), N odd, bf16 and fp16, split-K and not, the int8 GEMVs on the layer's own
@@ -123,6 +124,62 @@ def test_int8_layout(n, k, activations_int8):
     dense = _emulate(w, "int8_w8" if activations_int8 else "int8_w16", n_pad, k_pad)
     assert torch.equal(dense, _padded(w_q.long(), 0))  # padding decodes to q = 0
     assert torch.equal(L.int8_from_gemv(w, n, k, activations_int8), w_q)
+
+
+def _emulate_rows(w_q: torch.Tensor, x: torch.Tensor, w8a8: bool, x_shift: int = 0) -> torch.Tensor:
+    """x @ w_q.T through the row formats' loads and MMA fragments (csrc/gemv/gemv_stream.cuh RowStream,
+    gemv_formats_rows.cuh), register by register, from the PTX fragment rules (see _emulate):
+    lane (g, t) loads 16 bytes of rows g and g + 8 at K 256 b + 64 c + 16 t (zero past K, rows past
+    N clamped); W8A8 step (c, h) takes words 2h, 2h + 1 into A regs (0, 2) of row g and (1, 3) of
+    row g + 8 and x at K + 8 h; W8A16 step (c, j) takes word j's bytes (0, 1) / (2, 3) and x at
+    K + 4 j. x_shift moves every x read by that many K (a wrong mapping the test must catch)."""
+    n, k = w_q.shape
+    m = x.shape[0]
+    xp = F.pad(x.double(), (0, 512 + x_shift))  # reads past K see zeros, as the kernel's staging
+    out = torch.zeros(m, n, dtype=torch.float64)
+    for tile in range(-(-n // 16)):
+        rows = [min(16 * tile + r, n - 1) for r in range(16)]
+        for b in range(-(-k // 256)):
+            for c in range(4):
+                for sub in (range(2) if w8a8 else range(4)):
+                    a = torch.zeros(16, 32 if w8a8 else 16, dtype=torch.float64)
+                    bm = torch.zeros(a.shape[1], m, dtype=torch.float64)
+                    for lane in range(32):
+                        g, t = lane // 4, lane % 4
+                        k0 = 256 * b + 64 * c + 16 * t
+                        load = [w_q[rows[r], k0:k0 + 16].double() if k0 < k else torch.zeros(16, dtype=torch.float64)
+                                for r in (g, g + 8)]
+                        if w8a8:  # m16n8k32: A[g][4t + i] = reg 0 byte i, A[g + 8] reg 1, + 16: regs 2, 3
+                            for reg in range(4):  # reg r: row g + 8 (r % 2), word 2 sub + r // 2
+                                word, col = 2 * sub + reg // 2, 16 * (reg // 2) + 4 * t
+                                a[g + 8 * (reg % 2), col:col + 4] = load[reg % 2][4 * word:4 * word + 4]
+                            kx = k0 + 8 * sub + x_shift  # B[4t + i] = b0 byte i, B[16 + 4t + i] = b1
+                            bm[4 * t:4 * t + 4] = xp[:, kx:kx + 4].t()
+                            bm[16 + 4 * t:16 + 4 * t + 4] = xp[:, kx + 4:kx + 8].t()
+                        else:  # m16n8k16: A[g][2t + i] = reg 0 half i, A[g + 8] reg 1, + 8: regs 2, 3
+                            for reg in range(4):  # reg r: row g + 8 (r % 2), bytes 2 (r // 2), + 1 of word sub
+                                byte, col = 4 * sub + 2 * (reg // 2), 8 * (reg // 2) + 2 * t
+                                a[g + 8 * (reg % 2), col:col + 2] = load[reg % 2][byte:byte + 2]
+                            kx = k0 + 4 * sub + x_shift  # B[2t + i] = b0 half i, B[8 + 2t + i] = b1
+                            bm[2 * t:2 * t + 2] = xp[:, kx:kx + 2].t()
+                            bm[8 + 2 * t:8 + 2 * t + 2] = xp[:, kx + 2:kx + 4].t()
+                    d = a @ bm  # (16 rows, M tokens)
+                    for r in range(16):
+                        if 16 * tile + r < n:
+                            out[:, 16 * tile + r] += d[r]
+    return out
+
+
+@pytest.mark.parametrize("w8a8", [True, False], ids=["w8a8", "w8a16"])
+@pytest.mark.parametrize("n,k", [(37, 96), (20, 272)])  # N past a tile, K past a batch, K % 64 != 0
+def test_row_formats_fragment_mapping(n, k, w8a8):
+    """The row formats' reading of the (N, K) int8 weight (emulated lane by lane) gives x @ w.T exactly;
+    reading x 16 values off does not (the emulation can tell a wrong mapping)."""
+    w_q = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    x = torch.randint(-127, 128, (3, k)).double()
+    exact = x @ w_q.double().t()
+    assert torch.equal(_emulate_rows(w_q, x, w8a8), exact)
+    assert not torch.equal(_emulate_rows(w_q, x, w8a8, x_shift=16), exact)
 
 
 def test_counters():
