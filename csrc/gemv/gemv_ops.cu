@@ -16,29 +16,24 @@
 //   int8: w_scale (n,) fp32; bias (n,) fp32 or None; counters (>= ceil(n / 64),) int32, all zero
 //   (each launch leaves them zero again: two launches on one weight must not run concurrently).
 //   -> (M, n) x.dtype
+// The raw entry points of the same kernels are in gemv_raw.cu; what both use, in gemv_launch.h.
 #include "common.h"
 
-#include "gemv/gemv_kernel.cuh"
+#include "gemv/gemv_launch.h"
 #include "op_checks.h"
-#include "raw_entry.h"
 
 #include <torch/csrc/stable/accelerator.h>
 
 #include <algorithm>
 #include <cstdlib>
-#include <memory>
+#include <cstring>
 #include <type_traits>
 #include <optional>
 
 namespace kernelswap {
 namespace {
 
-using gemv::Args;
-using gemv::kBatchK;
-using gemv::kTileN;
-using gemv::kMinWarps;
-
-constexpr int64_t kMaxM = 64;
+using namespace gemv;  // the kernel's and gemv_launch.h's names
 
 int sm_count(int dev) {
   static int cache[64] = {};
@@ -51,7 +46,6 @@ int sm_count(int dev) {
   return cache[dev];
 }
 
-using gemv::ceil_div;
 
 // A tensor the kernel reads or writes must live on x's GPU (Meta calls check shapes only).
 void check_on_x_device(const char* op, const char* name, const Tensor& t, const Tensor& x) {
@@ -96,57 +90,37 @@ void check_common(const char* op, const Tensor& x, const Tensor& w, int64_t byte
                   op, ": counters must be a contiguous int32 vector of at least ceil(n / 64) zeros");
 }
 
-// One (format, activation, NT) instantiation: its split plan and its launch. The op entry points
-// and the raw plans (end of file) pick one (pick, below) and share everything after that.
-struct Launcher {
-  gemv::Plan (*plan)(int64_t n_blocks, int64_t batches, int m, int sms);
-  void (*run)(const Args& a, dim3 grid, int smem, bool pdl, cudaStream_t stream);
-  int warps;
-  bool pdl;  // the format's F::kPdl: launched with PDL by default (pdl_on)
+// The launcher of one (format, activation, NT) instantiation.
+template <class Act, class F, int NT>
+Launcher launcher_of() {
+  return {[](int64_t n_blocks, int64_t batches, int m, int sms) {
+            return gemv::plan_splits<F>(n_blocks, batches, m, 8 * NT, sms);
+          },
+          [](const Args& a, dim3 grid, int smem, bool pdl, cudaStream_t stream) {
+            cudaLaunchAttribute attr{};
+            attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+            attr.val.programmaticStreamSerializationAllowed = 1;
+            cudaLaunchConfig_t cfg{};
+            cfg.gridDim = grid;
+            cfg.blockDim = dim3(F::kWarps * 32);
+            cfg.dynamicSmemBytes = static_cast<size_t>(smem);
+            cfg.stream = stream;
+            cfg.attrs = &attr;
+            cfg.numAttrs = pdl ? 1 : 0;
+            const cudaError_t e = cudaLaunchKernelEx(&cfg, gemv::gemv_kernel<Act, F, NT>, a);
+            STD_TORCH_CHECK(e == cudaSuccess, "kernelswap GEMV: launch failed: ", cudaGetErrorString(e));
+          },
+          F::kWarps, F::kPdl};
+}
 
-  // pdl: launched with programmatic stream serialization (see gemv_kernel.cuh's pdl_wait), so it
-  // may start while the kernel before it finishes.
-  template <class Act, class F, int NT>
-  static Launcher of() {
-    return {[](int64_t n_blocks, int64_t batches, int m, int sms) {
-              return gemv::plan_splits<F>(n_blocks, batches, m, 8 * NT, sms);
-            },
-            [](const Args& a, dim3 grid, int smem, bool pdl, cudaStream_t stream) {
-              cudaLaunchAttribute attr{};
-              attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-              attr.val.programmaticStreamSerializationAllowed = 1;
-              cudaLaunchConfig_t cfg{};
-              cfg.gridDim = grid;
-              cfg.blockDim = dim3(F::kWarps * 32);
-              cfg.dynamicSmemBytes = static_cast<size_t>(smem);
-              cfg.stream = stream;
-              cfg.attrs = &attr;
-              cfg.numAttrs = pdl ? 1 : 0;
-              const cudaError_t e = cudaLaunchKernelEx(&cfg, gemv::gemv_kernel<Act, F, NT>, a);
-              STD_TORCH_CHECK(e == cudaSuccess, "kernelswap GEMV: launch failed: ", cudaGetErrorString(e));
-            },
-            F::kWarps, F::kPdl};
-  }
-
-  // NT = the number of 8-token fragments: M <= 8, 16, 32, 64.
-  template <class Act, class F>
-  static Launcher for_m(int64_t m) {
-    if (m <= 8) return of<Act, F, 1>();
-    if (m <= 16) return of<Act, F, 2>();
-    if (m <= 32) return of<Act, F, 4>();
-    return of<Act, F, 8>();
-  }
-};
-
-// Everything a launch needs besides x, out and the workspace (the splits of K included).
-struct Launch {
-  Launcher l;
-  Args a;  // x, out and ws are set per call
-  dim3 grid;
-  int smem = 0;
-  int64_t ws_bytes = 0;  // (splits, M, N) 4-byte partials, or 0 with one split
-  bool pdl = false;      // launched with PDL (pdl_on)
-};
+// NT = the number of 8-token fragments: M <= 8, 16, 32, 64.
+template <class Act, class F>
+Launcher launcher_for_m(int64_t m) {
+  if (m <= 8) return launcher_of<Act, F, 1>();
+  if (m <= 16) return launcher_of<Act, F, 2>();
+  if (m <= 32) return launcher_of<Act, F, 4>();
+  return launcher_of<Act, F, 8>();
+}
 
 // Whether a launcher's launches on `dev` use programmatic dependent launch: an sm_90+ GPU, and
 // KERNELSWAP_PDL (read once a process) unset (the formats whose F::kPdl says so), "all" (every
@@ -163,18 +137,6 @@ bool pdl_on(const Launcher& l, int dev) {
   return major[dev] >= 9;
 }
 
-Launch plan_launch(const Launcher& l, const Args& a, int device) {
-  const int64_t n_blocks = ceil_div(a.n_tiles, l.warps);
-  STD_TORCH_CHECK(n_blocks < (1LL << 31) && a.batches < (1 << 30), "kernelswap GEMV: problem too large");
-  const gemv::Plan p = l.plan(n_blocks, a.batches, a.M, sm_count(device));
-  STD_TORCH_CHECK(p.smem <= gemv::kSmemLimit, "kernelswap GEMV: K=", a.K, " at M=", a.M,
-                  " needs more shared memory than a block has");
-  Launch r{l, a, dim3(static_cast<unsigned>(n_blocks), static_cast<unsigned>(p.splits)), p.smem, 0};
-  r.a.batches_per_split = p.batches_per_split;
-  if (p.splits > 1) r.ws_bytes = int64_t(p.splits) * a.M * a.N * 4;
-  r.pdl = pdl_on(l, device);
-  return r;
-}
 
 // The op entry points' launch: the workspace from torch's allocator, the current stream.
 void launch(const Launcher& l, const Args& a, const Tensor& x) {
@@ -187,20 +149,6 @@ void launch(const Launcher& l, const Args& a, const Tensor& x) {
   r.l.run(r.a, r.grid, r.smem, r.pdl, current_stream(x));
 }
 
-// The Args every format fills the same way (the op entry points and the raw plans); x, out, ws
-// and the format's scales / zeros are the caller's to set.
-Args fill_args(const void* w, const float* bias, void* counters, int64_t M, int64_t K, int64_t N) {
-  Args a{};
-  a.w = static_cast<const uint4*>(w);
-  a.bias = bias;
-  a.counters = static_cast<int*>(counters);
-  a.K = K;
-  a.M = static_cast<int>(M);
-  a.N = static_cast<int>(N);
-  a.n_tiles = static_cast<int>(ceil_div(N, kTileN));
-  a.batches = static_cast<int>(ceil_div(K, kBatchK));
-  return a;
-}
 
 // The op entry points' Args; null when there is nothing to launch.
 std::optional<Args> args(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, const Tensor& counters,
@@ -219,15 +167,41 @@ using Int4G64 = gemv::Int4<Act, 64>;
 template <class Act>
 using Int4G128 = gemv::Int4<Act, 128>;
 
-// The formats by number, as the raw entry points take them: W4A16 (groups 32 / 64 / 128), W8A16, W8A8,
-// 2:4 bf16 / fp16, 2:4 int8 (W8A8), then W8A16 and W8A8 on the int8 (N, K) weight as it lies.
-enum Format { kInt4 = 0, kInt8Weight = 1, kInt8 = 2, kSparse24 = 3, kSparse24Int8 = 4, kInt8WeightRows = 5,
-              kInt8Rows = 6 };
-constexpr bool row_major(int format) { return format == kInt8WeightRows || format == kInt8Rows; }
 
 template <template <class> class F>
 Launcher for_act(bool bf16, int64_t m) {
-  return bf16 ? Launcher::for_m<gemv::BF16, F<gemv::BF16>>(m) : Launcher::for_m<gemv::FP16, F<gemv::FP16>>(m);
+  return bf16 ? launcher_for_m<gemv::BF16, F<gemv::BF16>>(m) : launcher_for_m<gemv::FP16, F<gemv::FP16>>(m);
+}
+
+
+}  // namespace
+
+namespace gemv {
+
+Launch plan_launch(const Launcher& l, const Args& a, int device) {
+  const int64_t n_blocks = ceil_div(a.n_tiles, l.warps);
+  STD_TORCH_CHECK(n_blocks < (1LL << 31) && a.batches < (1 << 30), "kernelswap GEMV: problem too large");
+  const gemv::Plan p = l.plan(n_blocks, a.batches, a.M, sm_count(device));
+  STD_TORCH_CHECK(p.smem <= gemv::kSmemLimit, "kernelswap GEMV: K=", a.K, " at M=", a.M,
+                  " needs more shared memory than a block has");
+  Launch r{l, a, dim3(static_cast<unsigned>(n_blocks), static_cast<unsigned>(p.splits)), p.smem, 0};
+  r.a.batches_per_split = p.batches_per_split;
+  if (p.splits > 1) r.ws_bytes = int64_t(p.splits) * a.M * a.N * 4;
+  r.pdl = pdl_on(l, device);
+  return r;
+}
+
+Args fill_args(const void* w, const float* bias, void* counters, int64_t M, int64_t K, int64_t N) {
+  Args a{};
+  a.w = static_cast<const uint4*>(w);
+  a.bias = bias;
+  a.counters = static_cast<int*>(counters);
+  a.K = K;
+  a.M = static_cast<int>(M);
+  a.N = static_cast<int>(N);
+  a.n_tiles = static_cast<int>(ceil_div(N, kTileN));
+  a.batches = static_cast<int>(ceil_div(K, kBatchK));
+  return a;
 }
 
 Launcher pick(int format, int group_size, bool bf16, int64_t m) {
@@ -245,7 +219,7 @@ Launcher pick(int format, int group_size, bool bf16, int64_t m) {
   return format == kInt8Weight ? for_act<gemv::Int8W16>(bf16, m) : for_act<gemv::Int8W8>(bf16, m);
 }
 
-}  // namespace
+}  // namespace gemv
 
 Tensor int4_gemv(const Tensor& x, const Tensor& w, const Tensor& scales, const std::optional<Tensor>& zeros,
                  const std::optional<Tensor>& bias, const Tensor& counters, int64_t group_size, int64_t n) {
@@ -323,76 +297,6 @@ Tensor sparse24_gemv(const Tensor& x, const Tensor& w, const std::optional<Tenso
 
 }  // namespace kernelswap
 
-// ---------------------------------------------------------------- raw entry points (csrc/raw_entry.h)
-namespace kernelswap {
-namespace {
-struct GemvPlan : raw::PlanBase {
-  Launch launch;
-};
-}  // namespace
-}  // namespace kernelswap
-
-extern "C" {
-
-// The plan of one GEMV layer at M rows: `format` as in pick, bf16 (1) or fp16 (0) activations, the
-// layouts of python/kernelswap/ops/gemv_layout.py (zeros and bias may be null; formats 5 and 6 read
-// the int8 (N, K) weight itself, 16-byte aligned, K % 16 == 0), K, N and w_rows, the weight's
-// leading dimension (its tiles, ceil(N / 16), or N for formats 5 and 6); *ws_bytes gets the
-// workspace each run needs (0: none). Null on an error.
-void* kernelswap_gemv_plan(int format, int group_size, int bf16, const void* w, const void* scales, const void* zeros,
-                           const void* bias, void* counters, int64_t M, int64_t K, int64_t N, int64_t w_rows,
-                           int device, int64_t* ws_bytes) {
-  using namespace kernelswap;
-  const char* op = "kernelswap GEMV plan";
-  const bool ok =
-      ((format >= kInt4 && format <= kInt8Rows) || raw::fail(op, ": unknown format ", format)) &&
-      (format != kInt4 || group_size == 32 || group_size == 64 || group_size == 128 ||
-       raw::fail(op, ": group_size must be 32, 64 or 128, got ", group_size)) &&
-      ((M >= 1 && M <= kMaxM) || raw::fail(op, ": M=", M, " outside 1..", kMaxM)) &&
-      ((K > 0 && K % 8 == 0 && K < (1LL << 31)) ||
-       raw::fail(op, ": K=", K, " must be a positive multiple of 8 below 2^31")) &&
-      (format == kInt4 || format == kSparse24 || K <= (1LL << 17) ||
-       raw::fail(op, ": int8 needs K <= 2^17, got ", K)) &&
-      ((N > 0 && N < (1LL << 31) && w_rows == (row_major(format) ? N : ceil_div(N, kTileN))) ||
-       raw::fail(op, ": N=", N, " does not match the weight's ", w_rows, row_major(format) ? " rows" : " tiles")) &&
-      (!row_major(format) || (K % 16 == 0 && !raw::misaligned(w)) ||
-       raw::fail(op, ": an int8 (N, K) weight needs K % 16 == 0 and 16-byte alignment, got K=", K));
-  if (!ok) return nullptr;
-  GemvPlan* plan = nullptr;
-  raw::guarded([&] {
-    Args a = fill_args(w, static_cast<const float*>(bias), counters, M, K, N);
-    a.scales = scales;
-    a.zeros = zeros;
-    auto p = std::make_unique<GemvPlan>();
-    p->device = device;
-    p->launch = plan_launch(pick(format, group_size, bf16 != 0, M), a, device);
-    *ws_bytes = p->launch.ws_bytes;
-    plan = p.release();
-    return 0;
-  });
-  return plan;
-}
-
-// One launch of a plan: x (M, K) and out (M, N) contiguous on the plan's device; ws of the plan's
-// ws_bytes (or null when that is 0). Returns 0, raw::kMisaligned (x or out not 16-byte aligned:
-// nothing launched) or 1 (the error is in kernelswap_raw_error()).
-int kernelswap_gemv_run(const void* plan, const void* x, void* out, void* ws, void* stream) {
-  using namespace kernelswap;
-  if (raw::misaligned(x) || raw::misaligned(out)) return raw::kMisaligned;
-  const auto* p = static_cast<const GemvPlan*>(plan);
-  if (ws == nullptr && p->launch.ws_bytes > 0) return raw::fail("kernelswap GEMV: the plan needs a workspace"), 1;
-  return raw::guarded([&] {
-    Args a = p->launch.a;
-    a.x = x;
-    a.out = out;
-    a.ws = ws;
-    raw::DeviceScope scope(p->device);
-    p->launch.l.run(a, p->launch.grid, p->launch.smem, p->launch.pdl, static_cast<cudaStream_t>(stream));
-    return 0;
-  });
-}
-
-}  // extern "C"
 
 STABLE_TORCH_LIBRARY_IMPL(kernelswap, CUDA, m) {
   m.impl("_C_int4_gemv", TORCH_BOX(&kernelswap::int4_gemv));
