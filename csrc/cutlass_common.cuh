@@ -12,30 +12,41 @@
 
 namespace kernelswap {
 
-// Check, set up and launch a CUTLASS device-level GEMM (2.x or 3.x adapter) on p.stream,
-// with its workspace from p.workspace (or, with p.query set, only say how many bytes that
-// is); every failure raises, naming `what` and the problem.
+// Check `args` and set `gemm` up for them, with its workspace from p.workspace; with p.query set,
+// only store how many bytes that workspace is there and return false. Every failure raises,
+// naming `what` and the problem.
 template <class Device>
-void run_cutlass(const char* what, const typename Device::Arguments& args, const GemmProblem& p) {
+bool set_up_cutlass(const char* what, const typename Device::Arguments& args, const GemmProblem& p, Device& gemm) {
   cutlass::Status st = Device::can_implement(args);
   STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C ", what, ": CUTLASS cannot run M=", p.M,
                   " N=", p.N, " K=", p.K, ": ", cutlassGetStatusString(st));
   const size_t ws_bytes = Device::get_workspace_size(args);
   if (p.query != nullptr) {
     *p.query = ws_bytes;
-    return;
+    return false;
   }
   void* ws = p.workspace.alloc(p.workspace.ctx, ws_bytes);
   STD_TORCH_CHECK(ws != nullptr || ws_bytes == 0, "kernelswap._C ", what, ": no workspace of ", ws_bytes, " bytes");
-  cudaStream_t stream = p.stream;
-  Device gemm;
-  st = gemm.initialize(args, ws, stream);
+  st = gemm.initialize(args, ws, p.stream);  // also sets the kernel's shared-memory attribute
   STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C ", what, ": initialize failed: ",
                   cutlassGetStatusString(st));
-  st = gemm.run(stream);
+  return true;
+}
+
+// The status of a CUTLASS launch, and the launch error if any, raised naming `what`.
+inline void check_cutlass_launch(const char* what, cutlass::Status st) {
   STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C ", what, ": launch failed: ",
                   cutlassGetStatusString(st));
   KS_CHECK_LAUNCH();
+}
+
+// Check, set up and launch a CUTLASS device-level GEMM (2.x or 3.x adapter) on p.stream,
+// with its workspace from p.workspace (or, with p.query set, only say how many bytes that
+// is); every failure raises, naming `what` and the problem.
+template <class Device>
+void run_cutlass(const char* what, const typename Device::Arguments& args, const GemmProblem& p) {
+  Device gemm;
+  if (set_up_cutlass(what, args, p, gemm)) check_cutlass_launch(what, gemm.run(p.stream));
 }
 
 template <DType D> struct CutlassType;

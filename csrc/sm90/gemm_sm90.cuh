@@ -240,13 +240,8 @@ void run_kept(const GemmProblem& p, bool x_is_scratch, MakeArgs&& make_args) {
       run_cutlass<Device>("sm90 GEMM", args, p);
       return;
     }
-    cutlass::Status st = Device::can_implement(args);
-    STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: CUTLASS cannot run M=", p.M,
-                    " N=", p.N, " K=", p.K, ": ", cutlassGetStatusString(st));
     Device gemm;
-    st = gemm.initialize(args, nullptr, p.stream);  // also sets the kernel's shared-memory attribute
-    STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: initialize failed: ",
-                    cutlassGetStatusString(st));
+    set_up_cutlass("sm90 GEMM", args, p, gemm);  // run_gemm sends no p.query here
     kept = std::shared_ptr<void>(new Params(gemm.params()), [](void* q) { delete static_cast<Params*>(q); });
     std::lock_guard<std::mutex> hold(cache.lock);
     cache.params = kept;
@@ -255,10 +250,7 @@ void run_kept(const GemmProblem& p, bool x_is_scratch, MakeArgs&& make_args) {
   Params params = *static_cast<const Params*>(kept.get());
   point(fn, params.epilogue.tma_store_d, p.out);
   if (!x_is_scratch) point(fn, params.mainloop.tma_load_b, p.x);
-  const cutlass::Status st = Device::run(params, p.stream);
-  STD_TORCH_CHECK(st == cutlass::Status::kSuccess, "kernelswap._C sm90 GEMM: launch failed: ",
-                  cutlassGetStatusString(st));
-  KS_CHECK_LAUNCH();
+  check_cutlass_launch("sm90 GEMM", Device::run(params, p.stream));
 }
 
 template <bool Sparse, DType In, DType Out, Tiles T>
