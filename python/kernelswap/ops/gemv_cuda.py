@@ -75,14 +75,14 @@ _W8A16 = PreparedWeights("int8 -> W8A16 decode GEMV layout")
 _W8A8 = PreparedWeights("int8 -> W8A8 decode GEMV layout")
 _W8A16_ROWS = PreparedWeights("int8 -> W8A16 decode GEMV scales")
 _W8A8_ROWS = PreparedWeights("int8 -> W8A8 decode GEMV scales")
+_S24 = PreparedWeights("2:4 -> decode GEMV layout")
+_S24_INT8 = PreparedWeights("2:4 int8 -> decode GEMV layout")
 
 # The W8A16 / W8A8 GEMVs read the int8 (N, K) weight as the layer holds it (the GEMMs' operand,
 # so a layer keeps one copy of its weight: csrc/gemv/gemv_formats_rows.cuh) wherever its rows are
 # 16-byte aligned (K % 16 == 0, a contiguous aligned buffer); elsewhere gemv_layout's prepared copy.
 # False: the prepared copy everywhere (benchmarks/gemv_quick.py --int8-layout compares the two).
 INT8_ROW_MAJOR = True
-_S24 = PreparedWeights("2:4 -> decode GEMV layout")
-_S24_INT8 = PreparedWeights("2:4 int8 -> decode GEMV layout")
 
 
 @functools.lru_cache(maxsize=None)
