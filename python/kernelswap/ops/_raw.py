@@ -145,7 +145,7 @@ def _runner(run_c, plan: _Plan, index: int, mn: tuple[int, int], scratch_bytes: 
 
 def gemv_runner(x: Tensor, fmt: int, group_size: int, w: Tensor, scales: Tensor, zeros: Tensor | None,
                 bias: Tensor | None, counters: Tensor, n: int, fallback: Callable) -> Callable | None:
-    """A raw runner of the decode GEMV (csrc/gemv/gemv_ops.cu) for x's layout, or None."""
+    """A raw runner of the decode GEMV (csrc/gemv/gemv_raw.cu) for x's layout, or None."""
     lib = library()
     dev = x.device
     if lib is None or x.dim() != 2 or x.dtype not in (torch.bfloat16, torch.float16):
