@@ -255,7 +255,9 @@ def test_refuses_a_capture_unsafe_op_and_names_the_layer():
                                            r"1 \(Syncs\)\): .*host sync inside forward \(\.item\(\)") as info:
         ks.capture(model, x)
     assert info.value.__cause__ is not None
-    # the failed capture leaves the device usable: a good model captures and replays
+    # the failed capture leaves the device usable: random numbers draw outside a capture again
+    # (the generator is not left in capture mode), and a good model captures and replays
+    assert torch.randn(4, device="cuda").isfinite().all()
     good = nn.Sequential(nn.Linear(8, 8)).cuda().eval()
     runner = ks.capture(good, x)
     with torch.no_grad():

@@ -236,6 +236,27 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+def _rng_snapshot():
+    """(the current device's default CUDA generator, a copy of its state), taken before a capture."""
+    gens = torch.cuda.default_generators  # empty where no GPU is initialised (the CPU replay tests)
+    device = torch.cuda.current_device() if gens else 0
+    if device >= len(gens) or not hasattr(gens[device], "clone_state"):
+        return None
+    return gens[device], gens[device].clone_state()
+
+
+def _rng_restore(snapshot) -> None:
+    """After a failed capture: give the generator back a state that is not in capture mode.
+
+    torch.cuda.graph's exit raises at cudaStreamEndCapture before the generator's capture
+    epilogue runs, so its state stays marked as capturing, and the next random op outside a
+    capture fails ("Offset increment outside graph capture encountered unexpectedly"). The
+    state copied before the capture replaces it (the failed capture drew nothing that ran)."""
+    if snapshot is not None:
+        gen, state = snapshot
+        gen.graphsafe_set_state(state)
+
+
 # ---------------------------------------------------------------- capture and replay
 class _Graph:
     """One captured signature: the graph, its static inputs and outputs, the inputs it writes."""
@@ -326,6 +347,7 @@ class CapturedModel:
             versions = [t._version if isinstance(t, torch.Tensor) else None for t in static]
             graph = torch.cuda.CUDAGraph()
             where, stream = None, torch.cuda.current_stream()
+            rng = _rng_snapshot()
             try:
                 with _LayerStack(self.model) as stack:
                     try:
@@ -335,6 +357,7 @@ class CapturedModel:
                         where = stack.names[-1] if stack.names else None
             except Exception as e:  # noqa: BLE001 - re-raised with the cause and the layer
                 torch.cuda.set_stream(stream)  # torch.cuda.graph leaves its capture stream current when its end fails
+                _rng_restore(rng)
                 inside = f" (raised inside layer {where})" if where else ""
                 raise CaptureError(f"ks.capture: the forward could not be captured in a CUDA graph{inside}: "
                                    f"{_first_line(_root_cause(e))}; {UNSAFE_HINT}") from e
