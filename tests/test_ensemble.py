@@ -63,7 +63,7 @@ def _loop(members, combine, x):
         counts = collections.Counter(col)
         best = max(counts.values())
         winners.append(min(c for c, n in counts.items() if n == best))
-    return torch.tensor(winners)
+    return torch.tensor(winners, device=outs[0].device)
 
 
 def _check(ens, members, combine, x):
