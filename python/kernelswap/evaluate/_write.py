@@ -111,6 +111,7 @@ def plot_report(json_path: str, out_dir: str) -> list[str]:
                           "(or pass plots=False / --no-plots)") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     with open(json_path) as f:
         data = json.load(f)
@@ -142,20 +143,22 @@ def plot_report(json_path: str, out_dir: str) -> list[str]:
     results = data["results"]
     prefix = _common_prefix([x["name"] for r in results for x in r["per_layer"]["layers"]])
     fig, axes = plt.subplots(len(results), 1, figsize=(9, (0.28 * _TOP_LAYERS + 1.3) * len(results)), squeeze=False)
+    # one colour per backend across all panels; the legend from explicit patches (an empty bar
+    # container would be drawn in the default colour)
+    colors = {b: f"C{i}" for i, b in enumerate(sorted({x["backend"] or "?" for r in results
+                                                        for x in r["per_layer"]["layers"]}))}
     for ax, r in zip(axes[:, 0], results):
         layers = sorted(r["per_layer"]["layers"], key=lambda x: -x["time_ms"])[:_TOP_LAYERS][::-1]
-        backends = sorted({x["backend"] or "?" for x in layers})
-        colors = {b: f"C{i}" for i, b in enumerate(backends)}
         ax.barh([x["name"][len(prefix):] or x["name"] for x in layers], [100 * (x["share"] or 0) for x in layers],
                 color=[colors[x["backend"] or "?"] for x in layers])
-        for b, c in colors.items():
-            ax.barh([], [], color=c, label=f"backend: {b}")
+        shown = sorted({x["backend"] or "?" for x in layers})
+        handles = [Patch(color=colors[b], label=f"backend: {b}") for b in shown]
         ax.set_xlabel("share of the forward's time, %")
         ax.set_title(f"{r['recipe']}: {len(r['per_layer']['layers'])} swapped layers, "
                      f"{100 * (r['per_layer']['swapped_share'] or 0):.0f}% of the time", fontsize=10)
         ax.tick_params(axis="y", labelsize=8)
         if layers:
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(handles=handles, fontsize=8, loc="lower right")
     fig.suptitle("slowest swapped layers" + (f" (names after {prefix!r})" if prefix else "") + f"\n{sub}",
                  fontsize=10)
     paths.append(_save(fig, out_dir, "layer_breakdown.png"))
