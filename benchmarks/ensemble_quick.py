@@ -150,7 +150,15 @@ def main(argv=None) -> int:
     for family in args.families.split(","):
         for batch in map(int, args.batches.split(",")):
             for swap in [None] + ([args.swap] if args.swap else []):
-                rows += case(family, batch, args, device, dtype, swap)
+                try:
+                    got = case(family, batch, args, device, dtype, swap)
+                except Exception as e:  # noqa: BLE001 - report the case, keep the others
+                    print(f"  {family} b{batch} {swap or 'float'}: failed: {type(e).__name__}: {e}")
+                    continue
+                for r in got:
+                    print(f"  {family} b{batch} {r['recipe']} {r['how']}: {r['median_ms']:.3f} ms, "
+                          f"{r['speedup_vs_loop']:.2f}x the loop", flush=True)
+                rows += got
     env = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "torch": torch.__version__, "commit": _commit(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
