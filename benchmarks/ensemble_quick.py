@@ -4,14 +4,14 @@ ResNet-18-sized CNNs, batch 1 and 16.
     python benchmarks/ensemble_quick.py [--out DIR] [--iters N] [--dtype bf16] [--swap RECIPE]
 
 Each member has random weights (BatchNorm statistics randomized too); the members of one row are
-of one architecture, so the ensemble runs them as one vmapped computation (each layer one
+of one architecture, so the ensemble runs them as one stacked computation (each layer one
 batched kernel). The loop is what a user writes without it: call each member, stack the
 outputs, take the mean. Both are timed with CUDA events after a warm-up (median, p20, p80 of
 --iters calls), and their outputs compared (max |difference|). Where kernelswap.capture exists,
 both are also timed replayed as CUDA graphs (ks.capture). --swap RECIPE adds rows where every
 member is swapped with RECIPE first: those members run one call each, on their own CUDA streams.
 The "ensemble-streams" rows are ks.ensemble(..., batched=False): every member its own call on its
-own stream, no stacking (what swapped members get), for comparison with the vmapped rows.
+own stream, no stacking (what swapped members get), for comparison with the stacked rows.
 
 Encoder: BERT with all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads, FFN 1536,
 vocab 30522), 128 tokens, mean-pooled; attention "eager" (matmul + softmax, which vmap batches;
@@ -103,11 +103,13 @@ def case(family: str, batch: int, args, device, dtype, swap: str | None) -> list
             ks.swap(m, swap.split("+"), probe=False)
     loop = Loop(members).eval()
     streams = ks.ensemble(members, "mean", batched=False)  # every member on its own CUDA stream
-    ens = ks.ensemble(members, "mean")  # same-architecture float members stacked under vmap
+    ens = ks.ensemble(members, "mean")  # same-architecture float members stacked, folded into the batch
+    vmapped = ks.ensemble(members, "mean", fold=False)  # stacked, under vmap
     with torch.inference_mode():
         want = loop(x).float()
         rows = []
-        runs = [("loop", loop, loop), ("ensemble", ens, ens), ("ensemble-streams", streams, streams)]
+        runs = [("loop", loop, loop), ("ensemble", ens, ens), ("ensemble-vmap", vmapped, vmapped),
+                ("ensemble-streams", streams, streams)]
         for name, mod, _ in list(runs):
             try:
                 g = captured(mod, x)
@@ -123,12 +125,24 @@ def case(family: str, batch: int, args, device, dtype, swap: str | None) -> list
                          "dtype": args.dtype, "how": name, "median_ms": float(np.median(t)),
                          "p20_ms": float(np.percentile(t, 20)), "p80_ms": float(np.percentile(t, 80)),
                          "max_abs_diff_vs_loop": diff, "loop_max_abs": float(want.abs().max()),
-                         "batched_groups": str(getattr(mod, "batched_groups", "-"))})
+                         "batched_groups": str(getattr(mod, "batched_groups", "-")),
+                         "folded": _folded(mod)})
     # Each row against the loop timed the same way (eager against eager, captured against captured).
     base = {"+capture" in r["how"]: r["median_ms"] for r in rows if r["how"].startswith("loop")}
     for r in rows:
         r["speedup_vs_loop"] = base.get("+capture" in r["how"], float("nan")) / r["median_ms"]
     return rows
+
+
+def _folded(mod) -> str:
+    """Whether the ensemble's stacked group served this input folded, vmapped, or why it is not folded."""
+    groups = [g for g in getattr(mod, "_groups", []) if hasattr(g, "folded_ok")]
+    if not groups:
+        return "-"
+    g = groups[0]
+    if g.folded is None:
+        return g.fold_reason
+    return "folded" if all(g.folded_ok.values()) and g.folded_ok else "vmap (fold check failed)"
 
 
 def main(argv=None) -> int:
@@ -163,7 +177,7 @@ def main(argv=None) -> int:
            "torch": torch.__version__, "commit": _commit(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
     head = ("family", "batch", "recipe", "how", "median_ms", "p20_ms", "p80_ms", "speedup_vs_loop",
-            "max_abs_diff_vs_loop")
+            "max_abs_diff_vs_loop", "folded")
     print(f"{env['gpu']}, torch {env['torch']}, commit {env['commit']}, {args.members} members, {args.dtype}")
     print("  ".join(f"{h:>14}" for h in head))
     for r in rows:

@@ -1,6 +1,6 @@
 """ks.ensemble(models, combine): several models as one nn.Module whose output combines theirs.
 
-    ens = ks.ensemble([m1, m2, m3, m4], combine="softmax-mean")   # batched=None | True | False
+    ens = ks.ensemble([m1, m2, m3, m4], combine="softmax-mean")   # batched=None | True | False, fold=True
     probs = ens(x)
 
 combine    "mean"          mean of the members' outputs
@@ -16,6 +16,14 @@ What runs batched:
   runs under torch.func.vmap through functional_call, so each layer is one batched kernel
   for all members (a Linear becomes one batched matmul, a Conv2d one grouped convolution).
   The members' own parameters become views of the stacked tensors: the weights are held once.
+  Where every layer holding parameters is a Linear, Conv1d/2d/3d, BatchNorm (eval), GroupNorm,
+  LayerNorm or Embedding, the group is also folded into the batch dim (_ensemble_fold.py): the
+  input repeated once per member, one plain forward, each of those layers one batched call
+  (baddbmm, grouped convolution, per-member affine), which spares vmap's per-op host time.
+  The folded forward serves an input signature (shapes, dtypes, other arguments) once its
+  output matched vmap's for it; the first call of each signature runs both, outside CUDA-graph
+  capture (a signature first seen inside a capture stays vmapped). ens.fold_reasons says why a
+  group is not folded; fold=False keeps every stacked group under vmap.
 - Members holding kernelswap layers (swapped) run one after another in Python: the
   kernelswap ops have no vmap batching rule yet (their dispatcher reads each argument's
   layout, which a batched tensor does not have), so each swapped member is its own call.
@@ -47,7 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.utils import _pytree as pytree
 
+from ._ensemble_fold import aliases, fold
 from .nn import KernelswapModule
 
 COMBINES = ("mean", "softmax-mean", "max", "vote")
@@ -118,12 +128,26 @@ def _owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, bool]]]:
     return out
 
 
-class _Batched:
-    """Members of one float architecture: stacked state, a meta-device copy to call functionally."""
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of model with meta-device parameters and buffers, tied ones still tied
+    (model.to("meta") makes a new tensor per module, which unties them: functional_call would
+    then leave the second path's meta tensor unreplaced)."""
+    memo: dict[int, object] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
 
-    def __init__(self, members: list[nn.Module], index: list[int]):
+
+class _Batched:
+    """Members of one float architecture: stacked state, a meta-device copy to call functionally,
+    and, where every parameter-holding layer has a rule, the same members folded into the batch
+    dim (_ensemble_fold.py), served for each input signature once it matched vmap's output."""
+
+    def __init__(self, members: list[nn.Module], index: list[int], fold_members: bool = True):
         self.index = index
-        self.template = copy.deepcopy(members[0]).to("meta")
+        self.template = _meta_copy(members[0])
+        names = aliases(members[0])
         states = [_state(m) for m in members]
         with torch.no_grad():
             self.state = {k: torch.stack([s[k].detach() for s in states]) for k in states[0]}
@@ -137,12 +161,53 @@ class _Batched:
                     else:
                         mod._buffers[attr] = view
         self._call = vmap(self._one, in_dims=(0, None, None))
+        self.folded, self.fold_reason = (fold(self.template, self.state, names, len(members)) if fold_members
+                                         else (None, "fold=False"))
+        self.folded_ok: dict[tuple, bool] = {}  # input signature -> the folded output matched vmap's
 
     def _one(self, state, args, kwargs):
         return functional_call(self.template, state, args, kwargs, tie_weights=True, strict=False)
 
-    def __call__(self, args, kwargs):
+    def _vmapped(self, args, kwargs):
         return self._call(self.state, args, kwargs)
+
+    def __call__(self, args, kwargs):
+        if self.folded is None:
+            return self._vmapped(args, kwargs)
+        sig = _signature(args, kwargs)
+        ok = self.folded_ok.get(sig)
+        if ok is None:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                return self._vmapped(args, kwargs)  # the check syncs: shapes first seen in a capture stay vmapped
+            ref = self._vmapped(args, kwargs)
+            try:
+                ok = _agree(self.folded(args, kwargs), ref)
+            except Exception:  # a layer the rules mishandle (batch not in dim 0...): keep vmap for this shape
+                ok = False
+            self.folded_ok[sig] = ok
+            return ref
+        return self.folded(args, kwargs) if ok else self._vmapped(args, kwargs)
+
+
+def _signature(args, kwargs) -> tuple:
+    """What decides whether the folded forward is right: every tensor's shape, dtype and device,
+    every other argument's value (or type, where it cannot be hashed)."""
+    def key(v):
+        if isinstance(v, torch.Tensor):
+            return ("T", tuple(v.shape), v.dtype, v.device)
+        return v if _plain(v) else ("?", type(v).__qualname__)
+    return tuple(map(key, pytree.tree_leaves((args, kwargs))))
+
+
+def _agree(got, ref) -> bool:
+    """The folded output is vmap's up to rounding: a folding mistake (rows of members mixed) is O(1)."""
+    if not isinstance(got, torch.Tensor) or not isinstance(ref, torch.Tensor) or got.shape != ref.shape:
+        return False
+    if not ref.is_floating_point():
+        return bool(torch.equal(got, ref))
+    tol = 1e-2 if ref.dtype == torch.float32 else 5e-2  # TF32 / 16-bit kernels of two shapes
+    scale = ref.abs().amax().float().clamp_min(1.0)
+    return bool(((got.float() - ref.float()).abs().amax() <= tol * scale).item())
 
 
 def _after_load(module: "Ensemble", _incompatible_keys) -> None:
@@ -150,7 +215,8 @@ def _after_load(module: "Ensemble", _incompatible_keys) -> None:
 
 
 class Ensemble(nn.Module):
-    def __init__(self, models: Iterable[nn.Module], combine: str = "mean", batched: bool | None = None):
+    def __init__(self, models: Iterable[nn.Module], combine: str = "mean", batched: bool | None = None,
+                 fold: bool = True):
         super().__init__()
         models = list(models) if not isinstance(models, nn.Module) else [models]
         if not models:
@@ -173,7 +239,9 @@ class Ensemble(nn.Module):
             raise TypeError(f"ks.ensemble: batched must be None (auto), True or False, got {batched!r}")
         self.members = nn.ModuleList(models)
         self.combine = combine
-        self.batched = batched
+        if fold not in (True, False):
+            raise TypeError(f"ks.ensemble: fold must be True or False, got {fold!r}")
+        self.batched, self.fold = batched, fold
         self.eval()
         _install_hooks()
         self.register_load_state_dict_post_hook(_after_load)
@@ -193,7 +261,7 @@ class Ensemble(nn.Module):
         for i, m in enumerate(members):
             swapped = any(isinstance(s, KernelswapModule) for s in m.modules())
             groups.setdefault(("single", i) if swapped or not stack else _fingerprint(m), []).append(i)
-        self._groups = [_Batched([members[i] for i in idx], idx) if len(idx) > 1 else idx[0]
+        self._groups = [_Batched([members[i] for i in idx], idx, self.fold) if len(idx) > 1 else idx[0]
                         for idx in sorted(groups.values())]
         self._streams = ([torch.cuda.Stream(device) for _ in self._groups]
                          if device.type == "cuda" and len(self._groups) > 1 else None)
@@ -215,6 +283,11 @@ class Ensemble(nn.Module):
     def __setstate__(self, state):
         super().__setstate__(state)
         self._build()
+
+    @property
+    def fold_reasons(self) -> list[str]:
+        """For each batched group: "" where it is folded into the batch dim, else why not."""
+        return [g.fold_reason for g in self._groups if isinstance(g, _Batched)]
 
     @property
     def batched_groups(self) -> list[list[int]]:
@@ -287,12 +360,15 @@ class Ensemble(nn.Module):
         return f"combine={self.combine!r}, batched groups={self.batched_groups}"
 
 
-def ensemble(models: Iterable[nn.Module], combine: str = "mean", batched: bool | None = None) -> Ensemble:
+def ensemble(models: Iterable[nn.Module], combine: str = "mean", batched: bool | None = None,
+             fold: bool = True) -> Ensemble:
     """One nn.Module combining `models`' outputs; see the module docstring for what runs batched.
 
     batched  None: stack same-architecture float members on a GPU, run every member plainly on a CPU;
-             True / False: stack wherever possible / never."""
-    return Ensemble(models, combine, batched)
+             True / False: stack wherever possible / never.
+    fold     True: a stacked group whose layers all have a folding rule runs folded into the batch
+             dim where its output matched vmap's; False: stacked groups always run under vmap."""
+    return Ensemble(models, combine, batched, fold)
 
 
 __all__ = ["COMBINES", "Ensemble", "ensemble"]
