@@ -349,4 +349,5 @@ def test_hugging_face_bert_folds():
     ens = ks.ensemble(members, "mean", batched=True)
     assert ens.fold_reasons == [""]
     group = _folded_twice(ens, members, "mean", torch.randint(0, 50, (3, 11)))
-    assert list(group.folded_ok.values()) == [True]
+    _folded_twice(ens, members, "mean", torch.randint(0, 50, (1, 11)))  # batch 1: ids and position ids alike
+    assert list(group.folded_ok.values()) == [True, True]

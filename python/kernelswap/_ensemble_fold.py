@@ -148,10 +148,10 @@ class _FoldedEmbedding(nn.Module):
         self.register_buffer("offsets", torch.arange(m, device=weight.device) * weight.shape[1], persistent=False)
 
     def forward(self, ids):
-        b = self.call.batch
-        if ids.dim() >= 1 and ids.shape[0] == 1 and b is not None and b != 1:
+        if ids.dim() >= 1 and ids.shape[0] == 1:  # the folded batch has M*B >= 2 rows: 1 is a shared row
             y = F.embedding(ids + self.offsets.view(-1, *([1] * (ids.dim() - 1))), self.table)  # (M, ...)
-            return y.repeat_interleave(b, dim=0)
+            b = self.call.batch or 1
+            return y if b == 1 else y.repeat_interleave(b, dim=0)
         shifted = ids.reshape(self.m, -1) + self.offsets[:, None]
         return F.embedding(shifted, self.table).reshape(*ids.shape, self.table.shape[-1])
 
