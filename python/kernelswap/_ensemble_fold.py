@@ -79,6 +79,9 @@ class _FoldedConv(nn.Module):
 
     def forward(self, x):
         m, b = self.m, x.shape[0] // self.m
+        if b == 1:  # (M, C, ...) is (1, M*C, ...) already: no transposes
+            y = self.op(x.reshape(1, -1, *x.shape[2:]), self.weight, self.bias, **self.kw)
+            return y.reshape(m, -1, *y.shape[2:])
         xg = x.reshape(m, b, *x.shape[1:]).transpose(0, 1).reshape(b, -1, *x.shape[2:])
         y = self.op(xg, self.weight, self.bias, **self.kw)  # (B, M*K, ...)
         return y.reshape(b, m, -1, *y.shape[2:]).transpose(0, 1).reshape(m * b, -1, *y.shape[2:])
@@ -90,22 +93,28 @@ class _FoldedBatchNorm(nn.Module):
     def __init__(self, m: int, bn: nn.Module, weight, bias, mean, var):
         super().__init__()
         self.m, self.eps = m, bn.eps
-        self.stats = (weight, bias, mean, var)
-        self._key, self._scale_shift = None, None
+        self.stats = [weight, bias, mean, var]
+        self._key, self._per_dim = None, {}
 
-    def _affine(self):
-        w, b, mean, var = self.stats
-        key = tuple((id(t), t._version) if t is not None else None for t in self.stats)
-        if key != self._key:  # recomputed only when a statistic changed in place (load_state_dict...)
+    def _affine(self, x):
+        """(scale, shift) as views broadcasting against x; recomputed only when a statistic changed
+        in place (load_state_dict, a write through a member: views share the stack's version)."""
+        key = tuple(t._version if t is not None else -1 for t in self.stats)
+        if key != self._key:
+            w, b, mean, var = self.stats
             scale = torch.rsqrt(var.float() + self.eps)
             if w is not None:
                 scale = scale * w.float()
             shift = -mean.float() * scale + (b.float() if b is not None else 0)
-            self._scale_shift, self._key = (scale.to(var.dtype), shift.to(var.dtype)), key
-        return self._scale_shift
+            self._affine_mc, self._key, self._per_dim = (scale.to(var.dtype), shift.to(var.dtype)), key, {}
+        views = self._per_dim.get(x.dim())
+        if views is None:
+            views = self._per_dim[x.dim()] = tuple(_per_member(t, x, self.m) for t in self._affine_mc)
+        return views
 
     def forward(self, x):
-        return _channel_affine(x, self.m, *self._affine())
+        scale, shift = self._affine(x)
+        return torch.addcmul(shift, x.reshape(self.m, -1, *x.shape[1:]), scale).reshape(x.shape)
 
 
 class _FoldedGroupNorm(nn.Module):
