@@ -29,7 +29,7 @@ def _e4m3_grid() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _round_e4m3(v: torch.Tensor) -> torch.Tensor:
     """Round float64 values (already within +-448) to the nearest e4m3fn value, ties to even."""
-    grid, even = _e4m3_grid()
+    grid, even = (t.to(v.device) for t in _e4m3_grid())
     a = v.abs().reshape(-1)
     hi = torch.searchsorted(grid, a).clamp(max=len(grid) - 1)
     lo = (hi - 1).clamp(min=0)
