@@ -103,7 +103,7 @@ def case(family: str, batch: int, args, device, dtype, swap: str | None) -> list
             ks.swap(m, swap.split("+"), probe=False)
     loop = Loop(members).eval()
     streams = ks.ensemble(members, "mean", batched=False)  # every member on its own CUDA stream
-    ens = ks.ensemble(members, "mean")  # same-architecture float members stacked, folded into the batch
+    ens = ks.ensemble(members, "mean")  # same-architecture float members stacked and folded (channel / batch)
     vmapped = ks.ensemble(members, "mean", fold=False)  # stacked, under vmap
     with torch.inference_mode():
         want = loop(x).float()
@@ -126,7 +126,7 @@ def case(family: str, batch: int, args, device, dtype, swap: str | None) -> list
                          "p20_ms": float(np.percentile(t, 20)), "p80_ms": float(np.percentile(t, 80)),
                          "max_abs_diff_vs_loop": diff, "loop_max_abs": float(want.abs().max()),
                          "batched_groups": str(getattr(mod, "batched_groups", "-")),
-                         "folded": _folded(mod)})
+                         "folded": _folded(mod, x)})
     # Each row against the loop timed the same way (eager against eager, captured against captured).
     base = {"+capture" in r["how"]: r["median_ms"] for r in rows if r["how"].startswith("loop")}
     for r in rows:
@@ -134,15 +134,14 @@ def case(family: str, batch: int, args, device, dtype, swap: str | None) -> list
     return rows
 
 
-def _folded(mod) -> str:
-    """Whether the ensemble's stacked group served this input folded, vmapped, or why it is not folded."""
-    groups = [g for g in getattr(mod, "_groups", []) if hasattr(g, "folded_ok")]
-    if not groups:
+def _folded(mod, x) -> str:
+    """What served the ensemble's stacked group for this input (channel fold, batch fold, vmap), and
+    why it has no fold where it has none."""
+    served = getattr(mod, "served_by", None)
+    if served is None or not mod.batched_groups:
         return "-"
-    g = groups[0]
-    if g.folded is None:
-        return g.fold_reason
-    return "folded" if all(g.folded_ok.values()) and g.folded_ok else "vmap (fold check failed)"
+    reasons = [r for r in mod.fold_reasons if r]
+    return "; ".join(served(x) + reasons)
 
 
 def main(argv=None) -> int:

@@ -199,7 +199,7 @@ def test_same_shapes_other_hyperparameters_are_not_stacked():
     _check(ens, [a, b, c], "mean", torch.randn(2, 3, 6, 6))
 
 
-# ------------------------------------------------------------ folded into the batch dim
+# ------------------------------------------------------------ folded into the batch or channel dim
 class TinyEncoder(nn.Module):
     """Embedding (tied to the output head), attention from Linear + softmax, LayerNorm, GELU."""
 
@@ -262,6 +262,17 @@ def _members(make, n=3):
     return out
 
 
+class ChannelMixer(nn.Module):
+    """A softmax over the channels: the channel fold mixes the members there, the batch fold does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 6, 3), nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).softmax(1).mean((2, 3)))
+
+
 def _folded_twice(ens, members, combine, x):
     """First call: vmap's output, the folded one checked against it; second: the folded one."""
     _check(ens, members, combine, x)
@@ -270,21 +281,23 @@ def _folded_twice(ens, members, combine, x):
     return group
 
 
-@pytest.mark.parametrize("make, x", [
-    (_cnn, lambda: torch.randn(5, 3, 9, 7)),
-    (SmallMLP, lambda: torch.randn(2, 3, 5, 5)),
-    (TinyEncoder, lambda: torch.randint(0, 23, (4, 9))),
-    (GroupNormNet, lambda: torch.randn(3, 4, 11)),
-], ids=["cnn-bn", "mlp", "encoder-tied", "conv1d-groupnorm"])
-def test_folded_group_matches_loop(make, x):
+@pytest.mark.parametrize("make, x, served", [
+    (_cnn, lambda: torch.randn(5, 3, 9, 7), "channel fold"),
+    (SmallMLP, lambda: torch.randn(2, 3, 5, 5), "batch fold"),
+    (TinyEncoder, lambda: torch.randint(0, 23, (4, 9)), "batch fold"),
+    (GroupNormNet, lambda: torch.randn(3, 4, 11), "channel fold"),
+    (ChannelMixer, lambda: torch.randn(2, 3, 6, 5), "batch fold"),
+], ids=["cnn-bn", "mlp", "encoder-tied", "conv1d-groupnorm", "channel-softmax"])
+def test_folded_group_matches_loop(make, x, served):
     members = _members(make) if make is not _cnn else [_cnn() for _ in range(3)]
     ens = ks.ensemble(members, "mean", batched=True)
     assert ens.fold_reasons == [""]
-    group = _folded_twice(ens, members, "mean", x())
-    assert list(group.folded_ok.values()) == [True]
-    x2 = x()[:1]  # another shape: checked again before it is served folded
+    x1 = x()
+    group = _folded_twice(ens, members, "mean", x1)
+    assert ens.served_by(x1) == [served]
+    x2 = x1[:1]  # another shape: checked again before it is served folded
     _check(ens, members, "mean", x2)
-    assert len(group.folded_ok) == 2 and all(group.folded_ok.values())
+    assert len(group.folded_ok) == 2 and ens.served_by(x2) == [served]
 
 
 def test_folded_group_sees_weights_written_through_members():
@@ -309,8 +322,9 @@ def test_fold_check_keeps_vmap_where_folding_is_wrong():
     members = _members(SeqFirst)
     ens = ks.ensemble(members, "mean", batched=True)
     assert ens.fold_reasons == [""]  # every layer has a rule, but the batch is not in dim 0
-    group = _folded_twice(ens, members, "mean", torch.randn(4, 3, 6))
-    assert list(group.folded_ok.values()) == [False]
+    x = torch.randn(4, 3, 6)
+    group = _folded_twice(ens, members, "mean", x)
+    assert list(group.folded_ok.values()) == [-1] and ens.served_by(x) == ["vmap"]
 
 
 def test_not_folded_reasons():
@@ -323,12 +337,14 @@ def test_not_folded_reasons():
     with torch.no_grad():
         diff[1].pos.add_(1.0)
     ens = ks.ensemble(diff, "mean", batched=True)
-    assert ens.fold_reasons == ["buffer pos differs between the members"]
+    assert ens.fold_reasons == ["batch fold: buffer pos differs between the members; "
+                                "channel fold: no convolution (the channel fold is for convolutional models)"]
     _check(ens, diff, "mean", torch.randint(0, 23, (2, 4)))
     hooked = [_cnn(), _cnn()]
     hooked[0].fc.register_forward_hook(lambda mod, i, o: o * 2)
     ens = ks.ensemble(hooked, "mean", batched=True)
-    assert ens.fold_reasons == ["fc has forward hooks"]
+    assert ens.fold_reasons == ["batch fold: fc has forward hooks; channel fold: fc has forward hooks"]
+    assert ks.ensemble([_cnn(), _cnn()], "mean", batched=True, fold=False).fold_reasons == ["fold=False"]
 
 
 def test_hugging_face_bert_folds():
@@ -350,4 +366,30 @@ def test_hugging_face_bert_folds():
     assert ens.fold_reasons == [""]
     group = _folded_twice(ens, members, "mean", torch.randint(0, 50, (3, 11)))
     _folded_twice(ens, members, "mean", torch.randint(0, 50, (1, 11)))  # batch 1: ids and position ids alike
-    assert list(group.folded_ok.values()) == [True, True]
+    assert list(group.folded_ok.values()) == [0, 0] and group.folds[0].dim == 0  # no conv: the batch fold only
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_channel_fold_matches_loop_and_sees_weight_writes(dtype):
+    """On a GPU the channel fold runs channels_last with its own copies of the Conv2d weights: a
+    write through a member's weight must reach them, and a captured replay gives the same answer."""
+    members = [m.cuda().to(dtype) for m in _members(_cnn, 4)]
+    ens = ks.ensemble(members, "softmax-mean")
+    x = torch.randn(3, 3, 9, 7, device="cuda", dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+
+    def check():
+        with torch.no_grad():
+            got, want = ens(x), _loop(members, "softmax-mean", x)
+        torch.testing.assert_close(got, want, **tol)
+        return got
+
+    check()
+    check()
+    assert ens.served_by(x) == ["channel fold"]
+    with torch.no_grad():
+        members[2].conv.weight.mul_(-1.5)
+    got = check()
+    g = ks.capture(ens, x)
+    torch.testing.assert_close(g(x), got, **tol)

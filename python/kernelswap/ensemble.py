@@ -15,15 +15,19 @@ What runs batched:
   computation: their parameters and buffers are stacked (M, ...) and the shared forward
   runs under torch.func.vmap through functional_call, so each layer is one batched kernel
   for all members (a Linear becomes one batched matmul, a Conv2d one grouped convolution).
-  The members' own parameters become views of the stacked tensors: the weights are held once.
+  The members' own parameters become views of the stacked tensors: the weights are held once
+  (the channel fold adds channels_last copies of the Conv2d weights on a GPU).
   Where every layer holding parameters is a Linear, Conv1d/2d/3d, BatchNorm (eval), GroupNorm,
-  LayerNorm or Embedding, the group is also folded into the batch dim (_ensemble_fold.py): the
-  input repeated once per member, one plain forward, each of those layers one batched call
-  (baddbmm, grouped convolution, per-member affine), which spares vmap's per-op host time.
-  The folded forward serves an input signature (shapes, dtypes, other arguments) once its
-  output matched vmap's for it; the first call of each signature runs both, outside CUDA-graph
-  capture (a signature first seen inside a capture stays vmapped). ens.fold_reasons says why a
-  group is not folded; fold=False keeps every stacked group under vmap.
+  LayerNorm or Embedding, the group is also folded (_ensemble_fold.py): the input repeated once
+  per member, one plain forward, each of those layers one batched call (baddbmm, grouped
+  convolution, per-member affine), which spares vmap's per-op host time. A convolutional model
+  (no LayerNorm or Embedding) is tried folded into the channel dim first (each member's
+  channels side by side, channels_last on a GPU, no transposes between layers), then into the
+  batch dim. A fold serves an input signature (shapes, dtypes, other arguments) once its
+  output matched vmap's for it; the first call of each signature runs vmap and checks the
+  folds, outside CUDA-graph capture (a signature first seen inside a capture stays vmapped).
+  ens.fold_reasons says why a group has no fold, ens.served_by(x) what serves x's signature;
+  fold=False keeps every stacked group under vmap.
 - Members holding kernelswap layers (swapped) run one after another in Python: the
   kernelswap ops have no vmap batching rule yet (their dispatcher reads each argument's
   layout, which a batched tensor does not have), so each swapped member is its own call.
@@ -141,8 +145,8 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 
 class _Batched:
     """Members of one float architecture: stacked state, a meta-device copy to call functionally,
-    and, where every parameter-holding layer has a rule, the same members folded into the batch
-    dim (_ensemble_fold.py), served for each input signature once it matched vmap's output."""
+    and, where every parameter-holding layer has a rule, the same members folded into the channel
+    or batch dim (_ensemble_fold.py), served for each input signature once it matched vmap's output."""
 
     def __init__(self, members: list[nn.Module], index: list[int], fold_members: bool = True):
         self.index = index
@@ -161,9 +165,15 @@ class _Batched:
                     else:
                         mod._buffers[attr] = view
         self._call = vmap(self._one, in_dims=(0, None, None))
-        self.folded, self.fold_reason = (fold(self.template, self.state, names, len(members)) if fold_members
-                                         else (None, "fold=False"))
-        self.folded_ok: dict[tuple, bool] = {}  # input signature -> the folded output matched vmap's
+        # the folds to try, channel fold (convolutional models) first; fold_reason: why there is none
+        self.folds, reasons = [], []
+        for dim in (1, 0) if fold_members else ():
+            f, why = fold(self.template, self.state, names, len(members), dim)
+            if f is not None:
+                self.folds.append(f)
+            reasons.append(f"{('batch', 'channel')[dim]} fold: {why}")
+        self.fold_reason = "" if self.folds else ("; ".join(reversed(reasons)) if fold_members else "fold=False")
+        self.folded_ok: dict[tuple, int] = {}  # input signature -> the fold whose output matched vmap's (-1: none)
 
     def _one(self, state, args, kwargs):
         return functional_call(self.template, state, args, kwargs, tie_weights=True, strict=False)
@@ -172,21 +182,29 @@ class _Batched:
         return self._call(self.state, args, kwargs)
 
     def __call__(self, args, kwargs):
-        if self.folded is None:
+        if not self.folds:
             return self._vmapped(args, kwargs)
         sig = _signature(args, kwargs)
-        ok = self.folded_ok.get(sig)
-        if ok is None:
+        which = self.folded_ok.get(sig)
+        if which is None:
             if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
                 return self._vmapped(args, kwargs)  # the check syncs: shapes first seen in a capture stay vmapped
             ref = self._vmapped(args, kwargs)
-            try:
-                ok = _agree(self.folded(args, kwargs), ref)
-            except Exception:  # a layer the rules mishandle (batch not in dim 0...): keep vmap for this shape
-                ok = False
-            self.folded_ok[sig] = ok
+            self.folded_ok[sig] = next((i for i, f in enumerate(self.folds) if _folds_right(f, args, kwargs, ref)), -1)
             return ref
-        return self.folded(args, kwargs) if ok else self._vmapped(args, kwargs)
+        return self.folds[which](args, kwargs) if which >= 0 else self._vmapped(args, kwargs)
+
+    def served_by(self, args, kwargs) -> str:
+        """"channel fold", "batch fold" or "vmap": what serves this input signature (after a first call)."""
+        which = self.folded_ok.get(_signature(args, kwargs), -1)
+        return "vmap" if which < 0 else f"{('batch', 'channel')[self.folds[which].dim]} fold"
+
+
+def _folds_right(f, args, kwargs, ref) -> bool:
+    try:
+        return _agree(f(args, kwargs), ref)
+    except Exception:  # a layer the rules mishandle (members not where the fold put them): not this fold
+        return False
 
 
 def _signature(args, kwargs) -> tuple:
@@ -286,8 +304,13 @@ class Ensemble(nn.Module):
 
     @property
     def fold_reasons(self) -> list[str]:
-        """For each batched group: "" where it is folded into the batch dim, else why not."""
+        """For each batched group: "" where it has a fold (channel or batch) to try, else why not."""
         return [g.fold_reason for g in self._groups if isinstance(g, _Batched)]
+
+    def served_by(self, *args, **kwargs) -> list[str]:
+        """For each batched group, what serves these arguments' signature once a forward has seen it:
+        "channel fold", "batch fold" or "vmap"."""
+        return [g.served_by(args, kwargs) for g in self._groups if isinstance(g, _Batched)]
 
     @property
     def batched_groups(self) -> list[list[int]]:
@@ -366,8 +389,9 @@ def ensemble(models: Iterable[nn.Module], combine: str = "mean", batched: bool |
 
     batched  None: stack same-architecture float members on a GPU, run every member plainly on a CPU;
              True / False: stack wherever possible / never.
-    fold     True: a stacked group whose layers all have a folding rule runs folded into the batch
-             dim where its output matched vmap's; False: stacked groups always run under vmap."""
+    fold     True: a stacked group whose layers all have a folding rule runs folded (channel dim for
+             convolutional models, else batch dim) where its output matched vmap's; False:
+             stacked groups always run under vmap."""
     return Ensemble(models, combine, batched, fold)
 
 
