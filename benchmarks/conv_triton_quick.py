@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import os
 import statistics
-import subprocess
 import time
 
 import torch
@@ -33,6 +31,7 @@ import torch.nn as nn
 
 import kernelswap as ks
 from kernelswap import packing
+from kernelswap.bench.env import commit
 from kernelswap.ops import conv, conv_triton
 from kernelswap.ops.conv_torch import _conv_bn_act_torch
 
@@ -86,14 +85,9 @@ def rel(a, b):
 
 
 def meta() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        commit = ""
     import triton
     return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "cuda": torch.version.cuda, "commit": commit or os.environ.get("KERNELSWAP_COMMIT", "unknown"),
+            "cuda": torch.version.cuda, "commit": commit(),
             "date": datetime.date.today().isoformat()}
 
 

@@ -27,13 +27,13 @@ import argparse
 import csv
 import datetime
 import os
-import subprocess
 
 import numpy as np
 import torch
 from torch import nn
 
 import kernelswap as ks
+from kernelswap.bench.env import commit
 from kernelswap.evaluate._measure import time_calls
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
                           f"{r['speedup_vs_loop']:.2f}x the loop", flush=True)
                 rows += got
     env = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "torch": torch.__version__, "commit": _commit(),
+           "torch": torch.__version__, "commit": commit(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
     head = ("family", "batch", "recipe", "how", "median_ms", "p20_ms", "p80_ms", "speedup_vs_loop",
             "max_abs_diff_vs_loop", "folded")
@@ -190,14 +190,6 @@ def main(argv=None) -> int:
             w.writerows({**r, **env} for r in rows)
         print(f"wrote {path}")
     return 0
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

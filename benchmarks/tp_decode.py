@@ -40,6 +40,7 @@ import tempfile  # noqa: E402
 
 import torch  # noqa: E402
 
+from kernelswap.bench.env import commit  # noqa: E402
 from kernelswap.bench.timing import capture_graph  # noqa: E402
 
 RECIPES = ("bf16", "int8", "int8-weight", "int4", "sparse24", "sparse24-int8")
@@ -189,20 +190,12 @@ def report(args, json_dir: str) -> list[dict]:
             many = torch.load(os.path.join(json_dir, f"logits-{r['recipe']}-w{r['world_size']}.pt"))
             r["logits_rel_err_vs_1gpu"] = float((many - one).norm() / one.norm())
     meta = dict(gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-                torch=torch.__version__, cuda=torch.version.cuda, commit=_commit(),
+                torch=torch.__version__, cuda=torch.version.cuda, commit=commit(),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 command="python " + " ".join(sys.argv))
     for r in rows:
         r.update(meta)
     return rows
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def markdown(rows: list[dict]) -> str:

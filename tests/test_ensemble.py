@@ -377,7 +377,9 @@ def test_cuda_channel_fold_matches_loop_and_sees_weight_writes(dtype):
     members = [m.cuda().to(dtype) for m in _members(_cnn, 4)]
     ens = ks.ensemble(members, "softmax-mean")
     x = torch.randn(3, 3, 9, 7, device="cuda", dtype=dtype)
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    # cuDNN's fp32 convolutions run TF32 by default (torch.backends.cudnn.allow_tf32), and the
+    # grouped convolution is another kernel than the members' own
+    tol = dict(rtol=1e-3, atol=2e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
 
     def check():
         with torch.no_grad():

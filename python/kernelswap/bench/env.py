@@ -8,7 +8,7 @@ import subprocess
 import torch
 
 
-def _commit() -> str:
+def commit() -> str:
     """KERNELSWAP_COMMIT if set (a copied tree has no .git), else `git rev-parse`, else unknown."""
     env = os.environ.get("KERNELSWAP_COMMIT", "").strip()
     if env:
@@ -41,6 +41,6 @@ def environment(device: torch.device) -> dict[str, str]:
         "torch": torch.__version__,
         "triton": triton_version,
         "cuda": str(torch.version.cuda),
-        "commit": _commit(),
+        "commit": commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
