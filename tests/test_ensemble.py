@@ -267,10 +267,10 @@ class ChannelMixer(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 6, 3), nn.Linear(6, 4)
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.Linear(6, 4)
 
     def forward(self, x):
-        return self.fc(self.conv(x).softmax(1).mean((2, 3)))
+        return self.fc(self.bn(self.conv(x)).softmax(1).mean((2, 3)))
 
 
 def _folded_twice(ens, members, combine, x):
@@ -316,6 +316,15 @@ def test_folded_group_sees_weights_written_through_members():
     with torch.no_grad():
         cnn[1].bn.running_var.mul_(4.0)  # BatchNorm's cached scale and shift are recomputed
     _check(ens, cnn, "mean", x)
+    mixer = _members(ChannelMixer, 3)  # served by the batch fold, whose BatchNorm keeps scale / shift
+    ens = ks.ensemble(mixer, "mean", batched=True)
+    x = torch.randn(2, 3, 6, 5)
+    _folded_twice(ens, mixer, "mean", x)
+    assert ens.served_by(x) == ["batch fold"]
+    with torch.no_grad():
+        mixer[1].bn.weight.mul_(-2.0)  # a parameter: it keeps its own version counter, not the stack's
+        mixer[2].conv.weight.mul_(3.0)
+    _check(ens, mixer, "mean", x)
 
 
 def test_fold_check_keeps_vmap_where_folding_is_wrong():

@@ -50,6 +50,13 @@ _CONV = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _stamp(watch: list[torch.Tensor]) -> tuple:
+    """The version counters of a layer's stacked tensors and of the members' own ones: a write to
+    either changes it. (A member's parameter holds the stack's storage through .data, which keeps the
+    parameter's own version counter: a write through it does not bump the stack's.)"""
+    return tuple(t._version for t in watch)
+
+
 def _per_member(t: torch.Tensor, x: torch.Tensor, m: int) -> torch.Tensor:
     """(M, C) -> a view broadcasting against x (M*B, C, ...) viewed as (M, B, C, ...)."""
     return t.reshape(m, 1, t.shape[1], *([1] * (x.dim() - 2)))
@@ -92,20 +99,22 @@ class _FoldedLinear(nn.Module):
 class _FoldedConv(nn.Module):
     """M members' convolutions as one grouped convolution over (B, M*C, ...)."""
 
-    def __init__(self, m: int, conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, channel: bool):
+    def __init__(self, m: int, conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, channel: bool,
+                 watch: list[torch.Tensor]):
         super().__init__()
-        self.m, self.op, self.channel = m, _CONV[type(conv)], channel
+        self.m, self.op, self.channel, self.watch = m, _CONV[type(conv)], channel, watch
         self.weight = weight.reshape(-1, *weight.shape[2:])  # (M*K, C/g, k...): member m's groups m*g..
         self.bias = None if bias is None else bias.reshape(-1)
         self.kw = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups * m)
-        self._nhwc = (-1, None)  # (the weight's version, its channels_last copy)
+        self._nhwc = (None, None)  # (_stamp(watch) when made, the weight's channels_last copy)
 
     def _weight(self):
         w = self.weight
         if not (self.channel and w.is_cuda and w.dim() == 4):
             return w
-        if self._nhwc[0] != w._version:  # a view shares the stack's version: a write to it is seen
-            self._nhwc = (w._version, w.contiguous(memory_format=torch.channels_last))
+        stamp = _stamp(self.watch)
+        if self._nhwc[0] != stamp:
+            self._nhwc = (stamp, w.contiguous(memory_format=torch.channels_last))
         return self._nhwc[1]
 
     def forward(self, x):
@@ -124,16 +133,16 @@ class _FoldedBatchNorm(nn.Module):
     """Eval-mode BatchNorm: x * scale + shift, both from the stacked running statistics (batch
     fold), or one batch_norm over the M*C channels (channel fold)."""
 
-    def __init__(self, m: int, bn: nn.Module, weight, bias, mean, var, channel: bool):
+    def __init__(self, m: int, bn: nn.Module, weight, bias, mean, var, channel: bool, watch: list[torch.Tensor]):
         super().__init__()
-        self.m, self.eps, self.channel = m, bn.eps, channel
+        self.m, self.eps, self.channel, self.watch = m, bn.eps, channel, watch
         self.stats = [weight, bias, mean, var]
         self._key, self._per_dim = None, {}
 
     def _affine(self, x):
         """(scale, shift) as views broadcasting against x; recomputed only when a statistic changed
-        in place (load_state_dict, a write through a member: views share the stack's version)."""
-        key = tuple(t._version if t is not None else -1 for t in self.stats)
+        in place (load_state_dict, a write through a member)."""
+        key = _stamp(self.watch)
         if key != self._key:
             w, b, mean, var = self.stats
             scale = torch.rsqrt(var.float() + self.eps)
@@ -211,21 +220,23 @@ class _Call:
     batch: int | None = None
 
 
-def _fold_leaf(mod: nn.Module, m: int, st: dict, call: _Call, channel: bool) -> nn.Module | str:
+def _fold_leaf(mod: nn.Module, m: int, st: dict, call: _Call, channel: bool,
+               watch: list[torch.Tensor]) -> nn.Module | str:
     """The folded replacement of one parameter-holding module, or why it cannot be folded.
-    st: the module's own parameter and buffer names -> their (M, ...) stacks (None where unset)."""
+    st: the module's own parameter and buffer names -> their (M, ...) stacks (None where unset);
+    watch: those stacks and the members' own tensors of them (what a cache must check, _stamp)."""
     kind = type(mod)
     if kind is nn.Linear:
         return _FoldedLinear(m, st["weight"], st.get("bias"), channel)
     if kind in _CONV:
         if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
             return f"{kind.__name__} with padding {mod.padding!r}, padding_mode {mod.padding_mode!r}"
-        return _FoldedConv(m, mod, st["weight"], st.get("bias"), channel)
+        return _FoldedConv(m, mod, st["weight"], st.get("bias"), channel, watch)
     if kind in _BATCHNORM:
         if st.get("running_mean") is None:
             return f"{kind.__name__} without running statistics (it normalizes by the batch)"
         return _FoldedBatchNorm(m, mod, st.get("weight"), st.get("bias"), st["running_mean"], st["running_var"],
-                                channel)
+                                channel, watch)
     if kind is nn.GroupNorm:
         return _FoldedGroupNorm(m, mod, st.get("weight"), st.get("bias"), channel)
     if channel:
@@ -252,12 +263,15 @@ def aliases(model: nn.Module) -> dict[str, str]:
 
 
 def fold(template: nn.Module, state: dict[str, torch.Tensor], names: dict[str, str],
-         m: int, dim: int = 0) -> tuple["Folded | None", str]:
+         m: int, dim: int = 0, own: dict[str, list[torch.Tensor]] | None = None) -> tuple["Folded | None", str]:
     """(the folded model, "") or (None, why not).
 
     template: a meta-device copy of member 0; state: member 0's parameter and buffer names -> the
     members' stacked (M, ...) tensors; names: aliases(member 0); dim: 0 folds the members into
-    the batch, 1 into the channels (models with a convolution only)."""
+    the batch, 1 into the channels (models with a convolution only); own: the same names -> the
+    members' own tensors (the views of the stack they hold), whose writes the folded layers' caches
+    must see."""
+    own = own or {}
     channel = dim == 1
     if channel and not any(type(mod) in _CONV for mod in template.modules()):
         return None, "no convolution (the channel fold is for convolutional models)"
@@ -283,8 +297,10 @@ def fold(template: nn.Module, state: dict[str, torch.Tensor], names: dict[str, s
             continue
         if next(mod.children(), None) is not None:
             return None, f"{name}: {type(mod).__name__} holds parameters and submodules"
+        held = [names[_path(name, k)] for k, v in tensors if v is not None]
+        watch = [t for n in held for t in (state[n], *own.get(n, ()))]
         leaf = _fold_leaf(mod, m, {k: (state[names[_path(name, k)]] if v is not None else None) for k, v in tensors},
-                          call, channel)
+                          call, channel, watch)
         if isinstance(leaf, str):
             return None, f"{name or '<root>'}: {leaf}"
         done[id(mod)] = leaf

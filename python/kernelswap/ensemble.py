@@ -165,10 +165,12 @@ class _Batched:
                     else:
                         mod._buffers[attr] = view
         self._call = vmap(self._one, in_dims=(0, None, None))
+        now = [_state(m) for m in members]  # the members' own tensors, now views of the stack (or holding it)
+        own = {k: [s[k] for s in now] for k in now[0]}
         # the folds to try, channel fold (convolutional models) first; fold_reason: why there is none
         self.folds, reasons = [], []
         for dim in (1, 0) if fold_members else ():
-            f, why = fold(self.template, self.state, names, len(members), dim)
+            f, why = fold(self.template, self.state, names, len(members), dim, own)
             if f is not None:
                 self.folds.append(f)
             reasons.append(f"{('batch', 'channel')[dim]} fold: {why}")
