@@ -12,6 +12,9 @@ both are also timed replayed as CUDA graphs (ks.capture). --swap RECIPE adds row
 member is swapped with RECIPE first: those members run one call each, on their own CUDA streams.
 The "ensemble-streams" rows are ks.ensemble(..., batched=False): every member its own call on its
 own stream, no stacking (what swapped members get), for comparison with the stacked rows.
+The "floor-1-member-at-MxB" rows (float members only) time the work's floor: one member at batch
+members x B (channels_last for the CNN on a GPU), as much compute with no member bookkeeping;
+their output is one member's, so they have no max |difference|.
 
 Encoder: BERT with all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads, FFN 1536,
 vocab 30522), 128 tokens, mean-pooled; attention "eager" (matmul + softmax, which vmap batches;
@@ -24,6 +27,7 @@ GPU, torch version, commit and date). --device cpu runs a smoke test (use a smal
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import datetime
 import os
@@ -89,6 +93,25 @@ class Loop(nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(0)
 
 
+class OneAtMB(nn.Module):
+    """The work's floor: one member (a copy, channels_last for a CNN on a GPU) at batch M*B, as
+    much compute as the M members at B with no member bookkeeping. Its output is not the
+    ensemble's (one member's weights): timed only."""
+
+    def __init__(self, member: nn.Module, m: int, channels_last: bool):
+        super().__init__()
+        self.model, self.m, self.cl = copy.deepcopy(member), m, channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        xs = x.repeat(self.m, *([1] * (x.dim() - 1)))
+        if self.cl:
+            xs = xs.contiguous(memory_format=torch.channels_last)
+        y = self.model(xs)
+        return y.reshape(self.m, -1, *y.shape[1:]).mean(0)
+
+
 def case(family: str, batch: int, args, device, dtype, swap: str | None) -> list[dict]:
     torch.manual_seed(0)
     if family == "minilm-encoder":
@@ -110,6 +133,9 @@ def case(family: str, batch: int, args, device, dtype, swap: str | None) -> list
         rows = []
         runs = [("loop", loop, loop), ("ensemble", ens, ens), ("ensemble-vmap", vmapped, vmapped),
                 ("ensemble-streams", streams, streams)]
+        if not swap:
+            floor = OneAtMB(members[0], args.members, x.dim() == 4 and x.is_cuda).eval()
+            runs.append(("floor-1-member-at-MxB", floor, floor))
         for name, mod, _ in list(runs):
             try:
                 g = captured(mod, x)
@@ -119,7 +145,7 @@ def case(family: str, batch: int, args, device, dtype, swap: str | None) -> list
             if g is not None:
                 runs.append((f"{name}+capture", mod, g))
         for name, mod, fn in runs:
-            diff = float((fn(x).float() - want).abs().max())
+            diff = float((fn(x).float() - want).abs().max()) if "floor" not in name else float("nan")
             t = time_ms(lambda: fn(x), device, args.iters)
             rows.append({"family": family, "members": args.members, "batch": batch, "recipe": swap or "float",
                          "dtype": args.dtype, "how": name, "median_ms": float(np.median(t)),
