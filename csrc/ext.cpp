@@ -60,6 +60,9 @@ STABLE_TORCH_LIBRARY_FRAGMENT(kernelswap, m) {
   m.def("_C_fp8_mm(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor? bias, ScalarType out_dtype) -> Tensor");
   m.def("_C_sparse24_fp8_mm(Tensor x, Tensor x_scale, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias, "
         "ScalarType out_dtype) -> Tensor");
+  // sm_90a mixed-input GEMMs of the weight-only layers (csrc/sm90_mixed_ops.cu), x bf16 / fp16.
+  m.def("_C_int8_weight_mm(Tensor x, Tensor w, Tensor w_scale, Tensor? bias) -> Tensor");
+  m.def("_C_int4_mm(Tensor x, Tensor w_packed, Tensor scale, Tensor zero, Tensor? bias, int group_size) -> Tensor");
   // sm_80+ (mma.sp) CUTLASS 2:4 GEMMs (csrc/sm80_sparse_ops.cu); layouts from kernelswap.ops.sparse24_sm80.
   m.def("_C_sparse24_mm_sm80(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
   m.def("_C_sparse24_int8_mm_sm80(Tensor x, Tensor x_scale, Tensor values, Tensor meta, Tensor w_scale, "

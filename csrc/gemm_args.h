@@ -18,8 +18,9 @@
 
 namespace kernelswap {
 
-// kI8 and kE4M3 (float8_e4m3fn) are the 8-bit inputs with the scaled epilogue.
-enum class DType { kBF16, kFP16, kI8, kE4M3 };
+// kI8 and kE4M3 (float8_e4m3fn) are the 8-bit inputs with the scaled epilogue; kU4 (4-bit codes,
+// two a byte, even k in the low nibble) is a weight of the mixed-input GEMM only.
+enum class DType { kBF16, kFP16, kI8, kE4M3, kU4 };
 // kSmall: tiles for M <= kSmallM tokens, where the weight read dominates and big tiles
 // would leave SMs idle; kLarge: the big tiles (each arch's header says which).
 enum class Tiles { kSmall, kLarge };
@@ -46,11 +47,11 @@ struct GemmCache {
 };
 
 struct GemmProblem {
-  const void* w;        // (N, K) int8 / e4m3 weight, or the 2:4 values in the arch's compressed layout
+  const void* w;        // (N, K) int8 / e4m3 / 4-bit weight, or the 2:4 values in the arch's compressed layout
   const void* meta;     // sparse only: 2:4 metadata in the arch's layout
-  const void* x;        // (M, K) activations, row-major, same element type as w
+  const void* x;        // (M, K) activations, row-major, same element type as w (mixed-input: bf16 / fp16)
   const float* x_scale; // (M,) per-token scale, 8-bit inputs only
-  const float* w_scale; // (N,) per-channel scale, 8-bit inputs only
+  const float* w_scale; // (N,) per-channel scale, 8-bit weights only
   const float* bias;    // (N,) fp32, or null
   void* out;            // the output: (M, N) row-major (sm90); (N, M) row-major (sm80, see gemm_sm80.cuh)
   int M, N, K;
@@ -59,6 +60,10 @@ struct GemmProblem {
   Workspace workspace;
   size_t* query = nullptr;  // set: store the workspace bytes the launch needs there and launch nothing
   GemmCache* cache = nullptr;  // a raw plan's (sm90): reuse the kernel parameters of its last run
+  // The mixed-input W4A16 GEMM (csrc/sm90/gemm_mixed_sm90.cuh): (K / group_size, N) fp32 scale and zero.
+  const void* group_scale = nullptr;
+  const void* group_zero = nullptr;
+  int group_size = 0;
 };
 
 }  // namespace kernelswap

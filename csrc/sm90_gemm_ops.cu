@@ -20,6 +20,7 @@
 #include "op_checks.h"
 #include "quantize.h"
 #include "raw_entry.h"
+#include "sm90/gemm_plan.h"
 #include "sm90/gemm_problem.h"
 
 #include <torch/csrc/stable/accelerator.h>
@@ -226,25 +227,8 @@ enum Kind { kInt8Linear = 0, kFp8Linear = 1, kSparse24 = 2, kSparse24Int8 = 3, k
 
 int64_t align256(int64_t v) { return round_up(v, 256); }
 
-struct GemmPlan : raw::PlanBase {
-  sm90::GemmProblem p{};  // x, x_scale, out, stream and workspace set per call
-  void (*launch)(DType out, sm90::GemmProblem& p) = nullptr;
-  DType out = DType::kBF16;
-  bool quantize = false, fp8 = false;
-  ScalarType x_dtype = ScalarType::BFloat16;
-  int64_t q_bytes = 0, s_bytes = 0, ws_bytes = 0;  // the scratch: q, its scales, CUTLASS's workspace
-  mutable GemmCache cache;  // the kernel parameters of the last run (csrc/gemm_args.h)
-};
-
-// The caller's scratch as a GEMM workspace.
-struct RawWorkspace {
-  void* ptr;
-  size_t bytes;
-  static void* alloc(void* self, size_t bytes) {
-    auto* w = static_cast<RawWorkspace*>(self);
-    return bytes == 0 ? nullptr : bytes <= w->bytes ? w->ptr : nullptr;
-  }
-};
+using sm90::GemmPlan;
+using sm90::RawWorkspace;
 
 }  // namespace
 }  // namespace kernelswap
@@ -299,24 +283,16 @@ void* kernelswap_gemm_plan(int kind, int bf16, const void* w, const void* meta, 
     g->p = sm90::GemmProblem{w, meta, nullptr, nullptr, static_cast<const float*>(w_scale),
                              static_cast<const float*>(bias), nullptr, int(M), int(N), int(K), device, nullptr,
                              Workspace{nullptr, nullptr}};
-    // A non-null stand-in for the per-call pointers: CUTLASS's can_implement and workspace size read
-    // shapes only.
-    sm90::GemmProblem q = g->p;
-    q.x = w;
-    q.out = const_cast<void*>(w);
-    size_t ws = 0;
-    q.query = &ws;
-    g->launch(g->out, q);
-    g->ws_bytes = static_cast<int64_t>(ws);
-    *scratch_bytes = g->q_bytes + g->s_bytes + g->ws_bytes;
+    *scratch_bytes = g->size_scratch();
     plan = g.release();
     return 0;
   });
   return plan;
 }
 
-// One launch of a plan: x (M, K) and out (M, N) contiguous, of the plan's dtype, on its device; scratch
-// of the plan's scratch_bytes (null when that is 0). Returns as kernelswap_gemv_run does.
+// One launch of a plan (kernelswap_gemm_plan's or kernelswap_mixed_plan's): x (M, K) and out (M, N)
+// contiguous, of the plan's dtype, on its device; scratch of the plan's scratch_bytes (null when that
+// is 0). Returns as kernelswap_gemv_run does.
 int kernelswap_gemm_run(const void* plan, const void* x, void* out, void* scratch, void* stream) {
   using namespace kernelswap;
   if (raw::misaligned(x) || raw::misaligned(out)) return raw::kMisaligned;

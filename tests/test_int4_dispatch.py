@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernelswap.ops import gemv_cuda, backend, int4, int4_tinygemm, int4_triton
+from kernelswap.ops import gemv_cuda, backend, int4, int4_tinygemm, int4_triton, mixed_cuda
+from kernelswap.ops._cuda import sm90_reason
 from kernelswap.ops.int4 import dequantize_int4_ref, unpack_int4
 from kernelswap.packing import quantize_int4
 
@@ -118,8 +119,10 @@ def fake_cuda_sm90(monkeypatch):
     """Every backend serves "cuda" and the device is sm_90: the predicates decide alone."""
     monkeypatch.setattr(backend, "_serves_device", lambda *args: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    # The table without the cuda decode GEMV (test_dispatch_per_m_cuda checks it where _C has it).
+    # The table without the cuda decode GEMV and mixed-input GEMM (test_dispatch_per_m_cuda checks
+    # them where _C has them).
     monkeypatch.setattr(gemv_cuda, "_build_reason", lambda: "left out of this routing table")
+    monkeypatch.setattr(mixed_cuda, "_build_reason", lambda: "left out of this routing table")
     backend._candidates.cache_clear()  # the candidate list is cached per device type
     yield
     backend._candidates.cache_clear()
@@ -247,14 +250,24 @@ def _with_gemv(dtype, routes: dict) -> dict:
     return out
 
 
+def _with_mixed(dtype, routes: dict) -> dict:
+    """The table on an sm_90 device whose _C has the mixed-input GEMM (bf16 / fp16, from its M on)."""
+    if dtype == torch.float32:
+        return routes
+    return {m: ("_int4_mm" if m >= mixed_cuda.MIXED_FROM_M["int4_linear"] else r) for m, r in routes.items()}
+
+
 @needs_sm80  # the table is for sm_80+ (tinygemm); Triton is a GPU dependency of the package
 @pytest.mark.parametrize("dtype,routes", ROUTES, ids=["bf16", "fp16", "fp32"])
 def test_dispatch_per_m_cuda(dtype, routes):
-    """The real device: the same table as on CPU, with the cuda GEMV first where the build has it."""
+    """The real device: the same table as on CPU, with the cuda GEMV first where the build has it, and
+    the mixed-input GEMM from its M on where the build and GPU have it."""
     assert backend.backend_status("triton")[0], backend.backend_status("triton")[1]
     q = quantize_int4(torch.randn(64, 256, device="cuda"), 128)
     if gemv_cuda._build_reason() is None:
         routes = _with_gemv(dtype, routes)
+    if mixed_cuda._build_reason() is None and sm90_reason(torch.cuda.current_device()) is None:
+        routes = _with_mixed(dtype, routes)
     for m, want in routes.items():
         x = torch.empty(m, 256, device="cuda", dtype=dtype)
         assert _route(x, q.packed, q.scales, q.zeros, 128) == want, f"{dtype} M={m}"

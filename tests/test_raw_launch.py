@@ -4,7 +4,7 @@
 CPU (with _C built): the entry points are there with the version the Python side expects, and
 the C plans refuse bad problems with a message that names what is wrong (shapes, formats, the
 GPU). GPU: a swapped layer's eager call goes through a raw plan for every family that has one
-(the three decode GEMVs, the sm_90a W8A8 / 2:4 / FP8 GEMMs) at awkward shapes, and returns the
+(the decode GEMVs, the sm_90a W8A8 / 2:4 / FP8 GEMMs, the mixed-input W8A16 / W4A16 GEMMs) at awkward shapes, and returns the
 same bits as the registered op on the same input (both launch the same kernel with the same
 plan); it still does under CUDA-graph capture, and on a misaligned input.
 """
@@ -47,7 +47,7 @@ def test_entry_points_match_the_python_side():
     lib = _lib()
     assert lib.kernelswap_raw_version() == _raw.VERSION
     for name in ("kernelswap_gemv_plan", "kernelswap_gemv_run", "kernelswap_gemm_plan", "kernelswap_gemm_run",
-                 "kernelswap_raw_free", "kernelswap_raw_error"):
+                 "kernelswap_mixed_plan", "kernelswap_raw_free", "kernelswap_raw_error"):
         assert hasattr(lib, name), name
 
 
@@ -111,6 +111,31 @@ def test_gemm_plan_refuses_with_the_reason(kwargs, message):
     assert message in _raw.error()
 
 
+def _mixed_plan(lib, kind=0, group=128, m=64, n=256, k=512):
+    scratch = L(-1)
+    fake = 1 << 20
+    handle = lib.kernelswap_mixed_plan(kind, 1, fake, fake, fake, fake, None, group, m, n, k,
+                                       torch.cuda.current_device() if torch.cuda.is_available() else 0,
+                                       ctypes.byref(scratch))
+    return handle, scratch.value
+
+
+@needs_ext
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kind=2), "unknown kind 2"),
+    (dict(m=0), "M=0 must be in 1..2^31"),
+    (dict(k=24), "K must be a positive multiple of 16"),
+    (dict(n=40), "N must be a positive multiple of 16"),
+    (dict(group=32), "group_size must be 64 or 128, got 32"),
+    (dict(k=576), "K=576 must be a multiple of group_size=128"),
+])
+def test_mixed_plan_refuses_with_the_reason(kwargs, message):
+    lib = _lib()
+    handle, _ = _mixed_plan(lib, **kwargs)
+    assert not handle
+    assert message in _raw.error()
+
+
 def _sm90() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
@@ -135,6 +160,8 @@ RECIPE_CASES = [  # (recipe, K, N, Ms): K, N awkward for each family's rules
     ("sparse24", 520, 70, (1, 3, 8)),        # the 2:4 GEMV
     ("sparse24", 528, 272, (17, 130)),       # CUTLASS 2:4 (the Triton GEMV serves M 9-16)
     ("sparse24-int8", 544, 272, (1, 4, 17, 130)),
+    ("int8-weight", 528, 272, (33, 130)),    # the mixed-input GEMM (ops/mixed_cuda.py)
+    ("int4", 512, 272, (33, 130)),           # the mixed-input GEMM, group 128
     ("fp8", 528, 272, (1, 17, 130)),
     ("sparse24-fp8", 544, 272, (1, 17, 130)),
 ]
@@ -218,7 +245,8 @@ def test_misaligned_input_is_copied_first(recipe):
 @pytest.mark.gpu
 @pytest.mark.parametrize("recipe, k, n, m", [("int8", 528, 272, 130), ("int8", 528, 272, 17),
                                              ("sparse24", 528, 272, 130), ("sparse24-int8", 544, 272, 17),
-                                             ("fp8", 528, 272, 130), ("sparse24-fp8", 544, 272, 17)])
+                                             ("fp8", 528, 272, 130), ("sparse24-fp8", 544, 272, 17),
+                                             ("int8-weight", 528, 272, 130), ("int4", 512, 272, 33)])
 def test_raw_gemm_reuses_its_kernel_parameters_at_new_addresses(recipe, k, n, m):
     """A raw CUTLASS plan keeps its kernel parameters between runs (csrc/gemm_args.h GemmCache) and
     patches out's address (and x's, for 16-bit x) into them per run: every run, on a new x, into a

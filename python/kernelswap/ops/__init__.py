@@ -16,6 +16,7 @@ from .sparse24 import sparse24_int8_linear, sparse24_linear
 
 # Fast paths, registered after the references; each imports its kernels lazily.
 from . import gemv_cuda  # noqa: F401,E402 - before int8_cuda, so its decode GEMVs are tried first
+from . import mixed_cuda  # noqa: F401,E402 - after the GEMVs: the weight-only layers' large-M GEMMs
 from . import conv_torch, conv_triton, int4_triton, int8_cuda, int8_triton, sparse24_cslt, sparse24_cuda, sparse24_triton  # noqa: F401,E402
 from . import fp8_cuda  # noqa: F401,E402
 

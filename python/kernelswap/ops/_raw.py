@@ -38,6 +38,7 @@ MISALIGNED = 2  # a run's answer when x or out is not 16-byte aligned (csrc/raw_
 GEMV_INT4, GEMV_INT8_WEIGHT, GEMV_INT8, GEMV_SPARSE24, GEMV_SPARSE24_INT8 = 0, 1, 2, 3, 4
 GEMV_INT8_WEIGHT_ROWS, GEMV_INT8_ROWS = 5, 6  # the same on the int8 (N, K) weight as it lies
 GEMM_INT8_LINEAR, GEMM_FP8_LINEAR, GEMM_SPARSE24, GEMM_SPARSE24_INT8, GEMM_SPARSE24_FP8 = 0, 1, 2, 3, 4
+MIXED_INT4, MIXED_INT8_WEIGHT = 0, 1  # kernelswap_mixed_plan's kinds (csrc/sm90_mixed_ops.cu)
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 
@@ -76,6 +77,9 @@ def _open() -> tuple[ctypes.CDLL | None, str | None]:
     lib.kernelswap_gemm_plan.restype = _P
     for run in (lib.kernelswap_gemv_run, lib.kernelswap_gemm_run):
         run.argtypes, run.restype = [_P, _P, _P, _P, _P], _I
+    if hasattr(lib, "kernelswap_mixed_plan"):  # a _C from before the mixed-input GEMMs has none
+        lib.kernelswap_mixed_plan.argtypes = [_I, _I, _P, _P, _P, _P, _P, _L, _L, _L, _L, _I, ctypes.POINTER(_L)]
+        lib.kernelswap_mixed_plan.restype = _P
     return lib, None
 
 
@@ -207,3 +211,26 @@ def gemm_runner(x: Tensor, kind: int, w: Tensor, meta: Tensor | None, w_scale: T
     plan = _Plan(handle, lib.kernelswap_raw_free)
     return _runner(lib.kernelswap_gemm_run, plan, dev.index, (x.shape[0], n), scratch.value,
                    (w, meta, w_scale, bias), fallback)
+
+
+def mixed_runner(x: Tensor, kind: int, w: Tensor, scale: Tensor | None, zero: Tensor | None,
+                 w_scale: Tensor | None, bias: Tensor | None, group_size: int, n: int,
+                 fallback: Callable) -> Callable | None:
+    """A raw runner of a weight-only layer's sm_90a mixed-input GEMM (csrc/sm90_mixed_ops.cu) for
+    x's layout, or None."""
+    lib = library()
+    dev = x.device
+    if lib is None or not hasattr(lib, "kernelswap_mixed_plan") or x.dim() != 2 or \
+            x.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if not (plain(w, None, dev) and all(plain(t, torch.float32, dev) for t in (scale, zero, w_scale, bias))):
+        return None
+    scratch = _L(0)
+    handle = lib.kernelswap_mixed_plan(kind, int(x.dtype == torch.bfloat16), _ptr(w), _ptr(scale), _ptr(zero),
+                                       _ptr(w_scale), _ptr(bias), group_size, x.shape[0], n, x.shape[1], dev.index,
+                                       ctypes.byref(scratch))
+    if not handle:
+        raise RuntimeError(f"kernelswap: {error()}")
+    plan = _Plan(handle, lib.kernelswap_raw_free)
+    return _runner(lib.kernelswap_gemm_run, plan, dev.index, (x.shape[0], n), scratch.value,
+                   (w, scale, zero, w_scale, bias), fallback)
