@@ -96,23 +96,27 @@ def test_register_first_goes_before_same_backend():
 
 
 def _dense_cslt_mm(w_dense, b_t, bias, alpha, out_dtype, transpose_result):
-    """torch._cslt_sparse_mm's contract with the weight dense: (N, K) @ (K, M) + bias[:, None],
-    the (N, M) result transposed to (M, N) row-major when transpose_result."""
-    assert alpha is None and out_dtype is None and transpose_result
+    """torch._cslt_sparse_mm's contract with the weight dense: (N, K) @ (K, M) + bias[:, None] as
+    (N, M) row-major, or transposed to (M, N) row-major when transpose_result."""
+    assert alpha is None and out_dtype is None
     assert b_t.shape[1] % sparse24_cslt.ALIGN_DENSE_M == 0, "dense operand not padded"
     out = w_dense.double() @ b_t.double() + (0 if bias is None else bias.double()[:, None])
-    return out.t().contiguous().to(b_t.dtype)
+    return (out.t() if transpose_result else out).contiguous().to(b_t.dtype)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("m", [1, 7, 8, 13])
-def test_sparse_mm_rows_pads_and_transposes(m):
+def test_sparse_mm_rows_pads_and_transposes(m, fused, monkeypatch):
+    monkeypatch.setattr(sparse24_cslt, "FUSED_TRANSPOSE", fused)
     x, w, values, meta = _case(m, 32, 48)
     bias = torch.randn(32, dtype=x.dtype)
     dense = decompress_24_ref(values, meta)
     assert torch.equal(dense, w)  # what _cslt_compress is given: the 2:4 weight itself
     assert int((dense.reshape(32, -1, 4) != 0).sum(-1).max()) <= 2
     out = sparse24_cslt.sparse_mm_rows(_dense_cslt_mm, dense, x, bias)
-    assert out.shape == (m, 32) and out.is_contiguous()
+    assert out.shape == (m, 32) and out.is_contiguous() == fused
+    if not fused:
+        assert out.stride() == (1, m + (-m % sparse24_cslt.ALIGN_DENSE_M))
     ref = sparse24_linear_ref(x, values, meta, bias)
     torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3)
 
@@ -147,7 +151,7 @@ def test_cslt_forced_matches_reference(m, dtype, bias):
     with use_backend("torch"):
         assert backend.choose("sparse24_linear", x.device, x, values, meta, b).fn.__name__ == "_sparse24_linear_cslt"
         out = sparse24_linear(x, values, meta, b)
-    assert out.dtype == dtype and out.is_contiguous()
+    assert out.dtype == dtype and out.is_contiguous() == sparse24_cslt.FUSED_TRANSPOSE  # else the (N, M) product's view
     _check(out, x, w, None if b is None else b.to(dtype), f"cslt m={m} {dtype} bias={bias}")
 
 

@@ -129,15 +129,26 @@ def _prepare(values, meta, bias):
     _bias_as(bias, values.dtype)
 
 
+# Whether cuSPARSELt writes the product as (M, N) row-major itself (transpose_result=True) or as
+# the (N, M) row-major W @ x^T it computes, returned as its (M, N) transposed view (False: what
+# torch's own to_sparse_semi_structured F.linear does). H200, 2026-12-01
+# (benchmarks/results/never_slower.md): torch's path took 0.70 / 0.68 of bf16 at M = 512 where
+# this backend, with transpose_result=True, took 0.97 / 0.83 (4096x14336 / 8192x28672).
+FUSED_TRANSPOSE = False
+
+
 def sparse_mm_rows(mm, w_c: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (M, K) @ W.T + bias -> (M, N) through `mm` (torch._cslt_sparse_mm's schema): W is the
-    left (sparse) operand, x^T the right one, padded to ALIGN_DENSE_M rows of x, and
-    transpose_result makes the (N, M) product an (M, N) row-major tensor."""
+    left (sparse) operand, x^T the right one, padded to ALIGN_DENSE_M rows of x. With
+    FUSED_TRANSPOSE the result is (M, N) row-major; without, it is the (M, N) transposed view of
+    cuSPARSELt's (N, M) row-major product (strides (1, M + pad)), as torch's sparse F.linear returns."""
     m = x.shape[0]
     pad = -m % ALIGN_DENSE_M
     xp = F.pad(x, (0, 0, 0, pad)) if pad else x
-    out = mm(w_c, xp.t(), bias, None, None, True)  # allocated (M + pad, N), row-major
-    return out[:m] if pad else out
+    out = mm(w_c, xp.t(), bias, None, None, FUSED_TRANSPOSE)
+    if FUSED_TRANSPOSE:  # allocated (M + pad, N), row-major
+        return out[:m] if pad else out
+    return (out[:, :m] if pad else out).t()  # allocated (N, M + pad), row-major
 
 
 def _bind(values, meta, bias):
