@@ -303,7 +303,7 @@ def test_w8a16_large_m_goes_to_cublas(m, served):
 
     m = m if m > 0 else int8_triton.W8A16_TORCH_FROM_M + m
     if mixed_cuda._build_reason() is None and sm90_reason(torch.cuda.current_device()) is None and \
-            m >= mixed_cuda.MIXED_FROM_M["int8_weight_linear"]:
+            mixed_cuda.MIXED_FROM_M["int8_weight_linear"] <= m < int8_triton.W8A16_TORCH_FROM_M:
         served = "cuda"
     w_q, w_s = packing.quantize_int8(torch.randn(64, 128, device="cuda"))
     x = torch.randn(m, 128, device="cuda", dtype=torch.bfloat16)

@@ -251,10 +251,11 @@ def _with_gemv(dtype, routes: dict) -> dict:
 
 
 def _with_mixed(dtype, routes: dict) -> dict:
-    """The table on an sm_90 device whose _C has the mixed-input GEMM (bf16 / fp16, from its M on)."""
+    """The table on an sm_90 device whose _C has the mixed-input GEMM (bf16 / fp16, in its M window)."""
     if dtype == torch.float32:
         return routes
-    return {m: ("_int4_mm" if m >= mixed_cuda.MIXED_FROM_M["int4_linear"] else r) for m, r in routes.items()}
+    lo, hi = mixed_cuda.MIXED_FROM_M["int4_linear"], mixed_cuda.torch_from_m("int4_linear")
+    return {m: ("_int4_mm" if lo <= m < hi else r) for m, r in routes.items()}
 
 
 @needs_sm80  # the table is for sm_80+ (tinygemm); Triton is a GPU dependency of the package

@@ -137,9 +137,32 @@ def test_zero_rows():
     assert torch.ops.kernelswap._C_int8_weight_mm(x, w, torch.ones(16, device="cuda"), None).shape == (0, 16)
 
 
+class _FakeCudaX:
+    """What the supports predicates read of x (shape, dtype, device, data_ptr), on a "cuda" device."""
+
+    def __init__(self, m, k):
+        self.shape, self.dtype, self.device = (m, k), torch.bfloat16, torch.device("cuda")
+
+    def data_ptr(self):
+        return 0
+
+
+@pytest.mark.parametrize("op", ["int8_weight_linear", "int4_linear"])
+def test_the_gemm_serves_its_measured_m_window(op, monkeypatch):
+    monkeypatch.setattr(mixed_cuda, "_build_reason", lambda: None)
+    monkeypatch.setattr(mixed_cuda, "gemm_reason", lambda *a: None)  # an sm_90 GPU and aligned tensors
+    lo, hi = mixed_cuda.MIXED_FROM_M[op], mixed_cuda.torch_from_m(op)
+    w = torch.zeros(64, 256, dtype=torch.int8)
+    for m, served in [(1, False), (lo - 1, False), (lo, True), (hi - 1, True), (hi, False), (4 * hi, False)]:
+        why = mixed_cuda._reason(op, _FakeCudaX(m, 256), 256, 64, w)
+        assert (why is None) == served, f"{op} M={m}: {why}"
+        if not served:
+            assert isinstance(why, backend.Preference) and ("faster here" in why)
+
+
 @needs_sm90
 @needs_ext
-@pytest.mark.parametrize("m", [mixed_cuda.MIXED_FROM_M["int4_linear"], 517])
+@pytest.mark.parametrize("m", [128, 517])
 def test_public_ops_route_large_m_here(m):
     q = _int4(4096 + 16, 1024, 128, False, device="cuda")
     x = torch.randn(2, m, 1024, device="cuda", dtype=torch.bfloat16)

@@ -7,7 +7,8 @@ type in registers inside the mainloop instead of writing a 16-bit copy of it fir
 
 A swapped layer runs them through a raw plan (ops/_raw.py: one ctypes call, the CUTLASS kernel
 parameters kept between calls); direct op calls go through _C's ops. Registered after the decode GEMVs (ops/gemv_cuda.py), so those keep the M they serve; from
-MIXED_FROM_M[op] tokens these serve, ahead of the Triton GEMMs and of dequantize + cuBLAS.
+MIXED_FROM_M[op] tokens these serve, ahead of the Triton GEMMs, up to where dequantize + cuBLAS
+(the torch backend) is faster (torch_from_m).
 
 int4's scale and zero are (Kp / g, N) fp32 (N contiguous: the mainloop's scale layout), with
 zero = -z * s (-8 * s when symmetric), made once per weight buffer by `prepare` (PreparedWeights)
@@ -31,10 +32,25 @@ from .int4 import SYMMETRIC_ZERO
 _DTYPES = (torch.bfloat16, torch.float16)
 GROUPS = (64, 128)  # the mainloop's K tile (64) must divide the group
 
-# From this many tokens the mixed-input GEMM serves (below: the GEMVs, then the Triton GEMMs).
-# Not yet measured on a GPU: set to where the never-slower sweep (benchmarks/never_slower.py)
-# had the other paths slower than bf16 (int4 from M = 32, W8A16 from M = 512).
-MIXED_FROM_M = {"int8_weight_linear": 32, "int4_linear": 32}
+# The mixed-input GEMM serves MIXED_FROM_M[op] <= M < the torch backend's threshold for the op
+# (int8_triton.W8A16_TORCH_FROM_M, int4_triton.TORCH_FROM_M: dequantize + cuBLAS, faster from there).
+# H200, 2026-12-03, benchmarks/never_slower.py (graph-replayed, time over bf16 nn.Linear's at
+# 4096x14336 / 8192x28672; benchmarks/results/never_slower.md):
+#   M      W8A16 mixed  Triton      torch        W4A16 mixed  Triton      GEMV        torch
+#   32     1.04 / 1.18  0.87 / 0.82              1.05 / 1.17  1.68 / 1.66 1.63 / 1.62
+#   128    0.81 / 0.96  1.19 / 1.36              0.99 / 1.10  1.62 / 1.86
+#   512    1.26 / 1.30  1.33 / 1.44              1.58 / 1.49  1.65 / 1.72             2.11 / 2.47
+#   2048   1.26 / 1.35  1.30 / 1.31 1.85 / 1.84  1.50 / 1.57  1.62 / 1.62             1.22 / 1.34
+#   8192   1.38 / 1.47  1.33 / 1.39 1.21 / 1.21  1.63 / 1.73  1.61 / 1.58             1.04 / 1.11
+# (M = 8: the GEMVs, 0.52-0.70). M between 32 and 128 (W8A16) and between 16 and 32 (W4A16) was not swept.
+MIXED_FROM_M = {"int8_weight_linear": 128, "int4_linear": 32}
+
+
+def torch_from_m(op: str) -> int | None:
+    """From this M on the torch backend's dequantize + cuBLAS serves the op (read per new layout)."""
+    from . import int4_triton, int8_triton
+    return int8_triton.W8A16_TORCH_FROM_M if op == "int8_weight_linear" else int4_triton.TORCH_FROM_M
+
 
 _SCALES = PreparedWeights("int4 -> mixed-input GEMM scale / zero")
 
@@ -58,8 +74,11 @@ def _reason(op: str, x: Tensor, k: int, n: int, *tensors: Tensor) -> str | None:
     if x.device.type != "cuda":
         return "x is not a CUDA tensor"
     why = _build_reason() or gemm_reason(x, k, n, *tensors)
-    if why is None and x.shape[0] < MIXED_FROM_M[op]:
-        return Preference(f"M={x.shape[0]} < {MIXED_FROM_M[op]}: the decode GEMV / Triton GEMM is faster here")
+    m, up = x.shape[0], torch_from_m(op)
+    if why is None and m < MIXED_FROM_M[op]:
+        return Preference(f"M={m} < {MIXED_FROM_M[op]}: the decode GEMV / Triton GEMM is faster here")
+    if why is None and up is not None and m >= up:
+        return Preference(f"M={m} >= {up}: dequantize + cuBLAS (torch backend) is faster here")
     return why
 
 
