@@ -81,9 +81,9 @@ THRESHOLDS = (
     ("ops/int8_triton.W8A16_TORCH_FROM_M", "int8-weight", "impl:triton/_int8_weight_linear_triton",
      "impl:torch/_int8_weight_linear_torch"),
     ("ops/int4_triton.TORCH_FROM_M", "int4", "impl:triton/_int4_linear_triton", "impl:torch/_int4_linear_torch"),
-    ("ops/mixed_cuda.MIXED_FROM_M['int8_weight_linear']", "int8-weight", "impl:triton/_int8_weight_linear_triton",
+    ("ops/mixed_cuda.MIXED_M['int8_weight_linear'][0]", "int8-weight", "impl:triton/_int8_weight_linear_triton",
      "impl:cuda/_int8_weight_mm"),
-    ("ops/mixed_cuda.MIXED_FROM_M['int4_linear']", "int4", "impl:triton/_int4_linear_triton", "impl:cuda/_int4_mm"),
+    ("ops/mixed_cuda.MIXED_M['int4_linear'][0]", "int4", "impl:triton/_int4_linear_triton", "impl:cuda/_int4_mm"),
 )
 
 

@@ -2,15 +2,16 @@
 // layers' large-M path:
 //
 //   _C_int8_weight_mm(x, w, w_scale, bias)
-//       x (M, K) bf16 / fp16, w (N, K) int8, w_scale (N,) fp32, bias (N,) fp32 or None
+//       x (M, K) bf16, w (N, K) int8, w_scale (N,) fp32, bias (N,) fp32 or None
 //       -> (M, N) x.dtype = (x @ w.T) * w_scale[n] + bias[n]
 //   _C_int4_mm(x, w_packed, scale, zero, bias, group_size)
-//       x (M, K) bf16 / fp16, w_packed (N, K / 2) uint8 (kernelswap.ops.int4's codes, even k in the
+//       x (M, K) bf16, w_packed (N, K / 2) uint8 (kernelswap.ops.int4's codes, even k in the
 //       low nibble), scale and zero (K / group_size, N) fp32 with w = code * scale + zero
 //       (kernelswap.ops.int4_cuda.mixed_scales makes them), group_size 64 or 128
 //       -> (M, N) x.dtype = x @ w.T + bias[n]
 //
-// Limits, each with its own error: an sm_90 GPU and a build with 9.0a; K and N multiples of 16
+// Limits, each with its own error: bf16 x (the only type instantiated, csrc/generate.py); an sm_90
+// GPU and a build with 9.0a; K and N multiples of 16
 // (TMA rows), K a multiple of group_size (the mainloop's K tile, 64, must divide the group, so
 // group 32 is refused); 16-byte aligned, contiguous inputs; M, N, K < 2^31.
 #include "common.h"
@@ -33,23 +34,26 @@ using sm90::DType;
 constexpr GpuNeed kSm90a{"the sm_90a GEMMs", "9.0a", 90, 90, "an sm_90 (Hopper) GPU"};
 constexpr int64_t kTileK = 64;  // sm90::MixedConfig's K tile
 
-// x: bf16 / fp16, (M, K); returns its DType, after the K / N / bias checks.
+// x: bf16, (M, K); returns its DType, after the K / N / bias checks.
 DType check_x(const char* op, const Tensor& x, int64_t N, const std::optional<Tensor>& bias) {
   const ScalarType dt = x.scalar_type();
-  STD_TORCH_CHECK(dt == ScalarType::BFloat16 || dt == ScalarType::Half, op, ": x must be bfloat16 or float16");
-  check_tensor(op, "x", x, dt, dt == ScalarType::BFloat16 ? "bfloat16" : "float16", 2);
+  STD_TORCH_CHECK(dt == ScalarType::BFloat16, op, ": x must be bfloat16 (the only type instantiated; float16 "
+                  "layers take the Triton GEMMs)");
+  check_tensor(op, "x", x, dt, "bfloat16", 2);
   const int64_t M = x.size(0), K = x.size(1);
   STD_TORCH_CHECK(K % 16 == 0 && K > 0, op, ": K must be a positive multiple of 16 (TMA moves 16-byte rows), got K=", K);
   STD_TORCH_CHECK(N % 16 == 0 && N > 0, op, ": N must be a positive multiple of 16 (TMA stores 16-byte rows), got N=", N);
   STD_TORCH_CHECK(M < (1LL << 31) && K < (1LL << 31) && N < (1LL << 31), op, ": M, N and K must be below 2^31");
   if (bias.has_value()) check_vector(op, "bias", *bias, N);
-  return dt == ScalarType::BFloat16 ? DType::kBF16 : DType::kFP16;
+  return DType::kBF16;
 }
 
+// bf16 out (checked before); the 256-token tile from sm90::kMixedLargeFromM tokens on.
 template <DType W>
-void launch(DType out, sm90::GemmProblem& p) {
+void launch(DType, sm90::GemmProblem& p) {
 #if KERNELSWAP_WITH_CUTLASS  // else check_device has already refused
-  out == DType::kBF16 ? sm90::run_mixed_gemm<W, DType::kBF16>(p) : sm90::run_mixed_gemm<W, DType::kFP16>(p);
+  p.M >= sm90::kMixedLargeFromM ? sm90::run_mixed_gemm<W, DType::kBF16, sm90::Tiles::kLarge>(p)
+                                : sm90::run_mixed_gemm<W, DType::kBF16, sm90::Tiles::kSmall>(p);
 #endif
 }
 
@@ -122,7 +126,8 @@ extern "C" {
 
 // The raw plan (csrc/raw_entry.h) of one weight-only layer's mixed-input GEMM at M tokens, run by
 // kernelswap_gemm_run: kind 0 int4 (w the packed codes, scale / zero (K / group_size, N) fp32),
-// kind 1 int8 (w (N, K) int8, w_scale (N,) fp32); bf16 (1) or fp16 (0) x and out; bias fp32 or null.
+// kind 1 int8 (w (N, K) int8, w_scale (N,) fp32); bf16 x and out (bf16 = 1; 0, fp16, is refused); bias
+// fp32 or null.
 // The checks of the op entry points, without throwing; null on an error (kernelswap_raw_error()).
 void* kernelswap_mixed_plan(int kind, int bf16, const void* w, const void* scale, const void* zero,
                             const void* w_scale, const void* bias, int64_t group_size, int64_t M, int64_t N,
@@ -135,6 +140,7 @@ void* kernelswap_mixed_plan(int kind, int bf16, const void* w, const void* scale
   const bool int4 = kind == 0;
   const bool ok =
       ((kind == 0 || kind == 1) || raw::fail(op, ": unknown kind ", kind)) &&
+      (bf16 || raw::fail(op, ": the mixed-input GEMMs take bfloat16 x only")) &&
       ((M >= 1 && M < (1LL << 31)) || raw::fail(op, ": M=", M, " must be in 1..2^31")) &&
       ((K > 0 && K % 16 == 0 && K < (1LL << 31)) || raw::fail(op, ": K must be a positive multiple of 16, got ", K)) &&
       ((N > 0 && N % 16 == 0 && N < (1LL << 31)) || raw::fail(op, ": N must be a positive multiple of 16, got ", N)) &&
@@ -149,8 +155,8 @@ void* kernelswap_mixed_plan(int kind, int bf16, const void* w, const void* scale
   raw::guarded([&] {
     auto g = std::make_unique<sm90::GemmPlan>();
     g->device = device;
-    g->out = bf16 ? DType::kBF16 : DType::kFP16;
-    g->x_dtype = bf16 ? ScalarType::BFloat16 : ScalarType::Half;
+    g->out = DType::kBF16;
+    g->x_dtype = ScalarType::BFloat16;
     g->launch = int4 ? &launch<DType::kU4> : &launch<DType::kI8>;
     sm90::GemmProblem& p = g->p;
     p.w = w;

@@ -296,14 +296,14 @@ def test_int8_small_m_on_large_weights_goes_to_the_triton_gemm(m, n, served):
 @pytest.mark.parametrize("m,served", [(16, "triton"), (-1, "triton"), (0, "torch")])
 def test_w8a16_large_m_goes_to_cublas(m, served):
     """The measured crossover (int8_triton.W8A16_TORCH_FROM_M; m <= 0: that far from it), where the
-    mixed-input GEMM (an sm_90 GPU and a _C that has it) does not take that M first."""
+    mixed-input GEMM (an sm_90 GPU and a _C that has it: from its M window on) does not take that M first."""
     from kernelswap.ops import int8_triton, mixed_cuda
     from kernelswap.ops._cuda import sm90_reason
     from kernelswap.ops.backend import choose
 
     m = m if m > 0 else int8_triton.W8A16_TORCH_FROM_M + m
     if mixed_cuda._build_reason() is None and sm90_reason(torch.cuda.current_device()) is None and \
-            mixed_cuda.MIXED_FROM_M["int8_weight_linear"] <= m < int8_triton.W8A16_TORCH_FROM_M:
+            m >= mixed_cuda.MIXED_M["int8_weight_linear"][0]:
         served = "cuda"
     w_q, w_s = packing.quantize_int8(torch.randn(64, 128, device="cuda"))
     x = torch.randn(m, 128, device="cuda", dtype=torch.bfloat16)

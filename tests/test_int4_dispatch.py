@@ -251,10 +251,10 @@ def _with_gemv(dtype, routes: dict) -> dict:
 
 
 def _with_mixed(dtype, routes: dict) -> dict:
-    """The table on an sm_90 device whose _C has the mixed-input GEMM (bf16 / fp16, in its M window)."""
-    if dtype == torch.float32:
+    """The table on an sm_90 device whose _C has the mixed-input GEMM (bf16, in its M window)."""
+    if dtype != torch.bfloat16:  # the one x type instantiated
         return routes
-    lo, hi = mixed_cuda.MIXED_FROM_M["int4_linear"], mixed_cuda.torch_from_m("int4_linear")
+    lo, hi = mixed_cuda.MIXED_M["int4_linear"]
     return {m: ("_int4_mm" if lo <= m < hi else r) for m, r in routes.items()}
 
 

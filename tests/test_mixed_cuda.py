@@ -60,6 +60,7 @@ def test_refusals_name_the_reason():
     w_q = torch.randint(-127, 128, (24, 256), dtype=torch.int8)
     assert "multiples of 16" in mixed_cuda._w8a16_supports(x, w_q, torch.ones(24), None)
     assert "float32" in mixed_cuda._w8a16_supports(x.float(), w_q[:16], torch.ones(16), None)
+    assert "bfloat16 activations only" in mixed_cuda._w8a16_supports(x.half(), w_q[:16], torch.ones(16), None)
 
 
 @needs_ext
@@ -71,8 +72,8 @@ def test_entry_points_meta_shapes_and_errors():
     sz = torch.empty(2, 48, device="meta")
     assert mm4(x, w4, sz, sz, None, 128).shape == (300, 48)
     w8 = torch.empty(48, 256, dtype=torch.int8, device="meta")
-    y = mm8(x.half(), w8, torch.empty(48, device="meta"), None)
-    assert y.shape == (300, 48) and y.dtype == torch.float16
+    y = mm8(x, w8, torch.empty(48, device="meta"), None)
+    assert y.shape == (300, 48) and y.dtype == torch.bfloat16
     with pytest.raises(RuntimeError, match="group_size must be 64 or 128"):
         mm4(x, w4, torch.empty(8, 48, device="meta"), torch.empty(8, 48, device="meta"), None, 32)
     with pytest.raises(RuntimeError, match=r"scale must be \(K / group_size, N\)"):
@@ -81,18 +82,19 @@ def test_entry_points_meta_shapes_and_errors():
         mm4(x, torch.empty(48, 64, dtype=torch.uint8, device="meta"), sz, sz, None, 128)
     with pytest.raises(RuntimeError, match="N must be a positive multiple of 16"):
         mm8(x, torch.empty(40, 256, dtype=torch.int8, device="meta"), torch.empty(40, device="meta"), None)
-    with pytest.raises(RuntimeError, match="bfloat16 or float16"):
-        mm8(x.float(), w8, torch.empty(48, device="meta"), None)
+    with pytest.raises(RuntimeError, match="x must be bfloat16"):
+        mm8(x.half(), w8, torch.empty(48, device="meta"), None)
 
 
 # ---------------------------------------------------------------- sm_90: the kernels
-SHAPES = [(129, 128, 16), (300, 640, 272), (1024, 4096, 4096 + 128)]
+# M past the 128-token tile, and past the 256-token one (from kMixedLargeFromM = 512 on).
+SHAPES = [(129, 128, 16), (300, 640, 272), (777, 640, 272), (1024, 4096, 4096 + 128)]
 
 
 @needs_sm90
 @needs_ext
 @pytest.mark.parametrize("m,k,n", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_int8_weight_mm_against_float64(m, k, n, dtype, bias):
     torch.manual_seed(m + k + n)
@@ -111,7 +113,7 @@ def test_int8_weight_mm_against_float64(m, k, n, dtype, bias):
 @needs_sm90
 @needs_ext
 @pytest.mark.parametrize("m,k,n", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
 @pytest.mark.parametrize("group,symmetric", [(64, True), (128, False), (64, False), (128, True)])
 def test_int4_mm_against_float64(m, k, n, dtype, group, symmetric):
     if k % group:
@@ -151,9 +153,11 @@ class _FakeCudaX:
 def test_the_gemm_serves_its_measured_m_window(op, monkeypatch):
     monkeypatch.setattr(mixed_cuda, "_build_reason", lambda: None)
     monkeypatch.setattr(mixed_cuda, "gemm_reason", lambda *a: None)  # an sm_90 GPU and aligned tensors
-    lo, hi = mixed_cuda.MIXED_FROM_M[op], mixed_cuda.torch_from_m(op)
+    lo, hi = mixed_cuda.MIXED_M[op]
     w = torch.zeros(64, 256, dtype=torch.int8)
-    for m, served in [(1, False), (lo - 1, False), (lo, True), (hi - 1, True), (hi, False), (4 * hi, False)]:
+    cases = [(1, False), (lo - 1, False), (lo, True)]
+    cases += [(1 << 20, True)] if hi is None else [(hi - 1, True), (hi, False), (4 * hi, False)]
+    for m, served in cases:
         why = mixed_cuda._reason(op, _FakeCudaX(m, 256), 256, 64, w)
         assert (why is None) == served, f"{op} M={m}: {why}"
         if not served:

@@ -111,10 +111,10 @@ def test_gemm_plan_refuses_with_the_reason(kwargs, message):
     assert message in _raw.error()
 
 
-def _mixed_plan(lib, kind=0, group=128, m=64, n=256, k=512):
+def _mixed_plan(lib, kind=0, bf16=1, group=128, m=64, n=256, k=512):
     scratch = L(-1)
     fake = 1 << 20
-    handle = lib.kernelswap_mixed_plan(kind, 1, fake, fake, fake, fake, None, group, m, n, k,
+    handle = lib.kernelswap_mixed_plan(kind, bf16, fake, fake, fake, fake, None, group, m, n, k,
                                        torch.cuda.current_device() if torch.cuda.is_available() else 0,
                                        ctypes.byref(scratch))
     return handle, scratch.value
@@ -123,6 +123,7 @@ def _mixed_plan(lib, kind=0, group=128, m=64, n=256, k=512):
 @needs_ext
 @pytest.mark.parametrize("kwargs, message", [
     (dict(kind=2), "unknown kind 2"),
+    (dict(bf16=0), "bfloat16 x only"),
     (dict(m=0), "M=0 must be in 1..2^31"),
     (dict(k=24), "K must be a positive multiple of 16"),
     (dict(n=40), "N must be a positive multiple of 16"),

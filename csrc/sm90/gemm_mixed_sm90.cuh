@@ -36,20 +36,24 @@ using EpilogueChannelScaled = fusion::Sm90EVT<
     fusion::Sm90EVT<fusion::Sm90Compute<MulRn, float, float, kRN>, fusion::Sm90AccFetch, PerFeature<Tile>>,
     PerFeature<Tile>>;
 
-// 128 weight rows (two consumer warp groups of 64) x 128 tokens x 64 K: CUTLASS's
-// 55_hopper_mixed_dtype_gemm shape (K tile = 128 bytes of 16-bit B). The K tile must divide the
-// group size (the mainloop loads one scale row per K tile): groups 64 and 128 are served, 32 is not.
-struct MixedConfig {
-  using Tile = Shape<_128, _128, _64>;
+// 128 weight rows (two consumer warp groups of 64) x 128 (kSmall) or 256 (kLarge) tokens x 64 K,
+// cooperative, no cluster: CUTLASS's 55_hopper_mixed_dtype_gemm shape (K tile = 128 bytes of 16-bit
+// B), and the same with twice the tokens, over which each converted weight fragment is used (H200,
+// benchmarks/never_slower.py, time over bf16's at 4096x14336 / 8192x28672: W8A16 M = 128 0.82 / 0.87
+// with 128 tokens against 1.41 / 1.59 with 256; M = 512 1.26 / 1.20 against 1.00 / 1.00; M = 8192
+// 1.40 / 1.48 against 0.99 / 1.17; W4A16 alike). The K tile must divide the group size (the mainloop
+// loads one scale row per K tile): groups 64 and 128 are served, 32 is not.
+template <Tiles T> struct MixedConfig {
+  using Tile = Shape<_128, std::conditional_t<T == Tiles::kLarge, _256, _128>, _64>;
   using Cluster = Shape<_1, _1, _1>;
   using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
   using Epi = cutlass::epilogue::TmaWarpSpecializedCooperative;
 };
 
-template <DType W, DType Out>
+template <DType W, DType Out, Tiles T>
 struct MixedGemm {
-  using Cfg = MixedConfig;
-  using Tile = Cfg::Tile;
+  using Cfg = MixedConfig<T>;
+  using Tile = typename Cfg::Tile;
   using ElementW = typename MixedWeight<W>::type;
   using ElementX = typename CutlassType<Out>::type;  // x and out share a type
   static constexpr bool kChannelScale = W == DType::kI8;
@@ -60,25 +64,25 @@ struct MixedGemm {
   using OpClass = cutlass::arch::OpClassTensorOp;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, OpClass, Tile, Cfg::Cluster, cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-      void, LayoutD, kAlignX,  // no C operand
-      ElementX, LayoutD, kAlignX, Cfg::Epi, Fusion>::CollectiveOp;
+      cutlass::arch::Sm90, OpClass, Tile, typename Cfg::Cluster, cutlass::epilogue::collective::EpilogueTileAuto,
+      float, float, void, LayoutD, kAlignX,  // no C operand
+      ElementX, LayoutD, kAlignX, typename Cfg::Epi, Fusion>::CollectiveOp;
 
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, OpClass,
       typename MixedWeight<W>::Mainloop, cutlass::layout::RowMajor, kAlignW,  // weight (N, K), K contiguous
       ElementX, cutlass::layout::ColumnMajor, kAlignX,                        // tokens (M, K), K contiguous
-      float, Tile, Cfg::Cluster,
+      float, Tile, typename Cfg::Cluster,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      Cfg::Kernel>::CollectiveOp;
+      typename Cfg::Kernel>::CollectiveOp;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue>;
   using Device = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
-template <DType W, DType Out>
-typename MixedGemm<W, Out>::Device::Arguments mixed_arguments(const GemmProblem& p) {
-  using G = MixedGemm<W, Out>;
+template <DType W, DType Out, Tiles T>
+typename MixedGemm<W, Out, T>::Device::Arguments mixed_arguments(const GemmProblem& p) {
+  using G = MixedGemm<W, Out, T>;
   using ElementW = typename G::ElementW;
   using ElementX = typename G::ElementX;
   using StrideA = typename G::Kernel::StrideA;
@@ -114,13 +118,13 @@ typename MixedGemm<W, Out>::Device::Arguments mixed_arguments(const GemmProblem&
 
 // With a raw plan's cache (csrc/sm90/gemm_plan.h), the kernel parameters are kept between runs and
 // only x's and out's addresses patched in (run_kept); otherwise CUTLASS is set up every call.
-template <DType W, DType Out>
+template <DType W, DType Out, Tiles T>
 void run_mixed_gemm(const GemmProblem& p) {
-  using Device = typename MixedGemm<W, Out>::Device;
+  using Device = typename MixedGemm<W, Out, T>::Device;
   if (p.cache != nullptr && p.query == nullptr) {
-    run_kept<Device>(p, false, [&] { return mixed_arguments<W, Out>(p); });
+    run_kept<Device>(p, false, [&] { return mixed_arguments<W, Out, T>(p); });
   } else {
-    run_cutlass<Device>("sm90 mixed-input GEMM", mixed_arguments<W, Out>(p), p);
+    run_cutlass<Device>("sm90 mixed-input GEMM", mixed_arguments<W, Out, T>(p), p);
   }
 }
 

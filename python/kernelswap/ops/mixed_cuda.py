@@ -6,9 +6,9 @@ type in registers inside the mainloop instead of writing a 16-bit copy of it fir
   int4_linear         _C_int4_mm         w = code * scale + zero per group (groups 64 / 128)
 
 A swapped layer runs them through a raw plan (ops/_raw.py: one ctypes call, the CUTLASS kernel
-parameters kept between calls); direct op calls go through _C's ops. Registered after the decode GEMVs (ops/gemv_cuda.py), so those keep the M they serve; from
-MIXED_FROM_M[op] tokens these serve, ahead of the Triton GEMMs, up to where dequantize + cuBLAS
-(the torch backend) is faster (torch_from_m).
+parameters kept between calls); direct op calls go through _C's ops. Registered after the decode GEMVs (ops/gemv_cuda.py), so those keep the M they serve; in the
+measured window MIXED_M[op] these serve, ahead of the Triton GEMMs and dequantize + cuBLAS. bf16
+activations only (the one type instantiated); fp16 and fp32 take the next backend.
 
 int4's scale and zero are (Kp / g, N) fp32 (N contiguous: the mainloop's scale layout), with
 zero = -z * s (-8 * s when symmetric), made once per weight buffer by `prepare` (PreparedWeights)
@@ -29,27 +29,23 @@ from ._prepared import PreparedWeights
 from .backend import Preference, Transient, register
 from .int4 import SYMMETRIC_ZERO
 
-_DTYPES = (torch.bfloat16, torch.float16)
+_DTYPES = (torch.bfloat16,)  # the only x type instantiated (csrc/generate.py): fp16 takes the Triton GEMMs
 GROUPS = (64, 128)  # the mainloop's K tile (64) must divide the group
 
-# The mixed-input GEMM serves MIXED_FROM_M[op] <= M < the torch backend's threshold for the op
-# (int8_triton.W8A16_TORCH_FROM_M, int4_triton.TORCH_FROM_M: dequantize + cuBLAS, faster from there).
-# H200, 2026-12-03, benchmarks/never_slower.py (graph-replayed, time over bf16 nn.Linear's at
-# 4096x14336 / 8192x28672; benchmarks/results/never_slower.md):
-#   M      W8A16 mixed  Triton      torch        W4A16 mixed  Triton      GEMV        torch
-#   32     1.04 / 1.18  0.87 / 0.82              1.05 / 1.17  1.68 / 1.66 1.63 / 1.62
-#   128    0.81 / 0.96  1.19 / 1.36              0.99 / 1.10  1.62 / 1.86
-#   512    1.26 / 1.30  1.33 / 1.44              1.58 / 1.49  1.65 / 1.72             2.11 / 2.47
-#   2048   1.26 / 1.35  1.30 / 1.31 1.85 / 1.84  1.50 / 1.57  1.62 / 1.62             1.22 / 1.34
-#   8192   1.38 / 1.47  1.33 / 1.39 1.21 / 1.21  1.63 / 1.73  1.61 / 1.58             1.04 / 1.11
-# (M = 8: the GEMVs, 0.52-0.70). M between 32 and 128 (W8A16) and between 16 and 32 (W4A16) was not swept.
-MIXED_FROM_M = {"int8_weight_linear": 128, "int4_linear": 32}
-
-
-def torch_from_m(op: str) -> int | None:
-    """From this M on the torch backend's dequantize + cuBLAS serves the op (read per new layout)."""
-    from . import int4_triton, int8_triton
-    return int8_triton.W8A16_TORCH_FROM_M if op == "int8_weight_linear" else int4_triton.TORCH_FROM_M
+# The M window [from, to) each op's mixed-input GEMM serves (to None: every larger M). H200,
+# benchmarks/never_slower.py, graph-replayed, time over bf16 nn.Linear's at 4096x14336 / 8192x28672
+# (benchmarks/results/never_slower_mixed.md); "mixed" is the 128-token tile below M = 512 and the
+# 256-token one from there (csrc/sm90/gemm_mixed.h kMixedLargeFromM; at 128 the 256 tile took
+# 1.41 / 1.59 for W8A16, 1.28 / 1.53 for W4A16, the 128 tile at 512 1.26 / 1.20 and 1.57 / 1.40):
+#   M      W8A16 mixed  Triton       torch         W4A16 mixed  Triton       torch
+#   32     1.04 / 1.18  0.87 / 0.82                1.05 / 1.17  1.68 / 1.66  (GEMV 1.63 / 1.62)
+#   128    0.81 / 0.96  1.19 / 1.36                0.99 / 1.10  1.62 / 1.86
+#   512    1.00 / 1.00  1.33 / 1.44                1.12 / 1.15  1.65 / 1.72  2.11 / 2.47
+#   2048   1.05 / 0.98  1.30 / 1.31  1.85 / 1.84   1.08 / 1.11  1.62 / 1.62  1.22 / 1.34
+#   8192   0.99 / 1.17  1.33 / 1.39  1.21 / 1.21   1.20 / 1.20  1.61 / 1.58  1.04 / 1.11
+# (M = 1-8: the GEMVs, 0.35-0.70.) From 32 to 128 (W8A16), 16 to 32 and 2048 to 8192 (W4A16) was
+# not swept; the 32 / 128 rows and the 512-8192 rows come from two runs (2026-12-03, 11:41 and 12:08).
+MIXED_M = {"int8_weight_linear": (128, None), "int4_linear": (32, 8192)}
 
 
 _SCALES = PreparedWeights("int4 -> mixed-input GEMM scale / zero")
@@ -68,17 +64,17 @@ def _build_reason() -> str | None:
 def _reason(op: str, x: Tensor, k: int, n: int, *tensors: Tensor) -> str | None:
     """The checks both ops share, on x (M, K); the shape rules first (the CPU tests reach them)."""
     if x.dtype not in _DTYPES:
-        return f"x is {x.dtype}; the mixed-input GEMMs take bfloat16 / float16 activations"
+        return f"x is {x.dtype}; the mixed-input GEMMs are built for bfloat16 activations only"
     if k % ALIGN_KN or n % ALIGN_KN:
         return f"K={k} and N={n} must be multiples of {ALIGN_KN} (TMA moves 16-byte rows)"
     if x.device.type != "cuda":
         return "x is not a CUDA tensor"
     why = _build_reason() or gemm_reason(x, k, n, *tensors)
-    m, up = x.shape[0], torch_from_m(op)
-    if why is None and m < MIXED_FROM_M[op]:
-        return Preference(f"M={m} < {MIXED_FROM_M[op]}: the decode GEMV / Triton GEMM is faster here")
-    if why is None and up is not None and m >= up:
-        return Preference(f"M={m} >= {up}: dequantize + cuBLAS (torch backend) is faster here")
+    m, (lo, hi) = x.shape[0], MIXED_M[op]
+    if why is None and m < lo:
+        return Preference(f"M={m} < {lo}: the decode GEMV / Triton GEMM is faster here (MIXED_M)")
+    if why is None and hi is not None and m >= hi:
+        return Preference(f"M={m} >= {hi}: dequantize + cuBLAS (torch backend) is faster here (MIXED_M)")
     return why
 
 
