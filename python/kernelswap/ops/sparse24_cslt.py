@@ -30,15 +30,16 @@ from .backend import Preference, Transient, register
 from .sparse24 import check_meta_valid, decompress_24_ref
 
 # From this many tokens on, the dispatcher prefers cuSPARSELt to our CUTLASS sm_90a 2:4 GEMM
-# (None: never). H200, 2026-12-03 (benchmarks/never_slower.py at fb26ae5, graph-replayed, time
-# over bf16's at 4096x14336 / 8192x28672; benchmarks/results/never_slower.md), this backend with
-# the transposed-view result (FUSED_TRANSPOSE below) against our GEMM:
-#   M = 128: 1.69 / 1.69 against 1.29 / 1.46;   M = 512:  0.69 / 0.72 against 0.83 / 0.75
-#   M = 2048: 0.68 / 0.72 against 0.76 / 0.77;  M = 8192: 0.72 / 0.75 against 0.93 / 1.10
-# (torch's own to_sparse_semi_structured F.linear in the same run: 0.69 / 0.73, 0.74 / 0.72,
-# 0.66 / 0.73). Before FUSED_TRANSPOSE (transpose_result=True) this backend took 0.97 / 0.83 at
-# M = 512 and 1.29 / 1.31 at 2048 (2026-12-01) and served no M. Only the sm_90a GEMM reads this.
-CSLT_FROM_M: int | None = 512
+# (None: never). H200, 2026-12-03 (benchmarks/never_slower.py at 5f6b864, time over bf16's at
+# 4096x14336 / 8192x28672; benchmarks/results/never_slower_mixed.{md,csv}): replayed from a CUDA
+# graph, this backend with the transposed-view result (FUSED_TRANSPOSE below) took 0.69 / 0.71
+# at M = 512, 0.72 / 0.70 at 2048 and 0.67 / 0.71 at 8192, against our GEMM's 0.78 / 0.72, 0.80 /
+# 0.81 and 0.86 / 1.07. But an eager call costs 0.9-2.5 ms (9.8 / 7.4x bf16 at M = 512, 3.0 /
+# 1.6x at 2048; torch's own to_sparse_semi_structured F.linear alike: cuSPARSELt's plan is made
+# on every call), and a Hugging Face Llama's 1,024-token eager prefill with it took 4.55x of bf16
+# (36.8 against 8.1 ms). The dispatcher's choice is per argument layout, not per eager / captured
+# call, so cuSPARSELt serves no M automatically. Only the sm_90a GEMM reads this.
+CSLT_FROM_M: int | None = None
 
 # cuSPARSELt's shape rules for 16-bit operands (torch's SparseSemiStructuredTensorCUSPARSELT
 # constraints): the sparse operand's rows and columns multiples of 16, the dense operand's
