@@ -7,7 +7,7 @@
 //   _C_int4_mm(x, w_packed, scale, zero, bias, group_size)
 //       x (M, K) bf16, w_packed (N, K / 2) uint8 (kernelswap.ops.int4's codes, even k in the
 //       low nibble), scale and zero (K / group_size, N) fp32 with w = code * scale + zero
-//       (kernelswap.ops.int4_cuda.mixed_scales makes them), group_size 64 or 128
+//       (kernelswap.ops.mixed_cuda.mixed_scales makes them), group_size 64 or 128
 //       -> (M, N) x.dtype = x @ w.T + bias[n]
 //
 // Limits, each with its own error: bf16 x (the only type instantiated, csrc/generate.py); an sm_90
@@ -108,7 +108,7 @@ Tensor int4_mm(const Tensor& x, const Tensor& w_packed, const Tensor& scale, con
     check_tensor(op, name, *t, ScalarType::Float, "float32", 2);
     STD_TORCH_CHECK(t->size(0) == K / group_size && t->size(1) == N, op, ": ", name, " must be (K / group_size, N) = (",
                     K / group_size, ", ", N, "), got (", t->size(0), ", ", t->size(1),
-                    "); make it with kernelswap.ops.int4_cuda.mixed_scales");
+                    "); make it with kernelswap.ops.mixed_cuda.mixed_scales");
   }
   sm90::GemmProblem p{};
   p.w = w_packed.const_data_ptr();

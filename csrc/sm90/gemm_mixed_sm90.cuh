@@ -6,10 +6,10 @@
 // csrc/sm90/gemm_sm90.cuh (weight = A, tokens = B; csrc/gemm_args.h): the mixed-input mainloop
 // wants the narrow operand as A anyway.
 //
-//   W8A16 (W = kI8):  out = (x @ w_q.T) * w_scale[n] + bias[n]. int8 -> bf16 / fp16 is exact, so the
+//   W8A16 (W = kI8):  out = (x @ w_q.T) * w_scale[n] + bias[n]. int8 -> bf16 is exact, so the
 //                     products are exact and only the fp32 sums' order differs from the reference.
 //   W4A16 (W = kU4):  out = x @ w.T + bias[n], w = code * scale + zero in fp32 per group along K
-//                     (scale and zero (K / g, N) fp32, zero = -z * s, made by ops/int4_cuda.py),
+//                     (scale and zero (K / g, N) fp32, zero = -z * s, made by ops/mixed_cuda.py),
 //                     then rounded once to x's type: the same value as the reference's dequantized
 //                     weight cast to x's type, bit for bit (each step is exact in fp32).
 #pragma once
