@@ -125,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"csrc/generate.py --check: {len(want)} inst_*.cu files match")
         return 0
-    for path in committed():
+    have = committed()
+    for path in set(have) - set(want):
         os.remove(os.path.join(HERE, path))
     for path, text in want.items():
-        with open(os.path.join(HERE, path), "w") as f:
-            f.write(text)
+        if have.get(path) != text:  # an unchanged file keeps its mtime: a rebuild skips its object
+            with open(os.path.join(HERE, path), "w") as f:
+                f.write(text)
     return 0
 
 

@@ -37,11 +37,14 @@ def test_generate_check_reports_edited_missing_and_extra_files(tmp_path):
     assert "+++ b/csrc/sm80/inst_sparse24_fp16_large.cu" in r.stdout
     assert "--- a/csrc/sm80/inst_stale.cu" in r.stdout
     assert "run python csrc/generate.py" in r.stderr
-    # --check wrote nothing; a plain run repairs the folder
+    # --check wrote nothing; a plain run repairs the folder and leaves the files it would not change alone
     assert (csrc / "sm80" / "inst_stale.cu").exists()
+    untouched = csrc / "sm90" / "inst_int8_fp16_large.cu"
+    os.utime(untouched, (1_000_000_000, 1_000_000_000))
     subprocess.run([sys.executable, script], check=True, timeout=60)
     assert _check(script).returncode == 0
     assert not (csrc / "sm80" / "inst_stale.cu").exists()
+    assert untouched.stat().st_mtime == 1_000_000_000, "an unchanged file was rewritten (its object would rebuild)"
 
 
 def test_version_is_written_once():
