@@ -24,6 +24,13 @@ inline void check_tensor(const char* op, const char* name, const Tensor& t, Scal
                   " must be 16-byte aligned (TMA / vector loads); pass a fresh tensor, not an offset view");
 }
 
+// The sm_90a GEMMs' K and N: TMA moves 16-byte rows of x and w (K) and of out (N).
+inline void check_kn(const char* op, int64_t K, int64_t N) {
+  STD_TORCH_CHECK(K % 16 == 0 && K > 0, op, ": K must be a positive multiple of 16 (TMA moves 16-byte rows), got K=", K);
+  STD_TORCH_CHECK(N % 16 == 0 && N > 0, op, ": N must be a positive multiple of 16 (TMA stores 16-byte rows), got N=", N);
+  STD_TORCH_CHECK(K < (1LL << 31) && N < (1LL << 31), op, ": K and N must be below 2^31");
+}
+
 // An fp32 vector of n elements (scales, bias).
 inline void check_vector(const char* op, const char* name, const Tensor& t, int64_t n) {
   check_tensor(op, name, t, ScalarType::Float, "float32", 1);

@@ -35,12 +35,6 @@ namespace {
 using sm90::DType;
 using sm90::Tiles;
 
-void check_kn(const char* op, int64_t K, int64_t N) {
-  STD_TORCH_CHECK(K % 16 == 0 && K > 0, op, ": K must be a positive multiple of 16 (TMA moves 16-byte rows), got K=", K);
-  STD_TORCH_CHECK(N % 16 == 0 && N > 0, op, ": N must be a positive multiple of 16 (TMA stores 16-byte rows), got N=", N);
-  STD_TORCH_CHECK(K < (1LL << 31) && N < (1LL << 31), op, ": K and N must be below 2^31");
-}
-
 // The GEMMs are sm_90a code: refused on any other GPU, and by a build without 9.0a.
 constexpr GpuNeed kSm90a{"the sm_90a GEMMs", "9.0a", 90, 90, "an sm_90 (Hopper) GPU"};
 

@@ -41,9 +41,8 @@ DType check_x(const char* op, const Tensor& x, int64_t N, const std::optional<Te
                   "layers take the Triton GEMMs)");
   check_tensor(op, "x", x, dt, "bfloat16", 2);
   const int64_t M = x.size(0), K = x.size(1);
-  STD_TORCH_CHECK(K % 16 == 0 && K > 0, op, ": K must be a positive multiple of 16 (TMA moves 16-byte rows), got K=", K);
-  STD_TORCH_CHECK(N % 16 == 0 && N > 0, op, ": N must be a positive multiple of 16 (TMA stores 16-byte rows), got N=", N);
-  STD_TORCH_CHECK(M < (1LL << 31) && K < (1LL << 31) && N < (1LL << 31), op, ": M, N and K must be below 2^31");
+  check_kn(op, K, N);
+  STD_TORCH_CHECK(M < (1LL << 31), op, ": M must be below 2^31");
   if (bias.has_value()) check_vector(op, "bias", *bias, N);
   return DType::kBF16;
 }
