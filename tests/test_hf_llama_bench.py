@@ -24,6 +24,7 @@ def test_tiny_llama_runs_every_variant(tmp_path, reference_backend):
                                                 "kernelswap sparse24-int8"]
     for r in compiled:
         assert "error" not in r and r["L2_ms_per_step"] > 0, f"{r['variant']}: {r.get('error')}"
+        assert r["L2_pipelined_ms_per_step"] > 0
     names = [r["variant"] for r in rows]
     assert names[:6] == ["bf16"] + [f"kernelswap {r}" for r in hf_llama.RECIPES]
     for r in rows:
@@ -46,3 +47,17 @@ def test_tiny_llama_runs_every_variant(tmp_path, reference_backend):
     assert "kernelswap int4" in (tmp_path / "hf_llama.md").read_text()
     assert "L1 of each round" in (tmp_path / "hf_llama.md").read_text()
     assert os.path.getsize(tmp_path / "hf_llama.png") > 0
+
+
+@pytest.mark.model
+def test_lm_head_option_swaps_the_head_in_its_variants(reference_backend):
+    import kernelswap as ks
+
+    base = hf_llama.build_model(1, hf_llama.TINY, "cpu", hf_llama.torch.bfloat16)
+    built = dict(hf_llama.variants(base, "both"))
+    ours = [n for n in built if n.startswith("kernelswap")]
+    assert ours == [f"kernelswap {r}" for r in hf_llama.RECIPES] + [f"kernelswap {r} +lm_head" for r in hf_llama.RECIPES]
+    kept, swapped = built["kernelswap int8"](), built["kernelswap int8 +lm_head"]()
+    assert isinstance(kept.lm_head, hf_llama.nn.Linear)
+    assert isinstance(swapped.lm_head, ks.nn.Int8Linear)
+    assert [n for n, _ in hf_llama.variants(base, "keep")] == [n for n in built if not n.endswith("+lm_head")]

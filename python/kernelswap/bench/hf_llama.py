@@ -11,7 +11,10 @@ weight-only configs when torchao is importable, all in one run:
       timed in `--rounds` interleaved rounds over all variants (see `run`);
   L2  one decode step with a StaticCache under torch.compile(mode="reduce-overhead",
       fullgraph=True): ms per step (CUDA graphs; torch.compiler.cudagraph_mark_step_begin()
-      between steps);
+      between steps), each step waited for (as generate() does, to test for a stop token); and
+      "L2 pipelined": the same steps issued back to back with one wait at the end, so the host's
+      work for a step (the graph tree's launch, the next token's argmax) overlaps the GPU's
+      previous one: ms per step as the GPU runs them, host time hidden where it is the smaller;
   L3  prefill of `--prefill` tokens, eager: ms;
 plus the last-position logits' cosine and top-1 agreement against bf16 on the same prompt,
 and the bytes of weights on the device (with the layouts kernelswap layers prepared). Every
@@ -19,6 +22,9 @@ variant is built once and kept on the device; its eager measures are taken befor
 is compiled. A variant that fails is recorded with its error,
 never dropped. `--tiny` runs a small config of the same model through the same code (the
 CPU test does; its timings say nothing about GPU speed).
+The lm_head (a 128256 x 4096 layer: over a third of the bytes a step reads at 4 layers) stays
+bf16 in every variant by default; `--lm-head swap` swaps it too
+(kernelswap and torchao alike; names end in " +lm_head") and `--lm-head both` runs both sets.
 Writes hf_llama.csv, hf_llama.md and hf_llama.png into --out.
 """
 from __future__ import annotations
@@ -53,32 +59,41 @@ def build_model(layers: int, shape: dict, device: str, dtype: torch.dtype, seed:
     return model.to(dtype).eval()
 
 
-def variants(base: nn.Module) -> list[tuple[str, Callable[[], nn.Module]]]:
-    """(name, build) for bf16, each kernelswap recipe and the torchao peers that import."""
+LM_HEAD = ("keep", "swap", "both")
+
+
+def variants(base: nn.Module, lm_head: str = "keep") -> list[tuple[str, Callable[[], nn.Module]]]:
+    """(name, build) for bf16, each kernelswap recipe and the torchao peers that import; lm_head
+    "keep" leaves the lm_head bf16, "swap" swaps it too (names end in " +lm_head"), "both" gives
+    both sets."""
     import kernelswap as ks
 
-    def ours(recipe):
+    heads = {"keep": (False,), "swap": (True,), "both": (False, True)}[lm_head]
+    tag = {False: "", True: " +lm_head"}
+
+    def ours(recipe, head):
         def build():
             m = copy.deepcopy(base)
-            ks.swap(m, recipe, filter=lambda name, mod: name != "lm_head")
+            ks.swap(m, recipe, filter=lambda name, mod: head or name != "lm_head")
             return m
         return build
 
-    out = [("bf16", lambda: base)] + [(f"kernelswap {r}", ours(r)) for r in RECIPES]
+    out = [("bf16", lambda: base)] + [(f"kernelswap {r}{tag[h]}", ours(r, h)) for h in heads for r in RECIPES]
     try:
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
     except Exception:  # noqa: BLE001 - the peer is optional
         return out
 
-    def ao(config):
+    def ao(config, head):
         def build():
             m = copy.deepcopy(base)
-            quantize_(m, config, filter_fn=lambda mod, fqn: isinstance(mod, nn.Linear) and fqn != "lm_head")
+            quantize_(m, config, filter_fn=lambda mod, fqn: isinstance(mod, nn.Linear) and (head or fqn != "lm_head"))
             return m
         return build
 
-    return out + [("torchao int4 wo", ao(Int4WeightOnlyConfig(group_size=128))),
-                  ("torchao int8 wo", ao(Int8WeightOnlyConfig()))]
+    return out + [(f"torchao {name}{tag[h]}", ao(config(), h)) for h in heads
+                  for name, config in (("int4 wo", lambda: Int4WeightOnlyConfig(group_size=128)),
+                                       ("int8 wo", Int8WeightOnlyConfig))]
 
 
 def _sync(device: str) -> None:
@@ -165,9 +180,10 @@ def l2_stepper(model, ids, steps: int, device: str, compile_mode: str | None) ->
     return advance
 
 
-def l2_static_compiled_step_ms(model, ids, steps: int, device: str, compile_mode: str | None) -> float:
-    """Median wall time of a decode step of l2_stepper, after 3 warm-up steps."""
-    advance = l2_stepper(model, ids, steps + 3, device, compile_mode)
+def l2_static_compiled_step_ms(model, ids, steps: int, device: str, compile_mode: str | None) -> tuple[float, float]:
+    """(median wall time of a decode step of l2_stepper, each step waited for; wall time per step of
+    `steps` steps issued back to back, one wait at the end), after 3 warm-up steps."""
+    advance = l2_stepper(model, ids, 2 * steps + 3, device, compile_mode)
     times = []
     for i in range(3 + steps):
         _sync(device)
@@ -176,7 +192,11 @@ def l2_static_compiled_step_ms(model, ids, steps: int, device: str, compile_mode
         _sync(device)
         if i >= 3:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        advance()
+    _sync(device)
+    return statistics.median(times) * 1e3, (time.perf_counter() - t0) / steps * 1e3
 
 
 def l3_prefill_ms(model, tokens: int, vocab: int, device: str, reps: int) -> float:
@@ -236,7 +256,7 @@ def _first_look(row: dict, model, ids, ref: dict) -> None:
 def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, steps: int, reps: int,
         log: Callable[[str], None] = print, measures: tuple[str, ...] = ("L1", "L2", "L3"),
         only: tuple[str, ...] = (), profile_to: str = "", rounds: int = 5,
-        checkpoint: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        checkpoint: Callable[[list[dict]], None] | None = None, lm_head: str = "keep") -> list[dict]:
     """Every variant is built once and kept on the device. Its eager measures (L1, L3) are taken
     before any variant is compiled (L2), so no eager figure, the baseline's included, comes from a
     process that has already compiled.
@@ -252,7 +272,7 @@ def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, st
     checkpoint = checkpoint or (lambda rows: None)
     base = build_model(layers, shape, device, torch.bfloat16)
     ids = torch.randint(0, shape["vocab_size"], (1, PROMPT), device=device)
-    chosen = [(n, b) for n, b in variants(base) if not only or n == "bf16" or any(o in n for o in only)]
+    chosen = [(n, b) for n, b in variants(base, lm_head) if not only or n == "bf16" or any(o in n for o in only)]
     dev = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     rows = [{"variant": n, "layers": layers, "device": dev} for n, _ in chosen]
     models: dict[str, nn.Module] = {}
@@ -288,15 +308,18 @@ def run(layers: int, shape: dict, device: str, new_tokens: int, prefill: int, st
     if "L2" in measures:
         mode = "reduce-overhead" if device == "cuda" else None
         for row, model in live:
-            _guarded(row, lambda row=row, model=model: row.__setitem__(
-                "L2_ms_per_step", l2_static_compiled_step_ms(model, ids, steps, device, mode)))
+            def l2(row=row, model=model):
+                row["L2_ms_per_step"], row["L2_pipelined_ms_per_step"] = l2_static_compiled_step_ms(
+                    model, ids, steps, device, mode)
+            _guarded(row, l2)
             checkpoint(rows)
     for row in rows:
         log("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return rows
 
 
-COLUMNS = ("variant", "layers", "device", "L1_ms_per_token", "L2_ms_per_step", "L3_prefill_ms", "cosine_vs_bf16",
+COLUMNS = ("variant", "layers", "device", "L1_ms_per_token", "L2_ms_per_step", "L2_pipelined_ms_per_step",
+           "L3_prefill_ms", "cosine_vs_bf16",
            "top1_agrees", "weight_bytes", "L1_rounds_ms", "error")
 
 
@@ -318,10 +341,11 @@ def write(rows: list[dict], out: str, header: str) -> None:
             return "-"
         return f"{r[k]:.3f} ({r[k] / base[k]:.2f}x)"
 
-    lines = [header, "", "| variant | L1 eager generate, ms/token | L2 static + compile, ms/step | L3 prefill, ms | "
-             "cosine vs bf16 | top-1 | weights GB | error |", "|---|---|---|---|---|---|---|---|"]
+    lines = [header, "", "| variant | L1 eager generate, ms/token | L2 static + compile, ms/step | L2 pipelined, ms/step | "
+             "L3 prefill, ms | cosine vs bf16 | top-1 | weights GB | error |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {ratio(r, 'L1_ms_per_token')} | {ratio(r, 'L2_ms_per_step')} | "
+                     f"{ratio(r, 'L2_pipelined_ms_per_step')} | "
                      f"{ratio(r, 'L3_prefill_ms')} | {r.get('cosine_vs_bf16', float('nan')):.4f} | "
                      f"{r.get('top1_agrees', '-')} | {r.get('weight_bytes', 0) / 1e9:.2f} | {r.get('error', '')} |")
     rounds = [f"{r['variant']} {_cell(r['L1_rounds_ms'])}" for r in rows if len(r.get("L1_rounds_ms", [])) > 1]
@@ -335,8 +359,8 @@ def write(rows: list[dict], out: str, header: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    keys = ("L1_ms_per_token", "L2_ms_per_step", "L3_prefill_ms")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    keys = ("L1_ms_per_token", "L2_ms_per_step", "L2_pipelined_ms_per_step", "L3_prefill_ms")
+    fig, axes = plt.subplots(1, len(keys), figsize=(20, 4))
     for ax, k in zip(axes, keys):
         names = [r["variant"] for r in rows if k in r and base.get(k)]
         vals = [r[k] / base[k] for r in rows if k in r and base.get(k)]
@@ -360,6 +384,8 @@ def main() -> None:
     ap.add_argument("--measures", default="L1,L2,L3", help="which of L1, L2, L3 to time")
     ap.add_argument("--variants", default="", help="comma-separated substrings: only these variants (and bf16)")
     ap.add_argument("--profile", default="", help="append a cProfile of one generate() per variant to this file")
+    ap.add_argument("--lm-head", choices=LM_HEAD, default="keep",
+                    help="keep the lm_head bf16 (default), swap it too, or run both sets of variants")
     ap.add_argument("--tiny", action="store_true", help="a small config of the same model (CPU smoke run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
@@ -370,7 +396,8 @@ def main() -> None:
               f"bf16, {dev}, torch {torch.__version__}, kernelswap {kernelswap.__version__}")
     rows = run(a.layers, shape, a.device, a.new_tokens, a.prefill, a.steps, a.reps,
                measures=tuple(a.measures.split(",")), only=tuple(v for v in a.variants.split(",") if v),
-               profile_to=a.profile, rounds=a.rounds, checkpoint=lambda rows: write(rows, a.out, header))
+               profile_to=a.profile, rounds=a.rounds, checkpoint=lambda rows: write(rows, a.out, header),
+               lm_head=a.lm_head)
     write(rows, a.out, header)
     print(open(os.path.join(a.out, "hf_llama.md")).read())
 
