@@ -41,3 +41,20 @@ def test_info_words_the_argument_error_behaviour(monkeypatch, headers, line):
     got = info.collect()
     assert "_C errors" not in got
     assert got["_C argument errors"].startswith(line), got["_C argument errors"]
+
+
+def test_info_says_where_the_dispatch_thresholds_were_measured(capsys):
+    # Every threshold named resolves to the live constant; on a GPU other than sm_90 the status says
+    # they were not measured there (issue: sm_80 / sm_89 builds).
+    from kernelswap.ops import gemv_cuda, mixed_cuda
+
+    got = dict(info.thresholds())
+    assert len(got) == len(info.THRESHOLDS)
+    assert got["kernelswap.ops.gemv_cuda.GEMV_UP_TO_M"] is gemv_cuda.GEMV_UP_TO_M
+    assert got["kernelswap.ops.mixed_cuda.MIXED_M"] is mixed_cuda.MIXED_M
+    assert info.thresholds_status((9, 0)) == "measured on sm_90 (H100 / H200) only"
+    for cap in ((8, 0), (8, 9)):
+        assert f"NOT measured on this GPU (sm_{cap[0]}{cap[1]})" in info.thresholds_status(cap)
+    assert info.main([]) == 0
+    out = capsys.readouterr().out
+    assert "M thresholds" in out and "kernelswap.ops.int8_triton.W8A16_TORCH_FROM_M = " in out

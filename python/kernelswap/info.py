@@ -41,7 +41,35 @@ def collect() -> dict:
     forced = backend.forced_backend()
     info["forced backend"] = forced or "none (automatic)"
     info["FP8 GEMMs"] = _fp8_status()
+    info["M thresholds"] = thresholds_status(torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None)
     return info
+
+
+# The dispatcher's M (and weight-size) thresholds, (module in kernelswap.ops, name): each was read
+# off benchmarks run on sm_90 GPUs only (H100, H200; the comment beside each names the run).
+THRESHOLDS = (("gemv_cuda", "GEMV_UP_TO_M"), ("mixed_cuda", "MIXED_M"), ("int8_cuda", "INT8_TRITON_UP_TO_M"),
+              ("int8_cuda", "INT8_TRITON_FROM_NK"), ("sparse24_cuda", "SPARSE24_TRITON_UP_TO_M"),
+              ("int8_triton", "W8A16_TORCH_FROM_M"), ("int4_triton", "TORCH_FROM_M"),
+              ("sparse24_cslt", "CSLT_FROM_M"))
+MEASURED_ON = (9, 0)
+
+
+def thresholds() -> list[tuple[str, object]]:
+    """(kernelswap.ops.<module>.<name>, its value) for every entry of THRESHOLDS."""
+    import importlib
+
+    return [(f"kernelswap.ops.{mod}.{name}", getattr(importlib.import_module(f"kernelswap.ops.{mod}"), name))
+            for mod, name in THRESHOLDS]
+
+
+def thresholds_status(capability: tuple[int, int] | None) -> str:
+    """Whether the dispatcher's thresholds were measured on a GPU of this compute capability."""
+    base = "measured on sm_90 (H100 / H200) only"
+    if capability is None or tuple(capability) == MEASURED_ON:
+        return base
+    return (f"{base}; NOT measured on this GPU (sm_{capability[0]}{capability[1]}): the dispatcher applies "
+            f"them as they are, so a choice near one may not be the fastest here (time it: "
+            f"benchmarks/never_slower.py)")
 
 
 def _fp8_status() -> str:
@@ -70,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nops (backends that can serve them here, first choice first; shape rules may skip one):")
     for op, dev, backends in op_table():
         print(f"  {op:<24} {dev:<5} {backends}")
+    print("\nthe dispatcher's thresholds (see 'M thresholds' above):")
+    for name, value in thresholds():
+        print(f"  {name} = {value}")
     return 0
 
 
