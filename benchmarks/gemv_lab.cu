@@ -1,7 +1,7 @@
 // Standalone timing harness of the decode GEMV kernels (csrc/gemv), no torch: for tuning the
 // kernel itself, and for ncu / compute-sanitizer runs on one kernel at a time.
 //
-//   nvcc -O3 -arch=sm_90a -std=c++17 --expt-relaxed-constexpr -Icsrc -lcublas -o gemv_lab benchmarks/gemv_lab.cu
+//   nvcc -O3 -arch=sm_90a -std=c++17 --expt-relaxed-constexpr -Icsrc -Ibenchmarks -lcublas -o gemv_lab benchmarks/gemv_lab.cu
 //   ./gemv_lab [format M K N [splits]]     format: int4g128 int4g32 w8a16 w8a8 w8a16r w8a8r bf16
 //                                          (w8a16r / w8a8r: the int8 formats on the (N, K) weight)
 //
@@ -10,9 +10,6 @@
 // Weights are random bytes (any int4 / int8 code is valid), scales small and finite; each launch
 // reads a different copy of the weights (copies together > 4x the L2), so nothing is served
 // from L2. Results are timings only: correctness is the tests' job (tests/test_gemv_cuda.py).
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,71 +17,12 @@
 #include <vector>
 
 #include "gemv/gemv_kernel.cuh"
+#include "lab_common.cuh"
 
 using namespace kernelswap::gemv;
-
-#define CK(x)                                                                        \
-  do {                                                                               \
-    cudaError_t e_ = (x);                                                            \
-    if (e_ != cudaSuccess) {                                                         \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
+using namespace lab;
 
 namespace {
-
-constexpr int64_t kRotateBytes = 4LL * 60 * 1024 * 1024;
-
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-__global__ void fill_bytes(uint8_t* p, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t v = uint32_t(i) * 2654435761u ^ seed;
-    v ^= v >> 13;
-    v *= 0x5bd1e995u;
-    p[i] = uint8_t(v >> 17);
-  }
-}
-
-// fp16 / bf16 values in [-1/64, 1/64): bit patterns written from a hash.
-__global__ void fill_small(uint16_t* p, int64_t n, uint32_t seed, bool bf16) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t v = uint32_t(i) * 2246822519u ^ seed;
-    v ^= v >> 15;
-    const float f = (float(v & 0xFFFF) / 65536.f - 0.5f) / 32.f;
-    p[i] = bf16 ? __bfloat16_as_ushort(__float2bfloat16(f)) : __half_as_ushort(__float2half(f));
-  }
-}
-
-// us a call of launch(i), i = 0, 1, ...: 2 * copies calls to warm up, then 20 * copies timed
-// back to back between two events (each call reads the next of `copies` weight copies).
-template <class Launch>
-float time_launches(const Launch& launch, int copies) {
-  for (int i = 0; i < 2 * copies; ++i) launch(i);
-  CK(cudaGetLastError());
-  CK(cudaDeviceSynchronize());
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  const int reps = 20 * copies;
-  CK(cudaEventRecord(e0));
-  for (int i = 0; i < reps; ++i) launch(i);
-  CK(cudaEventRecord(e1));
-  CK(cudaEventSynchronize(e1));
-  float ms = 0.f;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
-  CK(cudaEventDestroy(e0));
-  CK(cudaEventDestroy(e1));
-  return ms * 1e3f / reps;
-}
-
-template <class T>
-T* dev_alloc(int64_t count) {
-  T* p = nullptr;
-  CK(cudaMalloc(&p, std::max<int64_t>(count, 1) * sizeof(T)));
-  return p;
-}
 
 struct Weights {
   uint4* w;
@@ -193,27 +131,8 @@ float run_fmt(const Case& c, int lb, int gb, bool z, int sms, float* gbps) {
 }
 
 float time_cublas(cublasHandle_t h, const Case& c, float* gbps) {
-  const int64_t wb = c.N * c.K * 2;
-  const int copies = int(std::max<int64_t>(2, std::min<int64_t>(16, cdiv(kRotateBytes, wb))));
-  std::vector<uint16_t*> w(copies);
-  for (auto& p : w) {
-    p = dev_alloc<uint16_t>(c.N * c.K);
-    fill_small<<<1024, 256>>>(p, c.N * c.K, 7u, true);
-  }
-  auto* x = dev_alloc<uint16_t>(c.M * c.K);
-  fill_small<<<256, 256>>>(x, c.M * c.K, 11u, true);
-  auto* y = dev_alloc<uint16_t>(c.M * c.N);
-  const float one = 1.f, zero = 0.f;
-  // y^T (N x M, column-major) = W (K x N column-major, i.e. row-major N x K)^T x^T
-  auto launch = [&](int i) {
-    cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(c.N), c.M, int(c.K), &one, w[i % copies], CUDA_R_16BF, int(c.K), x,
-                 CUDA_R_16BF, int(c.K), &zero, y, CUDA_R_16BF, int(c.N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  };
-  const float us = time_launches(launch, copies);
-  *gbps = float(wb) / (us * 1e-6f) / 1e9f;
-  for (auto p : w) cudaFree(p);
-  cudaFree(x);
-  cudaFree(y);
+  const float us = time_cublas_bf16(h, c.M, c.K, c.N);
+  *gbps = float(c.N * c.K * 2) / (us * 1e-6f) / 1e9f;
   return us;
 }
 

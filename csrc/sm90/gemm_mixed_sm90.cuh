@@ -50,9 +50,10 @@ template <Tiles T> struct MixedConfig {
   using Epi = cutlass::epilogue::TmaWarpSpecializedCooperative;
 };
 
-template <DType W, DType Out, Tiles T>
-struct MixedGemm {
-  using Cfg = MixedConfig<T>;
+// The mixed-input GEMM for a tile config Cfg (as MixedConfig; benchmarks/gemm_lab.cu times others).
+template <DType W, DType Out, class C>
+struct MixedGemmOf {
+  using Cfg = C;
   using Tile = typename Cfg::Tile;
   using ElementW = typename MixedWeight<W>::type;
   using ElementX = typename CutlassType<Out>::type;  // x and out share a type
@@ -79,10 +80,11 @@ struct MixedGemm {
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue>;
   using Device = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
-
 template <DType W, DType Out, Tiles T>
-typename MixedGemm<W, Out, T>::Device::Arguments mixed_arguments(const GemmProblem& p) {
-  using G = MixedGemm<W, Out, T>;
+using MixedGemm = MixedGemmOf<W, Out, MixedConfig<T>>;
+
+template <class G>
+typename G::Device::Arguments mixed_arguments(const GemmProblem& p) {
   using ElementW = typename G::ElementW;
   using ElementX = typename G::ElementX;
   using StrideA = typename G::Kernel::StrideA;
@@ -120,11 +122,12 @@ typename MixedGemm<W, Out, T>::Device::Arguments mixed_arguments(const GemmProbl
 // only x's and out's addresses patched in (run_kept); otherwise CUTLASS is set up every call.
 template <DType W, DType Out, Tiles T>
 void run_mixed_gemm(const GemmProblem& p) {
-  using Device = typename MixedGemm<W, Out, T>::Device;
+  using G = MixedGemm<W, Out, T>;
+  using Device = typename G::Device;
   if (p.cache != nullptr && p.query == nullptr) {
-    run_kept<Device>(p, false, [&] { return mixed_arguments<W, Out, T>(p); });
+    run_kept<Device>(p, false, [&] { return mixed_arguments<G>(p); });
   } else {
-    run_cutlass<Device>("sm90 mixed-input GEMM", mixed_arguments<W, Out, T>(p), p);
+    run_cutlass<Device>("sm90 mixed-input GEMM", mixed_arguments<G>(p), p);
   }
 }
 
