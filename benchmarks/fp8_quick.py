@@ -8,8 +8,10 @@ Providers, each end to end on bf16 activations with a bias:
   bf16            F.linear (cuBLAS), the layer being replaced
   ours-fp8        kernelswap.ops.fp8_linear, cuda backend forced: per-token e4m3 quantize kernel
                   + CUTLASS e4m3 GEMM with the scales and bias in its epilogue
+  ours-fp8-fast   ours-fp8 with fast_accum=True (FP8 fast accumulation from M = 65)
   ours-2:4-fp8    kernelswap.ops.sparse24_fp8_linear (the same on a 2:4-pruned weight)
   scaled_mm       eager per-token e4m3 quantization + torch._scaled_mm row-wise (cuBLASLt), bias fused
+  scaled_mm-fast  the same with use_fast_accum=True
   scaled_mm-compiled  the same function under torch.compile (quantization fused by Inductor)
   torchao-float8  torchao Float8DynamicActivationFloat8WeightConfig(PerRow) under torch.compile, if importable
 Each provider cycles through enough weight copies that they cannot sit in L2; time is
@@ -83,8 +85,10 @@ def weight_sets(k: int, n: int, dtype):
         return w_q, w_s[None, :].contiguous(), b32().to(dtype)
 
     makers = {"bf16": (F.linear, dense), "ours-fp8": (kernelswap.ops.fp8_linear, fp8),
+              "ours-fp8-fast": (lambda x, w, s, b: kernelswap.ops.fp8_linear(x, w, s, b, True), fp8),
               "ours-2:4-fp8": (kernelswap.ops.sparse24_fp8_linear, sparse_fp8),
-              "scaled_mm": (scaled_mm_linear, scaled)}
+              "scaled_mm": (scaled_mm_linear, scaled),
+              "scaled_mm-fast": (lambda x, w, s, b: scaled_mm_linear(x, w, s, b, True), scaled)}
     out = {}
     for name, (fn, make) in makers.items():
         first = make()

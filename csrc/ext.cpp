@@ -39,7 +39,7 @@ void set_error(const char* what) { last_error = what; }
 // What every family of raw entry points shares (csrc/raw_entry.h).
 extern "C" {
 // The version of the raw entry points' C signatures; python/kernelswap/ops/_raw.py checks it.
-int kernelswap_raw_version() { return 1; }
+int kernelswap_raw_version() { return 2; }  // 2: kernelswap_gemm_plan kind 5 (fp8, fast accumulation)
 // The message of this thread's last failed raw call.
 const char* kernelswap_raw_error() { return kernelswap::raw::last_error.c_str(); }
 // Frees any plan (kernelswap_gemv_plan, kernelswap_gemm_plan).
@@ -57,7 +57,8 @@ STABLE_TORCH_LIBRARY_FRAGMENT(kernelswap, m) {
   m.def("_C_sparse24_int8_mm(Tensor x, Tensor x_scale, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias, "
         "ScalarType out_dtype) -> Tensor");
   // The same two on float8_e4m3fn inputs (sm_90a, bfloat16 out).
-  m.def("_C_fp8_mm(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor? bias, ScalarType out_dtype) -> Tensor");
+  m.def("_C_fp8_mm(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor? bias, ScalarType out_dtype, "
+        "bool fast_accum=False) -> Tensor");
   m.def("_C_sparse24_fp8_mm(Tensor x, Tensor x_scale, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias, "
         "ScalarType out_dtype) -> Tensor");
   // sm_90a mixed-input GEMMs of the weight-only layers (csrc/sm90_mixed_ops.cu), x bf16 / fp16.

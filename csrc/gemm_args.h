@@ -22,8 +22,10 @@ namespace kernelswap {
 // two a byte, even k in the low nibble) is a weight of the mixed-input GEMM only.
 enum class DType { kBF16, kFP16, kI8, kE4M3, kU4 };
 // kSmall: tiles for M <= kSmallM tokens, where the weight read dominates and big tiles
-// would leave SMs idle; kLarge: the big tiles (each arch's header says which).
-enum class Tiles { kSmall, kLarge };
+// would leave SMs idle; kLarge: the big tiles (each arch's header says which);
+// kLargeFastAccum: dense e4m3 on sm_90a only, kLarge's place with FP8 fast accumulation
+// (GemmProblem::fast_accum).
+enum class Tiles { kSmall, kLarge, kLargeFastAccum };
 constexpr int64_t kSmallM = 64;
 
 // Where a launch's scratch memory comes from: alloc(ctx, bytes) returns at least `bytes` bytes on the
@@ -64,6 +66,9 @@ struct GemmProblem {
   const void* group_scale = nullptr;
   const void* group_zero = nullptr;
   int group_size = 0;
+  // Dense e4m3 at M > kSmallM: accumulate all of K in the tensor cores, without the promotion into
+  // fp32 registers every 128 K (csrc/sm90/gemm_sm90.cuh, Tiles::kLargeFastAccum).
+  bool fast_accum = false;
 };
 
 }  // namespace kernelswap

@@ -9,7 +9,8 @@
 //   _C_sparse24_int8_mm(x, x_scale, values, meta, w_scale, bias, out_dtype)
 //       the int8 epilogue of _C_int8_mm over a 2:4 sparse int8 weight
 //   _C_fp8_mm, _C_sparse24_fp8_mm: the same two with float8_e4m3fn x and w / values (fp32
-//       accumulation, see csrc/sm90/gemm_sm90.cuh), out_dtype bfloat16 only
+//       accumulation, see csrc/sm90/gemm_sm90.cuh), out_dtype bfloat16 only; _C_fp8_mm's
+//       fast_accum: at M > 64, FP8 fast accumulation (Tiles::kLargeFastAccum)
 //
 // Limits, each with its own error: an sm_90 GPU and a build with 9.0a; K and N multiples
 // of 16 (TMA moves 16-byte aligned rows: K 8-bit / bf16 elements per row of x and w, N
@@ -74,6 +75,9 @@ void launch(DType out, sm90::GemmProblem& p) {
             : sm90::run_gemm<Sparse, In, DType::kFP16, Tiles::kLarge>(p);
     }
   } else if constexpr (In == DType::kE4M3) {  // bf16 out only (csrc/generate.py); fp8_out_type checked it
+    if constexpr (!Sparse) {
+      if (!small && p.fast_accum) return sm90::run_gemm<false, In, DType::kBF16, Tiles::kLargeFastAccum>(p);
+    }
     small ? sm90::run_gemm<Sparse, In, DType::kBF16, Tiles::kSmall>(p)
           : sm90::run_gemm<Sparse, In, DType::kBF16, Tiles::kLarge>(p);
   } else {
@@ -128,7 +132,7 @@ template <DType In> DType scaled_out_type(const char* op, ScalarType dt) {
 // _C_int8_mm / _C_fp8_mm: dense 8-bit x and w, the scaled epilogue.
 template <DType In>
 Tensor scaled_mm(const char* op, const Tensor& x, const Tensor& x_scale, const Tensor& w, const Tensor& w_scale,
-                 const std::optional<Tensor>& bias, ScalarType out_dtype) {
+                 const std::optional<Tensor>& bias, ScalarType out_dtype, bool fast_accum = false) {
   using T = Input8<In>;
   check_tensor(op, "x", x, T::kType, T::kName, 2);
   check_tensor(op, "w", w, T::kType, T::kName, 2);
@@ -141,6 +145,7 @@ Tensor scaled_mm(const char* op, const Tensor& x, const Tensor& x_scale, const T
   TorchWorkspace ws{&x, std::nullopt};
   auto p = problem(op, x, w.const_data_ptr(), nullptr, &x_scale, &w_scale, bias, y, ws);
   if (!p) return y;
+  p->fast_accum = fast_accum;
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());  // CUTLASS launches on the current device
   launch<false, In>(out, *p);
   return y;
@@ -174,8 +179,8 @@ Tensor int8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Te
 }
 
 Tensor fp8_mm(const Tensor& x, const Tensor& x_scale, const Tensor& w, const Tensor& w_scale,
-              const std::optional<Tensor>& bias, ScalarType out_dtype) {
-  return scaled_mm<DType::kE4M3>("_C_fp8_mm", x, x_scale, w, w_scale, bias, out_dtype);
+              const std::optional<Tensor>& bias, ScalarType out_dtype, bool fast_accum) {
+  return scaled_mm<DType::kE4M3>("_C_fp8_mm", x, x_scale, w, w_scale, bias, out_dtype, fast_accum);
 }
 
 Tensor sparse24_mm(const Tensor& x, const Tensor& values, const Tensor& meta, const std::optional<Tensor>& bias) {
@@ -217,7 +222,8 @@ namespace kernelswap {
 namespace {
 
 // The layers' GEMMs by number, as kernelswap_gemm_plan takes them; the 8-bit ones quantize x per token first.
-enum Kind { kInt8Linear = 0, kFp8Linear = 1, kSparse24 = 2, kSparse24Int8 = 3, kSparse24Fp8 = 4 };
+// kFp8LinearFast: kFp8Linear with GemmProblem::fast_accum.
+enum Kind { kInt8Linear = 0, kFp8Linear = 1, kSparse24 = 2, kSparse24Int8 = 3, kSparse24Fp8 = 4, kFp8LinearFast = 5 };
 
 int64_t align256(int64_t v) { return round_up(v, 256); }
 
@@ -237,18 +243,19 @@ void* kernelswap_gemm_plan(int kind, int bf16, const void* w, const void* meta, 
                            const void* bias, int64_t M, int64_t N, int64_t K, int device, int64_t* scratch_bytes) {
   using namespace kernelswap;
   const char* op = "kernelswap_gemm_plan";
-  const bool sparse = kind >= kSparse24;
+  const bool fp8 = kind == kFp8Linear || kind == kSparse24Fp8 || kind == kFp8LinearFast;
+  const bool sparse = kind >= kSparse24 && kind <= kSparse24Fp8;
   const bool eight_bit = kind != kSparse24;
   int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   const bool ok =
-      ((kind >= kInt8Linear && kind <= kSparse24Fp8) || raw::fail(op, ": unknown kind ", kind)) &&
+      ((kind >= kInt8Linear && kind <= kFp8LinearFast) || raw::fail(op, ": unknown kind ", kind)) &&
       ((M >= 1 && M < (1LL << 31)) || raw::fail(op, ": M=", M, " must be in 1..2^31")) &&
       ((K > 0 && K % 16 == 0 && K < (1LL << 31)) || raw::fail(op, ": K must be a positive multiple of 16, got ", K)) &&
       ((N > 0 && N % 16 == 0 && N < (1LL << 31)) || raw::fail(op, ": N must be a positive multiple of 16, got ", N)) &&
       (!(sparse && eight_bit) || K % 32 == 0 || raw::fail(op, ": 8-bit 2:4 needs K to be a multiple of 32")) &&
-      (bf16 || !(kind == kFp8Linear || kind == kSparse24Fp8) ||
+      (bf16 || !fp8 ||
        raw::fail(op, ": float8_e4m3fn GEMMs write bfloat16 only")) &&
       (KERNELSWAP_WITH_CUTLASS || raw::fail(op, ": kernelswap._C was built without CUTLASS")) &&
       (std::strstr(KERNELSWAP_ARCHS, "9.0a") != nullptr || raw::fail(op, ": kernelswap._C was built without 9.0a")) &&
@@ -262,10 +269,11 @@ void* kernelswap_gemm_plan(int kind, int bf16, const void* w, const void* meta, 
     g->out = bf16 ? DType::kBF16 : DType::kFP16;
     g->x_dtype = bf16 ? ScalarType::BFloat16 : ScalarType::Half;
     g->quantize = eight_bit;
-    g->fp8 = kind == kFp8Linear || kind == kSparse24Fp8;
+    g->fp8 = fp8;
     switch (kind) {
       case kInt8Linear: g->launch = &launch<false, DType::kI8>; break;
-      case kFp8Linear: g->launch = &launch<false, DType::kE4M3>; break;
+      case kFp8Linear:
+      case kFp8LinearFast: g->launch = &launch<false, DType::kE4M3>; break;
       case kSparse24Int8: g->launch = &launch<true, DType::kI8>; break;
       case kSparse24Fp8: g->launch = &launch<true, DType::kE4M3>; break;
       default: g->launch = bf16 ? &launch<true, DType::kBF16> : &launch<true, DType::kFP16>;
@@ -277,6 +285,7 @@ void* kernelswap_gemm_plan(int kind, int bf16, const void* w, const void* meta, 
     g->p = sm90::GemmProblem{w, meta, nullptr, nullptr, static_cast<const float*>(w_scale),
                              static_cast<const float*>(bias), nullptr, int(M), int(N), int(K), device, nullptr,
                              Workspace{nullptr, nullptr}};
+    g->p.fast_accum = kind == kFp8LinearFast;
     *scratch_bytes = g->size_scratch();
     plan = g.release();
     return 0;

@@ -193,6 +193,34 @@ def test_fp8_linear_cuda_close(m):
 
 @needs_cuda
 @needs_sm90
+@pytest.mark.parametrize("m,k", [(17, 4096), (65, 528), (300, 4096), (1024, 8192)])
+def test_fp8_linear_fast_accum(m, k):
+    # Fast accumulation (Tiles::kLargeFastAccum) from M = 65: the tensor cores' own accumulator over
+    # all of K, so it is not held to the fp32 baseline's bound, only to 1% of the exact product's
+    # norm, and its error must not be below the promoted kernel's by chance of a wrong kernel (at M
+    # <= 64 the promoted kernel serves: the same bits).
+    n = 528
+    torch.manual_seed(m)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w_q, w_s = packing.quantize_fp8(torch.randn(n, k, device="cuda"))
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    with use_backend("cuda"):
+        fast = ks.ops.fp8_linear(x, w_q, w_s, bias, True)
+        slow = ks.ops.fp8_linear(x, w_q, w_s, bias)
+    q, s = quantize_per_token_fp8_ref(x)
+    exact = _exact_product(q, s, w_q, w_s, bias)
+    err = ((fast.double() - exact).norm() / exact.norm()).item()
+    err_slow = ((slow.double() - exact).norm() / exact.norm()).item()
+    print(f"fast_accum m={m} k={k}: relative error {err:.3e}, promoted {err_slow:.3e}")
+    if m <= 64:
+        assert_exact(fast, slow, what=f"fast_accum at M={m} (the promoted kernel serves)")
+    else:
+        assert err <= 1e-2, f"fast_accum m={m} k={k}: relative error {err:.3e} > 1e-2 (promoted: {err_slow:.3e})"
+        assert not torch.equal(fast, slow) or k <= 528, f"m={m} k={k}: fast_accum gave the promoted kernel's bits"
+
+
+@needs_cuda
+@needs_sm90
 def test_sparse24_fp8_prepared_once_per_weight():
     _, values, meta, w_s = _sparse_codes(64, 128)
     x = torch.randn(5, 128, device="cuda", dtype=torch.bfloat16)

@@ -4,6 +4,8 @@ float8_e4m3fn), and the CUDA backend's decline reasons (kernelswap.ops.fp8_cuda)
 builds and layers it does not serve."""
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from torch import nn
@@ -94,6 +96,36 @@ def test_save_load_round_trip(name, tmp_path):
     ks.load(fresh, path)
     x = torch.randn(3, 40)
     assert_exact(fresh(x), model(x), what=f"{name} after load")
+
+
+def test_fast_accum_is_a_layer_setting_that_is_saved_and_checked(tmp_path):
+    # The reference sums exactly either way, so on CPU fast_accum changes nothing but the setting;
+    # the recipe's config, the layer's and a saved model keep it, and bad values are refused by name.
+    model = _mlp(seed=0)
+    ks.swap(model, ks.Fp8(fast_accum=True), probe=False)
+    layers = [m for m in model.modules() if isinstance(m, Fp8Linear)]
+    assert layers and all(m.fast_accum for m in layers)
+    assert layers[0].recipe_config() == {"recipe": "fp8", "fast_accum": True}
+    assert layers[0].op_args()[-1] is True and "fast_accum" in repr(layers[0])
+    x = torch.randn(3, 40)
+    plain = _mlp(seed=0)
+    ks.swap(plain, "fp8", probe=False)
+    assert_exact(model(x), plain(x), what="fast_accum on the reference")
+    w = layers[0]
+    assert_exact(ks.ops.fp8_linear(x, w.w_q, w.w_scale, w.bias, True),
+                 ks.ops.fp8_linear(x, w.w_q, w.w_scale, w.bias), what="the op's fast_accum on the reference")
+    if importlib.util.find_spec("safetensors"):
+        path = tmp_path / "m.safetensors"
+        ks.save(model, path)
+        fresh = _mlp(seed=1)
+        ks.load(fresh, path)
+        assert all(m.fast_accum for m in fresh.modules() if isinstance(m, Fp8Linear))
+    with pytest.raises(TypeError, match="fast_accum"):
+        ks.Fp8(fast_accum="yes")
+    with pytest.raises(TypeError, match="fast_accum must be a bool"):
+        ks.ops.fp8_linear(x, w.w_q, w.w_scale, w.bias, "yes")
+    with pytest.raises(ValueError, match="fast_accum is for the dense FP8 GEMM"):
+        Fp8Linear(32, 16, sparse24=True, fast_accum=True)
 
 
 def test_load_refuses_codes_of_another_dtype(tmp_path):

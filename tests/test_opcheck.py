@@ -24,7 +24,7 @@ def _samples(device):
     wc = torch.randn(16, 8, 3, 3, device=device)
     return {
         "quantize_per_token_fp8": [(x,), (x.bfloat16(),)],
-        "fp8_linear": [(x, w8, s8, bias), (x.half(), w8, s8, None)],
+        "fp8_linear": [(x, w8, s8, bias), (x.half(), w8, s8, None), (x, w8, s8, bias, True)],
         "sparse24_fp8_linear": [(x, v8f.to(torch.float8_e4m3fn), m8f, s8s, bias),
                                 (x[..., :35].bfloat16(), v8f.to(torch.float8_e4m3fn), m8f, s8s, None)],
         "quantize_per_token_int8": [(x,), (x.half(),)],

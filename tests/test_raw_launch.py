@@ -164,6 +164,7 @@ RECIPE_CASES = [  # (recipe, K, N, Ms): K, N awkward for each family's rules
     ("int8-weight", 528, 272, (33, 130)),    # the mixed-input GEMM (ops/mixed_cuda.py)
     ("int4", 512, 272, (33, 130)),           # the mixed-input GEMM, group 128
     ("fp8", 528, 272, (1, 17, 130)),
+    (ks.Fp8(fast_accum=True), 528, 272, (17, 130)),  # the fast-accumulation GEMM from M = 65
     ("sparse24-fp8", 544, 272, (1, 17, 130)),
 ]
 

@@ -12,7 +12,8 @@ using kernelswap::kSmallM;
 using kernelswap::Tiles;
 
 // sm90 Tiles: kSmall = 64x64 tiles, ping-pong warpgroups, no cluster; kLarge = 128x128
-// tiles, cooperative warpgroups (sparse) or ping-pong (dense), 2-CTA clusters.
+// tiles, cooperative warpgroups (sparse, e4m3) or ping-pong (int8), 2-CTA clusters;
+// kLargeFastAccum = dense e4m3's kLarge with FP8 fast accumulation (ping-pong).
 //
 // out = epilogue(x @ w.T): float inputs: acc + bias; int8 / e4m3: (acc * x_scale[m]) * w_scale[n] + bias[n],
 // each step rounded in fp32 (no FMA contraction), so the int8 path is bit-exact with the reference

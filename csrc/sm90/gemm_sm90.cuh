@@ -83,12 +83,26 @@ template <DType In> struct Config<false, In, Tiles::kLarge> {
 };
 // Dense e4m3 keeps two accumulators a thread (the wgmma one and the fp32 one it is promoted
 // into), so a 128x128 tile per warp group (Pingpong) spills (ptxas: 168 registers, 932 bytes of
-// spill stores): Cooperative splits the tile over two consumer warp groups (no spills).
+// spill stores): Cooperative splits the tile over two consumer warp groups (no spills). The
+// 2-CTA cluster along the tokens (1x2: two CTAs of one weight tile share its loads) measured
+// 2-6% faster than 2x1 at 6 of 7 shapes, 1.4% slower at 8192x8192x28672 (H200,
+// benchmarks/gemm_lab.cu, 2026-12-03: 4096x8192x8192 487 against 518 us).
 template <> struct Config<false, DType::kE4M3, Tiles::kLarge> {
   using Tile = Shape<_128, _128, _128>;
-  using Cluster = Shape<_2, _1, _1>;
+  using Cluster = Shape<_1, _2, _1>;
   using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
   using Epi = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
+// Dense e4m3 with fast accumulation (GemmProblem::fast_accum): one accumulator, so the 128x128
+// tile fits one warp group and ping-pong overlaps one group's epilogue with the other's
+// mainloop. The same run: 376 us at 4096x8192x8192 (0.55x of cuBLAS bf16 against 0.71x), 0.51-0.59x
+// over the sweep; its output differed from the promoted one's by 2.4-3.8% of the largest output
+// there (random e4m3 codes, K = 4096 / 8192).
+template <> struct Config<false, DType::kE4M3, Tiles::kLargeFastAccum> {
+  using Tile = Shape<_128, _128, _128>;
+  using Cluster = Shape<_2, _1, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum;
+  using Epi = cutlass::epilogue::TmaWarpSpecialized;
 };
 template <DType In> struct Config<true, In, Tiles::kLarge> {
   using Tile = Shape<_128, _128, std::conditional_t<kWideK<true, In>, _256, _128>>;
@@ -97,18 +111,22 @@ template <DType In> struct Config<true, In, Tiles::kLarge> {
   using Epi = cutlass::epilogue::TmaWarpSpecializedCooperative;
 };
 
-template <bool Sparse, DType In, DType Out, Tiles T>
-struct Gemm {
-  using Cfg = Config<Sparse, In, T>;
+// One GEMM of this template for a tile config Cfg (Tile, Cluster, Kernel and Epi schedules, as
+// Config above; benchmarks/gemm_lab.cu times others through it).
+template <bool Sparse, DType In, DType Out, class C>
+struct GemmOf {
+  using Cfg = C;
+  static constexpr bool kSparse = Sparse;
+  static constexpr DType kIn = In, kOut = Out;
   using Tile = typename Cfg::Tile;
   using ElementIn = typename CutlassType<In>::type;
   using ElementOut = typename CutlassType<Out>::type;
   static constexpr bool kScaled = is_8bit(In);  // the scaled epilogue
-  // int8: exact int32 sums. e4m3: fp32. The kernel schedules below are CUTLASS's FP8 default
+  // int8: exact int32 sums. e4m3: fp32. The kernel schedules are CUTLASS's FP8 default
   // ("slow" accumulation): the wgmma accumulator, whose additions keep fewer bits than fp32,
-  // is added into fp32 registers every 4 k-blocks (128 K). The *FP8FastAccum schedules skip
-  // that promotion and accumulate all of K in the tensor cores (faster, with errors that
-  // grow with K); kernelswap does not instantiate them.
+  // is added into fp32 registers every 4 k-blocks (128 K). Tiles::kLargeFastAccum takes the
+  // *FP8FastAccum schedule, which skips that promotion and accumulates all of K in the tensor
+  // cores (faster, with errors that grow with K): only when a layer asks (ks.Fp8(fast_accum=True)).
   using Acc = std::conditional_t<In == DType::kI8, int32_t, float>;
   static constexpr int kAlignIn = 128 / cutlass::sizeof_bits<ElementIn>::value;
   static constexpr int kAlignOut = 128 / cutlass::sizeof_bits<ElementOut>::value;
@@ -136,6 +154,8 @@ struct Gemm {
                                                       CollectiveEpilogue>;
   using Device = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
+template <bool Sparse, DType In, DType Out, Tiles T>
+using Gemm = GemmOf<Sparse, In, Out, Config<Sparse, In, T>>;
 
 inline int sm_count(int device) {
   static int counts[64] = {};
@@ -144,9 +164,10 @@ inline int sm_count(int device) {
   return counts[device];
 }
 
-template <bool Sparse, DType In, DType Out, Tiles T>
-typename Gemm<Sparse, In, Out, T>::Device::Arguments arguments(const GemmProblem& p) {
-  using G = Gemm<Sparse, In, Out, T>;
+template <class G>
+typename G::Device::Arguments arguments(const GemmProblem& p) {
+  constexpr bool Sparse = G::kSparse;
+  constexpr DType In = G::kIn;
   using Device = typename G::Device;
   using ElementIn = typename G::ElementIn;
   using ElementOut = typename G::ElementOut;
@@ -165,7 +186,7 @@ typename Gemm<Sparse, In, Out, T>::Device::Arguments arguments(const GemmProblem
     if constexpr (In == DType::kE4M3) {
       // kernelswap.ops.fp8_cuda makes e4m3 2:4 layouts with the int8 compressor (bytes moved
       // as int8): right only while the two 8-bit configs share the layouts of values and meta.
-      using Int8Config = typename Gemm<true, DType::kI8, Out, T>::CollectiveMainloop::SparseConfig;
+      using Int8Config = typename GemmOf<true, DType::kI8, G::kOut, typename G::Cfg>::CollectiveMainloop::SparseConfig;
       static_assert(std::is_same_v<decltype(SparseConfig::deduce_layoutA()), decltype(Int8Config::deduce_layoutA())> &&
                         std::is_same_v<decltype(SparseConfig::deduce_layoutE()), decltype(Int8Config::deduce_layoutE())> &&
                         std::is_same_v<typename SparseConfig::TensorEAtom, typename Int8Config::TensorEAtom>,
@@ -255,11 +276,12 @@ void run_kept(const GemmProblem& p, bool x_is_scratch, MakeArgs&& make_args) {
 
 template <bool Sparse, DType In, DType Out, Tiles T>
 void run_gemm(const GemmProblem& p) {
-  using Device = typename Gemm<Sparse, In, Out, T>::Device;
+  using G = Gemm<Sparse, In, Out, T>;
+  using Device = typename G::Device;
   if (p.cache != nullptr && p.query == nullptr) {
-    run_kept<Device>(p, Gemm<Sparse, In, Out, T>::kScaled, [&] { return arguments<Sparse, In, Out, T>(p); });
+    run_kept<Device>(p, G::kScaled, [&] { return arguments<G>(p); });
   } else {
-    run_cutlass<Device>("sm90 GEMM", arguments<Sparse, In, Out, T>(p), p);
+    run_cutlass<Device>("sm90 GEMM", arguments<G>(p), p);
   }
 }
 

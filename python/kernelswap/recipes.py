@@ -7,9 +7,10 @@
   "sparse24"      Sparse24(method="magnitude"): 2:4 pruning, float values;
                   method "wanda" / "sparsegpt" calibrate
   "sparse24-int8" Sparse24Int8(method="magnitude"): 2:4 pruning + W8A8
-  "fp8"           Fp8(method="rtn"): W8A8 in float8_e4m3fn, dynamic per-token e4m3 activations,
-                  per-channel e4m3 weights (Hopper GEMMs; the reference elsewhere); method
-                  "gptq" calibrates the e4m3 rounding
+  "fp8"           Fp8(method="rtn", fast_accum=False): W8A8 in float8_e4m3fn, dynamic per-token
+                  e4m3 activations, per-channel e4m3 weights (Hopper GEMMs; the reference
+                  elsewhere); method "gptq" calibrates the e4m3 rounding; fast_accum: FP8 fast
+                  accumulation at large M
   "sparse24-fp8"  Sparse24Fp8(method="magnitude"): 2:4 pruning + FP8 W8A8
   "fuse"          Fuse(): Conv2d + BatchNorm2d (+ residual add) (+ activation) -> ConvBNAct2d
 
@@ -152,11 +153,17 @@ class Sparse24Int8(Sparse24):
 
 @dataclass(frozen=True)
 class Fp8(Recipe):
+    """fast_accum=True: the Hopper GEMM accumulates in the tensor cores without promoting into fp32
+    (FP8 fast accumulation) from M = 65 tokens, as torch._scaled_mm(use_fast_accum=True) does:
+    about 0.75x of the promoted kernel's time at large M (H200), with errors that grow with K."""
     method: str = "rtn"
+    fast_accum: bool = False
     name: ClassVar[str] = "fp8"
 
     def __post_init__(self):
         _check_method("ks.Fp8", self.method, FP8_METHODS)
+        if not isinstance(self.fast_accum, bool):
+            raise TypeError(f"ks.Fp8: fast_accum must be True or False, got {self.fast_accum!r}")
 
     @property
     def needs_calibration(self) -> bool:
@@ -166,7 +173,7 @@ class Fp8(Recipe):
         return fp8_weights(model, layers, data, self.method)
 
     def convert(self, linear, name, state=None):
-        m = Fp8Linear.from_float(linear, name=name)
+        m = Fp8Linear.from_float(linear, name=name, fast_accum=self.fast_accum)
         if state is not None:  # a calibrated (w_q, w_scale), in packing.quantize_fp8's format
             m.w_q.copy_(state[0])
             m.w_scale.copy_(state[1])

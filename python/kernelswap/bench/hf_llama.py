@@ -81,8 +81,15 @@ def variants(base: nn.Module, lm_head: str = "keep") -> list[tuple[str, Callable
     out = [("bf16", lambda: base)] + [(f"kernelswap {r}{tag[h]}", ours(r, h)) for h in heads for r in RECIPES]
     try:
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
-    except Exception:  # noqa: BLE001 - the peer is optional
-        return out
+    except Exception as e:  # noqa: BLE001 - the peer is optional; installed but broken, it gets a row with why
+        import importlib.util
+        if importlib.util.find_spec("torchao") is None:
+            return out
+        why = f"torchao is installed but does not import: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+        def broken():
+            raise RuntimeError(why)
+        return out + [(f"torchao {name}{tag[h]}", broken) for h in heads for name in ("int4 wo", "int8 wo")]
 
     def ao(config, head):
         def build():

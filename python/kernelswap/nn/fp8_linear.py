@@ -4,6 +4,8 @@ sparse24=False  "fp8": e4m3 weights with a per-output-channel scale, activations
                 per token to e4m3 in the op (ops.fp8_linear).
 sparse24=True   "sparse24-fp8": the same on a 2:4-pruned weight (ops.sparse24_fp8_linear);
                 from_float prunes by magnitude (kernelswap.packing.prune_24) unless prune=False.
+fast_accum      dense only: the op's fast_accum (FP8 fast accumulation in the Hopper GEMM from
+                M = 65 tokens; ks.Fp8(fast_accum=True)). Off by default.
 
 Hopper (sm_90a, bfloat16 layers) runs the CUTLASS FP8 GEMMs; anywhere else the op's reference
 serves, with the reason in the dispatcher's answer (kernelswap.ops.fp8_cuda).
@@ -32,12 +34,18 @@ class Fp8Linear(LinearModule):
     FIXED_DTYPE_BUFFERS = ("w_q", "values", "w_scale")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, sparse24: bool = False, *,
-                 device=None, dtype: torch.dtype = torch.float32, name: str | None = None):
+                 device=None, dtype: torch.dtype = torch.float32, name: str | None = None, fast_accum: bool = False):
         super().__init__(name, device)
         check_features(self.where, in_features=in_features, out_features=out_features)
         if not dtype.is_floating_point or dtype == FP8:
             raise TypeError(f"{self.where}: dtype is the float dtype of the layer (its bias and output), got {dtype}")
+        if not isinstance(fast_accum, bool):
+            raise TypeError(f"{self.where}: fast_accum must be a bool, got {type(fast_accum).__name__}")
+        if fast_accum and sparse24:
+            raise ValueError(f"{self.where}: fast_accum is for the dense FP8 GEMM; the 2:4 one has no "
+                             f"fast-accumulation kernel (use sparse24=False, or fast_accum=False)")
         self.in_features, self.out_features, self.sparse24 = in_features, out_features, bool(sparse24)
+        self.fast_accum = fast_accum
         # How the weights were made, kept in recipe_config: sparse24, the mask (ks.Sparse24Fp8(method=...));
         # dense, the e4m3 rounding (ks.Fp8(method="rtn" | "gptq")).
         self.method = "magnitude" if sparse24 else "rtn"
@@ -54,11 +62,11 @@ class Fp8Linear(LinearModule):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, sparse24: bool = False, prune: bool = True,
-                   name: str | None = None) -> "Fp8Linear":
+                   name: str | None = None, fast_accum: bool = False) -> "Fp8Linear":
         check_linear(cls.__name__, linear, name)
         w = sparse24_weight(cls.__name__, linear, prune, name) if sparse24 else linear.weight.detach()
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, sparse24, device=w.device,
-                dtype=w.dtype, name=name)
+                dtype=w.dtype, name=name, fast_accum=fast_accum)
         w_q, w_scale = quantize_fp8(w)  # zeros stay zero, so a 2:4 weight stays 2:4
         if not sparse24:
             return m.fill_from(linear, w_q=w_q, w_scale=w_scale)
@@ -69,15 +77,16 @@ class Fp8Linear(LinearModule):
         b = self._buffers
         if self.sparse24:
             return b["values"], b["meta"], b["w_scale"], b["bias"]
-        return b["w_q"], b["w_scale"], b["bias"]
+        return b["w_q"], b["w_scale"], b["bias"], self.fast_accum
 
     def recipe_config(self) -> dict:
         if not self.sparse24:
-            return {"recipe": "fp8"} if self.method == "rtn" else {"recipe": "fp8", "method": self.method}
+            cfg = {"recipe": "fp8"} if self.method == "rtn" else {"recipe": "fp8", "method": self.method}
+            return {**cfg, "fast_accum": True} if self.fast_accum else cfg
         cfg = {"recipe": "sparse24-fp8"}
         return cfg if self.method == "magnitude" else {**cfg, "method": self.method}
 
     def extra_repr(self) -> str:
-        what = "2:4 sparse, e4m3 values" if self.sparse24 else "e4m3 weights"
+        what = "2:4 sparse, e4m3 values" if self.sparse24 else "e4m3 weights" + (", fast_accum" * self.fast_accum)
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, {what}, W8A8 (dynamic per-token e4m3 activations)")

@@ -31,13 +31,14 @@ from .. import _ext
 from ._scratch import PerStream
 
 ENABLED = os.environ.get("KERNELSWAP_RAW_LAUNCH", "1") != "0"
-VERSION = 1  # kernelswap_raw_version() of the C signatures below
+VERSION = 2  # kernelswap_raw_version() of the C signatures and kinds below
 MISALIGNED = 2  # a run's answer when x or out is not 16-byte aligned (csrc/raw_entry.h)
 
 # The families, as the C entry points number them.
 GEMV_INT4, GEMV_INT8_WEIGHT, GEMV_INT8, GEMV_SPARSE24, GEMV_SPARSE24_INT8 = 0, 1, 2, 3, 4
 GEMV_INT8_WEIGHT_ROWS, GEMV_INT8_ROWS = 5, 6  # the same on the int8 (N, K) weight as it lies
 GEMM_INT8_LINEAR, GEMM_FP8_LINEAR, GEMM_SPARSE24, GEMM_SPARSE24_INT8, GEMM_SPARSE24_FP8 = 0, 1, 2, 3, 4
+GEMM_FP8_LINEAR_FAST = 5  # GEMM_FP8_LINEAR with FP8 fast accumulation at M > 64
 MIXED_INT4, MIXED_INT8_WEIGHT = 0, 1  # kernelswap_mixed_plan's kinds (csrc/sm90_mixed_ops.cu)
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64

@@ -14,6 +14,9 @@ Numerics:
                           product of two e4m3 values and their sum over K are exact in float64 for
                           K < 2^17) and rounded once to fp32; out = (acc * s[m]) * w_scale[n]
                           + bias[n] in fp32 (the int8 epilogue, kernelswap.ops.int8), x.dtype out.
+                          fast_accum=True lets a kernel sum K in a narrower accumulator for speed
+                          (on Hopper: FP8 fast accumulation, the tensor cores' own, never promoted
+                          into fp32; errors grow with K); the reference is the exact sum either way.
   sparse24_fp8_linear     the same on a 2:4 sparse e4m3 weight in the compressed format of
                           kernelswap.ops.sparse24 (values (N, Kp // 2) float8_e4m3fn, meta).
 Weights: kernelswap.packing.quantize_fp8 (per-output-channel scale max|w_n| / 448), then
@@ -77,8 +80,10 @@ def _check_scale_bias(name: str, n: int, w_scale: Tensor, bias: Tensor | None) -
     C.check_bias(name, bias, n)
 
 
-def _check_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> None:
+def _check_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, fast_accum: bool = False) -> None:
     name = "fp8_linear"
+    if not isinstance(fast_accum, bool):
+        raise TypeError(f"kernelswap.{name}: fast_accum must be a bool, got {type(fast_accum).__name__}")
     C.check_activation(name, x)
     C.check_dtype(name, "w_q", w_q, (FP8,))
     C.check_dim(name, "w_q", w_q, 2, "(N, K)")
@@ -91,20 +96,22 @@ def _check_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) 
 _LINEAR = Plan("fp8_linear")
 
 
-@op("fp8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias) -> Tensor", check=_check_linear)
-def fp8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
-    """FP8 W8A8: x (..., K) float, w_q (N, K) e4m3, w_scale (N,) fp32, bias (N,) -> (..., N) x.dtype."""
-    return C.tokens_call(_LINEAR, _check_linear, x, w_q, w_scale, bias)
+@op("fp8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias, bool fast_accum=False) -> Tensor",
+    check=_check_linear)
+def fp8_linear(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Tensor | None, fast_accum: bool = False) -> Tensor:
+    """FP8 W8A8: x (..., K) float, w_q (N, K) e4m3, w_scale (N,) fp32, bias (N,) -> (..., N) x.dtype;
+    fast_accum: see the module docstring."""
+    return C.tokens_call(_LINEAR, _check_linear, x, w_q, w_scale, bias, fast_accum)
 
 
 fp8_linear.register_fake(C.tokens_fake(_check_linear))
 
 
-fp8_linear.register_input_grad(lambda w_q, w_scale, bias: w_q.float() * w_scale.float()[:, None])
+fp8_linear.register_input_grad(lambda w_q, w_scale, bias, fast_accum=False: w_q.float() * w_scale.float()[:, None])
 
 
 @register("fp8_linear", "reference")
-def fp8_linear_ref(x, w_q, w_scale, bias):
+def fp8_linear_ref(x, w_q, w_scale, bias, fast_accum=False):
     q, s = quantize_per_token_fp8_ref(x)
     acc = q.double() @ w_q.double().t()  # exact: see the module docstring
     return scale_epilogue_ref(acc, s, w_scale, bias, x.dtype)

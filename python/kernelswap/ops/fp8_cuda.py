@@ -3,7 +3,10 @@
   quantize_per_token_fp8  _C_quantize_per_token_fp8 (any CUDA GPU; before sm_89 the e4m3
                           conversion runs in software, same rounding)
   fp8_linear              _C_quantize_per_token_fp8 + _C_fp8_mm: CUTLASS Hopper e4m3 GEMM
-                          (csrc/sm90), fp32 accumulation, scales and bias in the epilogue
+                          (csrc/sm90), fp32 accumulation, scales and bias in the epilogue;
+                          fast_accum=True: FP8 fast accumulation from M = 65 (the tensor cores'
+                          accumulator is never promoted into fp32 registers; at M <= 64, where
+                          the weight read bounds the GEMM, the promoted kernel serves either way)
   sparse24_fp8_linear     _C_quantize_per_token_fp8 + _C_sparse24_fp8_mm (sparse wgmma)
 
 The GEMMs are sm_90a code with bfloat16 output only. Where they cannot serve, `supports` says
@@ -51,6 +54,8 @@ def ops_reason() -> str | None:
     missing = [name for name in _OPS if not hasattr(torch.ops.kernelswap, name)]
     if missing:
         return f"this kernelswap._C predates the FP8 ops ({', '.join(missing)} missing); rebuild it"
+    if "fast_accum" not in str(torch.ops.kernelswap._C_fp8_mm.default._schema):
+        return "this kernelswap._C predates _C_fp8_mm's fast_accum argument; rebuild it"
     return None
 
 
@@ -61,13 +66,13 @@ def _out_reason(dtype: torch.dtype) -> str | None:
     return None
 
 
-def _run_w8a8(mm, *weights):
-    """fn(x) = mm(*quantize_per_token_fp8(x), *weights, x.dtype)."""
+def _run_w8a8(mm, weights: tuple, after: tuple = ()):
+    """fn(x) = mm(*quantize_per_token_fp8(x), *weights, x.dtype, *after)."""
     quantize = torch.ops.kernelswap._C_quantize_per_token_fp8.default
 
     def run(x):
         q, s = quantize(x)
-        return mm(q, s, *weights, x.dtype)
+        return mm(q, s, *weights, x.dtype, *after)
     return run
 
 
@@ -77,24 +82,29 @@ def _quantize_cuda(x):
 
 
 # ---------------------------------------------------------------- fp8_linear
-def _fp8_linear_supports(x, w_q, w_scale, bias):
+def _fp8_linear_supports(x, w_q, w_scale, bias, fast_accum=False):
     return (_out_reason(x.dtype) or fp8_gpu_reason(device_index(x))
             or gemm_reason(x, x.shape[1], w_q.shape[0], w_q, w_scale))
 
 
-def _prepare_dense(w_q, w_scale, bias):
+def _prepare_dense(w_q, w_scale, bias, fast_accum=False):
     if w_q.is_cuda:
         bias32(bias)  # the fp32 bias the epilogue reads
 
 
-def _fp8_linear_bind(w_q, w_scale, bias):
-    return _run_w8a8(torch.ops.kernelswap._C_fp8_mm.default, w_q, w_scale, bias32(bias))
+def _fp8_linear_bind(w_q, w_scale, bias, fast_accum=False):
+    return _run_w8a8(torch.ops.kernelswap._C_fp8_mm.default, (w_q, w_scale, bias32(bias)), (fast_accum,))
+
+
+def _fp8_linear_raw(x, w_q, w_scale, bias, fast_accum=False):
+    kind = _raw.GEMM_FP8_LINEAR_FAST if fast_accum else _raw.GEMM_FP8_LINEAR
+    return _raw.dense_linear(kind, lambda w, s, b: _fp8_linear_bind(w, s, b, fast_accum))(x, w_q, w_scale, bias)
 
 
 @register("fp8_linear", "cuda", supports=_fp8_linear_supports, prepare=_prepare_dense, bind=_fp8_linear_bind,
-          raw=_raw.dense_linear(_raw.GEMM_FP8_LINEAR, _fp8_linear_bind))
-def _fp8_linear_cuda(x, w_q, w_scale, bias):
-    return _fp8_linear_bind(w_q, w_scale, bias)(x)
+          raw=_fp8_linear_raw)
+def _fp8_linear_cuda(x, w_q, w_scale, bias, fast_accum=False):
+    return _fp8_linear_bind(w_q, w_scale, bias, fast_accum)(x)
 
 
 # ---------------------------------------------------------------- sparse24_fp8_linear
@@ -127,7 +137,7 @@ def _sparse_supports(x, values, meta, w_scale, bias):
 
 def _sparse_bind(values, meta, w_scale, bias):
     v, e = _sm90_layout("sparse24_fp8_linear", values, meta)
-    return _run_w8a8(torch.ops.kernelswap._C_sparse24_fp8_mm.default, v, e, w_scale, bias32(bias))
+    return _run_w8a8(torch.ops.kernelswap._C_sparse24_fp8_mm.default, (v, e, w_scale, bias32(bias)))
 
 
 @register("sparse24_fp8_linear", "cuda", supports=_sparse_supports, bind=_sparse_bind,

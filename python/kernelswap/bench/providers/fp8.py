@@ -40,10 +40,11 @@ def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def scaled_mm_linear(x, w_q, w_scale, b):
+def scaled_mm_linear(x, w_q, w_scale, b, use_fast_accum: bool = False):
     """W8A8 FP8 end to end: quantize x per token, torch._scaled_mm row-wise (scales and bias fused)."""
     q, s = quantize_rows_fp8(x)
-    return torch._scaled_mm(q, w_q.t(), scale_a=s, scale_b=w_scale, bias=b, out_dtype=x.dtype)
+    return torch._scaled_mm(q, w_q.t(), scale_a=s, scale_b=w_scale, bias=b, out_dtype=x.dtype,
+                            use_fast_accum=use_fast_accum)
 
 
 _ROWWISE: dict[str, bool] = {}
