@@ -262,8 +262,8 @@ def signature(args: tuple) -> tuple:
     for a in args:
         if isinstance(a, torch.Tensor):
             out.append((a.shape, a.stride(), a.dtype, a.device, a.data_ptr() & 15))
-        else:
-            out.append(tuple(a) if isinstance(a, list) else a)
+        else:  # with its type: 1 and True (equal, one hash) must not share a memo entry and its check
+            out.append((type(a), tuple(a) if isinstance(a, list) else a))
     return tuple(out)
 
 
