@@ -22,6 +22,7 @@ The extension uses PyTorch's stable ABI (torch/csrc/stable, TORCH_TARGET_VERSION
 import glob
 import importlib.util
 import os
+import sys
 import re
 
 from setuptools import find_packages, setup
@@ -33,6 +34,11 @@ DEBUG = os.environ.get("KERNELSWAP_DEBUG", "0") == "1"
 TORCH_TARGET_VERSION = "0x020b000000000000"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# `python setup.py` puts this folder first on sys.path, where the source tree's kernels/ (built as
+# kernelswap.kernels) would shadow an installed top-level package of that name: Hugging Face's
+# `kernels` (a dependency of transformers from 5.25), whose egg_info writer setuptools imports.
+# The build imports nothing from this folder, so it leaves it off the path.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 # The version lives in python/kernelswap/_version.py alone; read as text, so the build imports no kernelswap code.
 with open(os.path.join(HERE, "python", "kernelswap", "_version.py")) as _f:
     VERSION = re.search(r'^__version__ = "([^"]+)"$', _f.read(), re.M).group(1)

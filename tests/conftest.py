@@ -1,4 +1,13 @@
+import os
+import sys
 import zlib
+
+# `python -m pytest` puts the working directory (the repo root) first on sys.path, where the source
+# tree's kernels/ (installed as kernelswap.kernels) would shadow an installed top-level package of
+# that name: Hugging Face's `kernels`, which transformers (from 5.25) imports. The root stays on the
+# path for `benchmarks.*`, but after the installed packages.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT] + [_ROOT]
 
 import pytest
 import torch
