@@ -3,7 +3,7 @@
     python benchmarks/overhead_quick.py [--calls 2000] [--csv FILE] [--profile FILE]
 
 For every swapped module (Int8Linear in both modes, Int4Linear, Sparse24Linear in both
-modes at M = 1, 16 and 128, bf16, K = N = 4096; ConvBNAct2d on a ResNet-50 1x1 and a
+modes, Fp8Linear with and without fast_accum at M = 1, 16 and 128, bf16, K = N = 4096; ConvBNAct2d on a ResNet-50 1x1 and a
 MobileNetV2 depthwise layer at batch 1), next to the module it replaced, in one run:
   host_us    wall time per call of a loop of --calls eager calls, without waiting for the
              GPU inside the loop: the CPU time a call costs (the GPU work is small enough at
@@ -31,7 +31,7 @@ from torch import nn
 import kernelswap as ks
 from kernelswap.bench.timing import capture_graph, replay_ms
 
-RECIPES = ("int8", "int8-weight", "int4", "sparse24", "sparse24-int8")
+RECIPES = ("int8", "int8-weight", "int4", "sparse24", "sparse24-int8", "fp8", ks.Fp8(fast_accum=True))
 
 
 def host_us(fn, calls: int) -> float:
