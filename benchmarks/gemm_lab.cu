@@ -39,32 +39,41 @@ inline const char* kind_name(Kind k) {
   return k == Kind::kInt8 ? "int8" : k == Kind::kFp8 ? "fp8" : k == Kind::kMixedI8 ? "mixed_i8" : "mixed_u4";
 }
 
-// Set a CUTLASS device GEMM up for args and time `reps` launches (after 3); -1 when it cannot run.
+// A workspace from cudaMalloc, freed with this object (the lab's GemmProblem::workspace).
+struct LabWorkspace {
+  void* ptr = nullptr;
+  static void* alloc(void* self, size_t bytes) {
+    auto* w = static_cast<LabWorkspace*>(self);
+    if (bytes) w->ptr = dev_alloc<uint8_t>(int64_t(bytes));
+    return w->ptr;
+  }
+  ~LabWorkspace() { if (ptr) cudaFree(ptr); }
+};
+
+// Set a CUTLASS device GEMM up for args with the project's own set-up (kernelswap::set_up_cutlass:
+// can_implement, workspace, initialize) and time `reps` launches (after 2); -1 with the reason when
+// it cannot run.
 template <class Device>
-float time_device(const typename Device::Arguments& args, int reps, std::string* why) {
-  if (Device::can_implement(args) != cutlass::Status::kSuccess) {
-    *why = "can_implement failed";
-    return -1.f;
-  }
-  const size_t ws_bytes = Device::get_workspace_size(args);
-  void* ws = ws_bytes ? dev_alloc<uint8_t>(int64_t(ws_bytes)) : nullptr;
+float time_device(const typename Device::Arguments& args, GemmProblem p, int reps, std::string* why) {
+  LabWorkspace ws;
+  p.workspace = kernelswap::Workspace{&LabWorkspace::alloc, &ws};
   Device gemm;
-  if (gemm.initialize(args, ws, nullptr) != cutlass::Status::kSuccess) {
-    *why = "initialize failed";
+  try {
+    kernelswap::set_up_cutlass("gemm_lab", args, p, gemm);
+  } catch (const std::exception& e) {
+    *why = e.what();
     return -1.f;
   }
-  const float us = time_launches([&](int) { gemm.run(nullptr); }, 1, reps);
-  if (ws) cudaFree(ws);
-  return us;
+  return time_launches([&](int) { gemm.run(nullptr); }, 1, reps);
 }
 
 template <class G>
 float time_dense(const GemmProblem& p, int reps, std::string* why) {
-  return time_device<typename G::Device>(sm90::arguments<G>(p), reps, why);
+  return time_device<typename G::Device>(sm90::arguments<G>(p), p, reps, why);
 }
 template <class G>
 float time_mixed(const GemmProblem& p, int reps, std::string* why) {
-  return time_device<typename G::Device>(sm90::mixed_arguments<G>(p), reps, why);
+  return time_device<typename G::Device>(sm90::mixed_arguments<G>(p), p, reps, why);
 }
 
 struct Variant {
