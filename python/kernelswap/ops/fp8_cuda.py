@@ -96,9 +96,14 @@ def _fp8_linear_bind(w_q, w_scale, bias, fast_accum=False):
     return _run_w8a8(torch.ops.kernelswap._C_fp8_mm.default, (w_q, w_scale, bias32(bias)), (fast_accum,))
 
 
+# Impl.raw per fast_accum: the raw plan kind, and the op-based runner it falls back to.
+_RAW = {fast: _raw.dense_linear(_raw.GEMM_FP8_LINEAR_FAST if fast else _raw.GEMM_FP8_LINEAR,
+                                lambda w, s, b, fast=fast: _fp8_linear_bind(w, s, b, fast))
+        for fast in (False, True)}
+
+
 def _fp8_linear_raw(x, w_q, w_scale, bias, fast_accum=False):
-    kind = _raw.GEMM_FP8_LINEAR_FAST if fast_accum else _raw.GEMM_FP8_LINEAR
-    return _raw.dense_linear(kind, lambda w, s, b: _fp8_linear_bind(w, s, b, fast_accum))(x, w_q, w_scale, bias)
+    return _RAW[fast_accum](x, w_q, w_scale, bias)
 
 
 @register("fp8_linear", "cuda", supports=_fp8_linear_supports, prepare=_prepare_dense, bind=_fp8_linear_bind,
