@@ -1,6 +1,6 @@
 // What kernelswap's CUTLASS GEMMs take (csrc/sm90: sm_90a, csrc/sm80: sm_80+ mma.sp),
 // without any CUTLASS include, so the op entry points compile in seconds and each
-// template instantiation (csrc/sm*/inst_*.cu, generated) compiles in its own process.
+// family of template instantiations (csrc/sm*/inst_*.cu, generated) compiles in its own process.
 //
 // Every GEMM here runs "swapped": the weight is CUTLASS's A operand and the tokens are
 // its B operand, because the sparse tensor cores only take a sparse A. So

@@ -26,20 +26,20 @@ def test_generate_check_reports_edited_missing_and_extra_files(tmp_path):
     shutil.copytree(os.path.join(ROOT, "csrc"), csrc, ignore=shutil.ignore_patterns("*.h", "*.cuh", "*.cpp"))
     script = str(csrc / "generate.py")
     assert _check(script).returncode == 0
-    edited = csrc / "sm90" / "inst_int8_bf16_small.cu"
-    edited.write_text(edited.read_text().replace("Tiles::kSmall", "Tiles::kLarge"))
-    (csrc / "sm80" / "inst_sparse24_fp16_large.cu").unlink()
+    edited = csrc / "sm90" / "inst_int8.cu"
+    edited.write_text(edited.read_text().replace("DType::kBF16, Tiles::kSmall", "DType::kBF16, Tiles::kLarge"))
+    (csrc / "sm80" / "inst_sparse24_fp16.cu").unlink()
     (csrc / "sm80" / "inst_stale.cu").write_text("// left over\n")
     r = _check(script)
     assert r.returncode == 1
     assert "-template void run_gemm<false, DType::kI8, DType::kBF16, Tiles::kLarge>" in r.stdout
     assert "+template void run_gemm<false, DType::kI8, DType::kBF16, Tiles::kSmall>" in r.stdout
-    assert "+++ b/csrc/sm80/inst_sparse24_fp16_large.cu" in r.stdout
+    assert "+++ b/csrc/sm80/inst_sparse24_fp16.cu" in r.stdout
     assert "--- a/csrc/sm80/inst_stale.cu" in r.stdout
     assert "run python csrc/generate.py" in r.stderr
     # --check wrote nothing; a plain run repairs the folder and leaves the files it would not change alone
     assert (csrc / "sm80" / "inst_stale.cu").exists()
-    untouched = csrc / "sm90" / "inst_int8_fp16_large.cu"
+    untouched = csrc / "sm90" / "inst_fp8.cu"
     os.utime(untouched, (1_000_000_000, 1_000_000_000))
     subprocess.run([sys.executable, script], check=True, timeout=60)
     assert _check(script).returncode == 0

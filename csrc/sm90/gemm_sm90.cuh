@@ -1,6 +1,6 @@
 // The one CUTLASS 3.x Hopper GEMM template behind every sm_90a kernel of kernelswap._C:
 // dense int8 / e4m3 (TMA warp-specialized) and 2:4 sparse (sparse wgmma) with the same fused
-// epilogue. Included only by the generated csrc/sm90/inst_*.cu files (one instantiation
+// epilogue. Included only by the generated csrc/sm90/inst_*.cu files (one GEMM family
 // each, so they compile in parallel) and by sparse24_prepare.cu (for the sparse layouts).
 // See csrc/gemm_args.h for the swapped orientation (weight = A, tokens = B).
 #pragma once
@@ -14,7 +14,18 @@
 #include <cutlass/epilogue/fusion/sm90_visitor_compute_tma_warpspecialized.hpp>
 #include <cutlass/epilogue/fusion/sm90_visitor_load_tma_warpspecialized.hpp>
 #include <cutlass/epilogue/fusion/sm90_visitor_tma_warpspecialized.hpp>
-#include <cutlass/gemm/collective/collective_builder.hpp>
+// The sm_90 mainloop collectives and their builders only, not cutlass/gemm/collective/collective_builder.hpp,
+// which also parses those of sm_100 / sm_103 / sm_120 (about 4 s more per file; the epilogue and kernel
+// headers have no such split).
+#include <cutlass/gemm/collective/collective_builder_decl.hpp>
+#include <cutlass/gemm/collective/collective_mma_decl.hpp>
+#include <cutlass/gemm/collective/sm90_mma_tma_gmma_rs_warpspecialized_mixed_input.hpp>
+#include <cutlass/gemm/collective/sm90_mma_tma_gmma_ss_warpspecialized.hpp>
+#include <cutlass/gemm/collective/sm90_mma_tma_gmma_ss_warpspecialized_fp8.hpp>
+#include <cutlass/gemm/collective/sm90_sparse_mma_tma_gmma_ss_warpspecialized.hpp>
+#include <cutlass/gemm/collective/sm90_sparse_mma_tma_gmma_ss_warpspecialized_fp8.hpp>
+#include <cutlass/gemm/collective/builders/sm90_gmma_builder.inl>
+#include <cutlass/gemm/collective/builders/sm90_sparse_gmma_builder.inl>
 #include <cutlass/gemm/device/gemm_universal_adapter.h>
 #include <cutlass/gemm/dispatch_policy.hpp>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>

@@ -3,6 +3,9 @@
 #if KERNELSWAP_WITH_CUTLASS
 #include "sm80/gemm_sm80.cuh"
 namespace kernelswap::sm80 {
+template void run_sparse_gemm<DType::kI8, DType::kBF16, Tiles::kSmall>(const GemmProblem&);
 template void run_sparse_gemm<DType::kI8, DType::kBF16, Tiles::kLarge>(const GemmProblem&);
+template void run_sparse_gemm<DType::kI8, DType::kFP16, Tiles::kSmall>(const GemmProblem&);
+template void run_sparse_gemm<DType::kI8, DType::kFP16, Tiles::kLarge>(const GemmProblem&);
 }  // namespace kernelswap::sm80
 #endif

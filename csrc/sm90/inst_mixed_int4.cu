@@ -3,6 +3,7 @@
 #if KERNELSWAP_WITH_CUTLASS
 #include "sm90/gemm_mixed_sm90.cuh"
 namespace kernelswap::sm90 {
+template void run_mixed_gemm<DType::kU4, DType::kBF16, Tiles::kSmall>(const GemmProblem&);
 template void run_mixed_gemm<DType::kU4, DType::kBF16, Tiles::kLarge>(const GemmProblem&);
 }  // namespace kernelswap::sm90
 #endif

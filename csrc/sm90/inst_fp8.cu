@@ -4,5 +4,7 @@
 #include "sm90/gemm_sm90.cuh"
 namespace kernelswap::sm90 {
 template void run_gemm<false, DType::kE4M3, DType::kBF16, Tiles::kSmall>(const GemmProblem&);
+template void run_gemm<false, DType::kE4M3, DType::kBF16, Tiles::kLarge>(const GemmProblem&);
+template void run_gemm<false, DType::kE4M3, DType::kBF16, Tiles::kLargeFastAccum>(const GemmProblem&);
 }  // namespace kernelswap::sm90
 #endif

@@ -4,5 +4,6 @@
 #include "sm80/gemm_sm80.cuh"
 namespace kernelswap::sm80 {
 template void run_sparse_gemm<DType::kBF16, DType::kBF16, Tiles::kSmall>(const GemmProblem&);
+template void run_sparse_gemm<DType::kBF16, DType::kBF16, Tiles::kLarge>(const GemmProblem&);
 }  // namespace kernelswap::sm80
 #endif
