@@ -67,6 +67,17 @@ def _kernel_us(evt) -> float:
     return 0.0
 
 
+LINEAR_KERNELS = ("nvjet", "gemm", "gemv", "cutlass", "splitkreduce", "kernelswap", "quantize", "w4a16", "w8a16",
+                  "sparse24", "int8", "fp8", "cslt", "sm90_xmma", "tinygemm")
+
+
+def _is_linear_kernel(name: str) -> bool:
+    """Whether a kernel's name marks it as a linear layer's work (by the names cuBLAS, cuSPARSELt, CUTLASS and
+    kernelswap's kernels carry)."""
+    low = name.lower()
+    return any(tag in low for tag in LINEAR_KERNELS)
+
+
 def profile_one(name: str, model, ids, tokens: int, top: int, compiled: bool = False) -> None:
     """One generate() of `tokens` tokens under torch.profiler; compiled: `tokens` decode steps of
     hf_llama's L2 instead (StaticCache, torch.compile reduce-overhead: CUDA-graph replays), after
@@ -98,6 +109,9 @@ def profile_one(name: str, model, ids, tokens: int, top: int, compiled: bool = F
     kernels = sorted(((e.key, _kernel_us(e), e.count) for e in avgs if _kernel_us(e) > 0), key=lambda t: -t[1])
     what = "L2 step (compiled, graph replay)" if compiled else "token"
     print(f"==== {name}: GPU kernels {sum(us for _, us, _ in kernels) / tokens / 1e3:.3f} ms/{what} (profiled){wall}")
+    linear = sum(us for key, us, _ in kernels if _is_linear_kernel(key))
+    print(f"   of which linear-layer kernels (GEMM, GEMV, their split-K reductions and activation quantization; "
+          f"lm_head included) {linear / tokens / 1e3:.3f} ms, the rest {(sum(us for _, us, _ in kernels) - linear) / tokens / 1e3:.3f} ms")
     for key, us, count in kernels[:top]:
         print(f"   gpu {us / tokens:9.1f} us/token  x{count // tokens:<4d} {key[:90]}")
     for e in sorted(avgs, key=lambda e: -e.self_cpu_time_total)[:top]:

@@ -143,6 +143,7 @@ def _runner(run_c, plan: _Plan, index: int, mn: tuple[int, int], scratch_bytes: 
             return out
 
         run.plan, run.keep, run.for_shape = plan, keep, make  # alive with the runner
+        run.c_run = run_c  # the C entry point it calls (benchmarks/host_breakdown.py times it alone)
         return run
 
     return make(mn)
