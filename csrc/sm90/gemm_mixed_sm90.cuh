@@ -2,7 +2,7 @@
 // the int8 / int4 weight is converted to x's type in registers inside the mainloop (the RS wgmma
 // takes its A operand from registers) and never written back as a 16-bit copy, which the
 // "dequantize, then cuBLAS" route pays a full pass over the weights for. Included only by the
-// generated csrc/sm90/inst_mixed_*.cu files (one instantiation each). Same swapped orientation as
+// generated csrc/sm90/inst_mixed_*.cu files (one per weight type). Same swapped orientation as
 // csrc/sm90/gemm_sm90.cuh (weight = A, tokens = B; csrc/gemm_args.h): the mixed-input mainloop
 // wants the narrow operand as A anyway.
 //

@@ -249,12 +249,44 @@ void point(ReplaceAddress fn, const Tma& tma, const void* ptr) {
                   "kernelswap._C sm90 GEMM: cuTensorMapReplaceAddress failed");
 }
 
+// Device::run(params, stream) for parameters set up before (the kernel's shared-memory attribute set
+// by their set-up). A clustered kernel is launched here directly: CUTLASS's ClusterLauncher sets the
+// kernel's non-portable-cluster-size attribute before every launch, a cudaFuncSetAttribute of 2.2-3 us
+// of host time per call on the H200 machine (benchmarks/host_breakdown.py --api, M = 128), which
+// clusters of at most 8 CTAs (ours have 2) never need.
+template <class Device>
+cutlass::Status launch_kept(typename Device::Params& params, cudaStream_t stream) {
+  using Kernel = typename Device::GemmKernel;
+  using Cluster = typename Kernel::DispatchPolicy::ClusterShape;
+  static_assert(cute::size(Cluster{}) <= 8, "a cluster of more than 8 CTAs needs the non-portable attribute");
+  if constexpr (cute::size(Cluster{}) == 1) {
+    return Device::run(params, stream);
+  } else {
+    cudaLaunchAttribute cluster[1];
+    cluster[0].id = cudaLaunchAttributeClusterDimension;
+    cluster[0].val.clusterDim.x = cute::size<0>(Cluster{});
+    cluster[0].val.clusterDim.y = cute::size<1>(Cluster{});
+    cluster[0].val.clusterDim.z = cute::size<2>(Cluster{});
+    cudaLaunchConfig_t config{};
+    config.gridDim = Device::get_grid_shape(params);
+    config.blockDim = Kernel::get_block_shape();
+    config.dynamicSmemBytes = Kernel::SharedStorageSize;
+    config.stream = stream;
+    config.attrs = cluster;
+    config.numAttrs = 1;
+    void* args[] = {&params};
+    const cudaError_t e = cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(&cutlass::device_kernel<Kernel>), args);
+    STD_TORCH_CHECK(e == cudaSuccess, "kernelswap._C sm90 GEMM: cluster launch failed: ", cudaGetErrorString(e));
+    return cutlass::Status::kSuccess;
+  }
+}
+
 // run_cutlass with the kernel parameters kept in p.cache (csrc/gemm_args.h GemmCache): made by a
 // full set-up when the cache is empty or was made for another x (8-bit kinds: the quantized x in
 // the caller's scratch) or x_scale; then out's address (and x's, for 16-bit x, which
-// is the caller's tensor) patched into a copy of them and the kernel launched from that copy. A
-// kernel that asks for workspace (never these configs) is set up every run, as is every run on a
-// driver without cuTensorMapReplaceAddress.
+// is the caller's tensor) patched into a copy of them and the kernel launched from that copy
+// (launch_kept). A kernel that asks for workspace (never these configs) is set up every run, as is
+// every run on a driver without cuTensorMapReplaceAddress.
 template <class Device, class MakeArgs>
 void run_kept(const GemmProblem& p, bool x_is_scratch, MakeArgs&& make_args) {
   using Params = typename Device::Params;
@@ -282,7 +314,7 @@ void run_kept(const GemmProblem& p, bool x_is_scratch, MakeArgs&& make_args) {
   Params params = *static_cast<const Params*>(kept.get());
   point(fn, params.epilogue.tma_store_d, p.out);
   if (!x_is_scratch) point(fn, params.mainloop.tma_load_b, p.x);
-  check_cutlass_launch("sm90 GEMM", Device::run(params, p.stream));
+  check_cutlass_launch("sm90 GEMM", launch_kept<Device>(params, p.stream));
 }
 
 template <bool Sparse, DType In, DType Out, Tiles T>
