@@ -5,9 +5,9 @@ One kernel, two modes (A_INT8):
   W8A16  a (M, K) fp16/bf16/fp32, b converted to a's dtype in registers (int8 -> fp16/bf16
          is exact), acc fp32, epilogue acc * b_scale[n] + bias[n]
 and three orthogonal launch choices, all tl.constexpr:
-  SPLIT_K > 1   each program sums 1/SPLIT_K of K and stores its raw partial; a second
-                kernel (int8_epilogue.splitk_reduce) adds the partials and applies the
-                epilogue. For small M, where M x N tiles alone cannot fill the SMs.
+  SPLIT_K > 1   each program sums 1/SPLIT_K of K and stores its raw partial; the last
+                program of each tile adds the partials and applies the epilogue (splitk.py:
+                one launch). For small M, where M x N tiles alone cannot fill the SMs.
   USE_TMA       a and b arrive as host TensorDescriptors (Hopper TMA loads, zero fill out
                 of bounds); needs K * elem % 16 == 0.
   EVEN_K        K % BLOCK_K == 0: the K loop loads without masks.
@@ -29,7 +29,8 @@ import triton.language as tl
 from ._launch import launch
 from ._tiles import grouped_tile
 from ._tuning import TileBytes, autotune, sm_count
-from .int8_epilogue import gpu_compile_options, splitk_reduce, store_scaled
+from .int8_epilogue import gpu_compile_options, store_scaled
+from .splitk import TILE_MIN, check_counters, max_tiles, splitk_sum
 
 TUNE_KEY = ["M_BUCKET", "N", "K", "SPLIT_K", "HAS_BIAS", "USE_TMA"]
 
@@ -51,7 +52,9 @@ def tile_bytes() -> TileBytes:
 def _gemm_kernel(
     a_ptr,        # (M, K) int8 or float, row-major; a TensorDescriptor [BLOCK_M, BLOCK_K] when USE_TMA
     b_ptr,        # (N, K) int8, row-major;          a TensorDescriptor [BLOCK_N, BLOCK_K] when USE_TMA
-    c_ptr,        # (M, N) out dtype; (SPLIT_K, M, N) int32/fp32 partials when SPLIT_K > 1
+    c_ptr,        # (M, N) out dtype
+    part_ptr,     # (SPLIT_K, M, N) int32/fp32 partials (SPLIT_K > 1 only)
+    counter_ptr,  # per-tile int32 arrival counters, zero between launches (SPLIT_K > 1 only)
     a_scale_ptr,  # (M,) fp32 (A_INT8 only)
     b_scale_ptr,  # (N,) fp32
     bias_ptr,     # (N,) float (HAS_BIAS only)
@@ -128,8 +131,10 @@ def _gemm_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if SPLIT_K > 1:
-        c_ptrs = c_ptr + pid_k.to(tl.int64) * M * N + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-        tl.store(c_ptrs, acc, mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
+        last, acc = splitk_sum(acc, offs_m, offs_n, M, N, pid_k, pid, part_ptr, counter_ptr, SPLIT_K)
+        if last:
+            store_scaled(acc, offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr,
+                         stride_cm, stride_cn, A_INT8, HAS_BIAS)
     else:
         store_scaled(acc, offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr,
                      stride_cm, stride_cn, A_INT8, HAS_BIAS)
@@ -223,9 +228,11 @@ def tma_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def launch_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, b_scale: torch.Tensor,
                 bias: torch.Tensor | None, out: torch.Tensor, tuned: dict, split_k: int = 1,
-                use_tma: bool = False, config: dict | None = None) -> torch.Tensor:
+                use_tma: bool = False, config: dict | None = None,
+                counters: torch.Tensor | None = None) -> torch.Tensor:
     """Shared launcher of both modes. `tuned` is make_tuned's dict of autotuned kernels;
-    `config` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) bypasses tuning."""
+    `config` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) bypasses tuning;
+    `counters` (splitk.counters, kept per weight) serve a split-K launch (None: made for it)."""
     m, k = a.shape
     n = b.shape[0]
     if m == 0 or n == 0:
@@ -234,10 +241,13 @@ def launch_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     assert not (a_int8 and config is not None and config.get("SWAP_AB")), "SWAP_AB is a W8A16 mode"
     use_tma = use_tma and k > 0 and tma_ok(a, b)  # otherwise the pointer path serves
     split_k = max(1, min(split_k, triton.cdiv(k, 64)))
+    dummy = b_scale  # stands in for absent optional pointers; never read
     if split_k > 1:
-        target = torch.empty((split_k, m, n), device=a.device, dtype=torch.int32 if a_int8 else torch.float32)
+        part = torch.empty((split_k, m, n), device=a.device, dtype=torch.int32 if a_int8 else torch.float32)
+        assert config is None or min(config["BLOCK_M"], config["BLOCK_N"]) >= TILE_MIN, "split-K tiles are >= 16"
+        counters = check_counters(counters, max_tiles(m, n), a.device)
     else:
-        target = out
+        part = counters = dummy
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
         # Placeholder block shapes; _tma_block_hook (or the explicit config below) sets them.
@@ -245,8 +255,7 @@ def launch_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         b_arg = TensorDescriptor.from_tensor(b, [16, 16])
     else:
         a_arg, b_arg = a, b
-    dummy = b_scale  # stands in for absent optional pointers; never read
-    args = (a_arg, b_arg, target, a_scale if a_scale is not None else dummy, b_scale,
+    args = (a_arg, b_arg, out, part, counters, a_scale if a_scale is not None else dummy, b_scale,
             bias if bias is not None else dummy, m, n, k, a.stride(0), b.stride(0), out.stride(0), out.stride(1),
             m_bucket(m))
     flags = dict(A_INT8=a_int8, HAS_BIAS=bias is not None, SPLIT_K=split_k, USE_TMA=use_tma,
@@ -263,18 +272,18 @@ def launch_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
             b_arg.block_shape = [meta["BLOCK_N"], meta["BLOCK_K"]]
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split_k)
         launch(gemm_kernel, grid, args, {**flags, **meta})
-    if split_k > 1:
-        splitk_reduce(target, a_scale, b_scale, bias, out)
     return out
 
 
 def int8_scaled_mm(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
                    bias: torch.Tensor | None, out_dtype: torch.dtype, split_k: int | None = None,
-                   use_tma: bool = False, config: dict | None = None) -> torch.Tensor:
+                   use_tma: bool = False, config: dict | None = None,
+                   counters: torch.Tensor | None = None) -> torch.Tensor:
     """a (M, K) int8, a_scale (M,) fp32, b (N, K) int8, b_scale (N,) fp32, bias (N,) or None
-    -> (M, N) out_dtype. Inputs must have unit stride along K. split_k None: default_split_k."""
+    -> (M, N) out_dtype. Inputs must have unit stride along K. split_k None: default_split_k;
+    counters: b's split-K counters (splitk.counters), None: made per split-K call."""
     assert a.dtype == torch.int8 and b.dtype == torch.int8 and a.stride(1) == 1 and b.stride(1) == 1
     out = torch.empty((a.shape[0], b.shape[0]), device=a.device, dtype=out_dtype)
     if split_k is None:
         split_k = default_split_k(a.shape[0], b.shape[0], a.shape[1], a.device)
-    return launch_gemm(a, b, a_scale, b_scale, bias, out, _tuned, split_k, use_tma, config)
+    return launch_gemm(a, b, a_scale, b_scale, bias, out, _tuned, split_k, use_tma, config, counters)

@@ -15,8 +15,8 @@ multiplies it with x in registers, in one of two modes (tl.constexpr USE_DOT):
         value picks its x element (acc[n, g] += v0 * x[4g + i0] + v1 * x[4g + i1]) and
         one reduction over g ends the loop; no shared-memory round trip for w.
 Split-K (SPLIT_K > 1) spreads the weight stream over more CTAs when N alone gives too
-few; each split writes fp32 / int32 partials and a second small kernel sums them in
-split order (deterministic; int32 exact) and applies the epilogue.
+few; each split writes fp32 / int32 partials and the last split of each tile sums them in
+split order (deterministic; int32 exact) and applies the epilogue (splitk.py: one launch).
 
 Issue budget (static count of the SASS loop body, sm_90, Triton 3.6, bf16; an estimate, not
 a profile: the kernel's measured times are in benchmarks/results/bench.csv):
@@ -41,6 +41,8 @@ import triton.language as tl
 
 from ._launch import launch
 from ._tuning import TileBytes, autotune, interpreting
+from .int8_epilogue import store_scaled
+from .splitk import check_counters, max_tiles, splitk_sum
 
 
 @triton.jit
@@ -84,28 +86,13 @@ def _gather_dot(xt, v0, v1, i0, i1, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def _epilogue(acc, offs_m, offs_n, M, N, out_ptr, bias_ptr, a_scale_ptr, w_scale_ptr,
-              HAS_BIAS: tl.constexpr, INT8: tl.constexpr):
-    """acc (BLOCK_M, BLOCK_N) fp32 / int32 -> out (M, N), row-major, out dtype."""
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    out = acc.to(tl.float32)
-    if INT8:  # the reference's order: (acc * a_scale[m]) * w_scale[n]
-        out = out * tl.load(a_scale_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
-        out = out * tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
-    if HAS_BIAS:
-        out = out + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-    tl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
-
-@triton.jit
 def _sparse24_kernel(
     x_ptr,        # (M, K) fp16/bf16/fp32, or int8 when INT8; unit stride along K, row stride stride_xm
     v_ptr,        # (N, KP // 2) kept values, same dtype as x (int8 when INT8), row-major
     meta_ptr,     # (N, KP // 8) uint8, row-major
-    out_ptr,      # (M, N) output dtype, row-major (written when SPLIT_K == 1)
-    part_ptr,     # (SPLIT_K, M, N) fp32 / int32 partial sums (written when SPLIT_K > 1)
+    out_ptr,      # (M, N) output dtype, row-major
+    part_ptr,     # (SPLIT_K, M, N) fp32 / int32 partial sums (SPLIT_K > 1 only)
+    counter_ptr,  # per-tile int32 arrival counters, zero between launches (SPLIT_K > 1 only)
     bias_ptr,     # (N,) any float dtype (read when HAS_BIAS)
     a_scale_ptr,  # (M,) fp32 per-token scale (read when INT8)
     w_scale_ptr,  # (N,) fp32 per-channel scale (read when INT8)
@@ -171,28 +158,13 @@ def _sparse24_kernel(
             row += tl.sum(poison, axis=0)
         acc = tl.reshape(row, (1, BLOCK_N))
 
-    if SPLIT_K == 1:
-        _epilogue(acc, offs_m, offs_n, M, N, out_ptr, bias_ptr, a_scale_ptr, w_scale_ptr, HAS_BIAS, INT8)
-    else:
-        ptrs = part_ptr + (pid_k * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]
-        tl.store(ptrs, acc, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
-
-
-@triton.jit
-def _splitk_reduce_kernel(
-    part_ptr,     # (SPLIT_K, M, N) fp32 / int32 partial sums, contiguous
-    out_ptr, bias_ptr, a_scale_ptr, w_scale_ptr,  # as in _sparse24_kernel
-    M, N, SPLIT_K,
-    HAS_BIAS: tl.constexpr, INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
-    ptrs = part_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-    acc = tl.load(ptrs, mask=mask, other=0)
-    for s in range(1, SPLIT_K):  # fixed split order: deterministic fp32, exact int32
-        acc += tl.load(ptrs + s * M * N, mask=mask, other=0)
-    _epilogue(acc, offs_m, offs_n, M, N, out_ptr, bias_ptr, a_scale_ptr, w_scale_ptr, HAS_BIAS, INT8)
+    last = True
+    if SPLIT_K > 1:
+        last, acc = splitk_sum(acc, offs_m, offs_n, M, N, pid_k, pid_m * tl.num_programs(0) + pid_n, part_ptr,
+                               counter_ptr, SPLIT_K)
+    if last:  # the int8_scaled_mm epilogue; float: acc + bias
+        store_scaled(acc, offs_m, offs_n, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, out_ptr, N, 1, INT8, HAS_BIAS,
+                     INT8)
 
 
 # ---------------------------------------------------------------- configs and launchers
@@ -204,8 +176,9 @@ def fma_configs() -> list[triton.Config]:
     """M = 1 on CUDA cores (gather mode). Registers a thread (ptxas, sm_90, Triton 3.6):
     90 at BLOCK_N 32 x BLOCK_K 256 / 4 warps, ~160 at 64 x 256 and 64-128 x 256-512 / 8 warps.
     N = 14336-28672 gives 112-896 CTAs at BLOCK_N 32-128; narrow layers (N = 1024-4096) get
-    64-256 CTAs at BLOCK_N 16 instead of split-K: M = 1 is the eager decode step, where the
-    host time of a second (reduce) launch costs more than the few SMs a narrow layer leaves idle.
+    64-256 CTAs at BLOCK_N 16 instead of split-K: chosen when split-K took a second (reduce)
+    launch, whose host time at the eager decode step cost more than the few SMs a narrow layer
+    leaves idle; split-K configs in this mode were not timed since it became one launch.
     The first entry serves the interpreter only (small, so CPU tests stay fast)."""
     configs = [
         _cfg(16, 64, warps=1, stages=2),
@@ -259,7 +232,7 @@ def block_m_for(m: int, use_dot: bool) -> int:
     return max(16, min(64, triton.next_power_of_2(max(m, 1))))
 
 
-def _run_gemv(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config):
+def _run_gemv(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config, counters):
     m, k = x.shape
     n, kp = values.shape[0], values.shape[1] * 2
     assert x.stride(1) == 1 and values.is_contiguous() and meta.is_contiguous()
@@ -274,9 +247,12 @@ def _run_gemv(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, confi
     tuned = _DOT if use_dot else _FMA
     split_max = config.get("SPLIT_K", 1) if config is not None else _SPLIT_MAX[use_dot]
     dummy = out
-    part = dummy if split_max == 1 else torch.empty((split_max, m, n), dtype=torch.int32 if int8 else torch.float32,
-                                                    device=x.device)
-    args = (x, values, meta, out, part, dummy if bias is None else bias, a_scale if int8 else dummy,
+    if split_max == 1:
+        part = counters = dummy
+    else:
+        part = torch.empty((split_max, m, n), dtype=torch.int32 if int8 else torch.float32, device=x.device)
+        counters = check_counters(counters, max_tiles(m, n, block_m), x.device)
+    args = (x, values, meta, out, part, counters, dummy if bias is None else bias, a_scale if int8 else dummy,
             w_scale if int8 else dummy, m, n, k, kp, triton.next_power_of_2(m), x.stride(0), kp // 2, kp // 8)
     meta_args = dict(HAS_BIAS=bias is not None, INT8=int8, USE_DOT=use_dot, BLOCK_M=block_m)
     # Keep (acc * a_scale) * w_scale + bias two roundings apart, like the reference.
@@ -287,33 +263,30 @@ def _run_gemv(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, confi
 
     if config is not None:
         launch(_sparse24_kernel, grid, args, {**meta_args, **config, **opts})
-        split_k = config.get("SPLIT_K", 1)
     else:
-        split_k = launch(tuned, grid, args, {**meta_args, **opts})["SPLIT_K"]
-    if split_k > 1:
-        bm, bn = min(16, triton.next_power_of_2(m)), 256
-        launch(_splitk_reduce_kernel, (triton.cdiv(m, bm), triton.cdiv(n, bn)),
-               (part, out, dummy if bias is None else bias, a_scale if int8 else dummy, w_scale if int8 else dummy,
-                m, n, split_k), dict(HAS_BIAS=bias is not None, INT8=int8, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, **opts))
+        launch(tuned, grid, args, {**meta_args, **opts})
     return out
 
 
 def sparse24_linear(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None,
-                    *, use_dot: bool | None = None, config: dict | None = None) -> torch.Tensor:
+                    *, use_dot: bool | None = None, config: dict | None = None,
+                    counters: torch.Tensor | None = None) -> torch.Tensor:
     """x (M, K) fp16/bf16/fp32 with unit stride along K, values (N, Kp // 2) x.dtype, meta (N, Kp // 8)
     uint8 -> (M, N) x.dtype. use_dot: tensor-core mode (default: M > FMA_MAX_M); config: fixed
-    BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages instead of autotuning (tests, benchmarks)."""
+    BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages instead of autotuning (tests, benchmarks);
+    counters: the weight's split-K counters (splitk.counters), None: made per split-K call."""
     assert values.dtype == x.dtype, "values and x must share a dtype"
-    return _run_gemv(x, values, meta, bias, None, None, x.dtype, use_dot, config)
+    return _run_gemv(x, values, meta, bias, None, None, x.dtype, use_dot, config, counters)
 
 
 def sparse24_int8_linear(q: torch.Tensor, a_scale: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                          w_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype, *,
-                         use_dot: bool | None = None, config: dict | None = None) -> torch.Tensor:
+                         use_dot: bool | None = None, config: dict | None = None,
+                         counters: torch.Tensor | None = None) -> torch.Tensor:
     """q (M, K) int8 per-token quantized x with a_scale (M,) fp32, values (N, Kp // 2) int8,
     meta (N, Kp // 8) uint8, w_scale (N,) fp32 -> (M, N) out_dtype (int8_scaled_mm epilogue)."""
     assert q.dtype == torch.int8 and values.dtype == torch.int8
-    return _run_gemv(q, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config)
+    return _run_gemv(q, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, config, counters)
 
 
 def interpreter_safe(dtype: torch.dtype, use_dot: bool) -> bool:

@@ -60,13 +60,14 @@ _tuned = make_tuned(w8a16_small_m_configs(), w8a16_large_m_configs())
 
 def int8_weight_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
                        split_k: int | None = None, use_tma: bool = False,
-                       config: dict | None = None) -> torch.Tensor:
+                       config: dict | None = None, counters: torch.Tensor | None = None) -> torch.Tensor:
     """x (M, K) float, w_q (N, K) int8, w_scale (N,) fp32, bias (N,) or None -> (M, N) x.dtype.
-    split_k None picks one from the shape (default_split_k)."""
+    split_k None picks one from the shape (default_split_k); counters: w_q's split-K counters
+    (splitk.counters), None: made per split-K call."""
     assert w_q.dtype == torch.int8 and x.stride(-1) == 1 and w_q.stride(1) == 1
     m, k = x.shape
     n = w_q.shape[0]
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     if split_k is None:
         split_k = default_split_k(m, n, k, x.device)
-    return launch_gemm(x, w_q, None, w_scale, bias, out, _tuned, split_k, use_tma, config)
+    return launch_gemm(x, w_q, None, w_scale, bias, out, _tuned, split_k, use_tma, config, counters)

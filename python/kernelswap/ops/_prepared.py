@@ -70,3 +70,16 @@ class PreparedWeights:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+_SPLITK = PreparedWeights("split-K tile counters (Triton GEMMs)")
+
+
+def splitk_counters(w: Tensor) -> Tensor | None:
+    """The split-K tile counters of the Triton GEMMs on weight `w` (N, ...): kernelswap.kernels.splitk's
+    zeroed int32 set, one per weight, made by the `prepare` hooks (or on the first call outside
+    capture). None under capture when none was made: the launch then makes a zeroed set for itself."""
+    if w.is_cuda and not _SPLITK.holds((w,)) and torch.cuda.is_current_stream_capturing():
+        return None
+    from kernelswap.kernels.splitk import counters
+    return _SPLITK.get((w,), lambda: counters(w.shape[0], w.device))

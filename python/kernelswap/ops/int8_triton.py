@@ -5,14 +5,18 @@ importing kernelswap never needs Triton.
 
   quantize_per_token_int8  kernels.int8_quant (one read of x, bit-exact with the reference)
   int8_scaled_mm           kernels.int8_gemm (int32 accumulate, scale/bias epilogue)
-  int8_linear              quant kernel + int8 GEMM (two launches, three with split-K; q and
-                           its scale go through memory: M x K bytes, small next to the weights)
+  int8_linear              quant kernel + int8 GEMM (two launches, split-K finished inside the
+                           GEMM; q and its scale go through memory: M x K bytes, small next to
+                           the weights)
   int8_weight_linear       kernels.w8a16_gemm (int8 -> x.dtype in registers)
+The layers' weights keep their split-K tile counters (ops/_prepared.splitk_counters), made by
+the `prepare` hooks with the layer's other prepared layouts.
 """
 from __future__ import annotations
 
 import torch
 
+from ._prepared import splitk_counters
 from .backend import Preference, register
 
 
@@ -28,12 +32,16 @@ def _int8_scaled_mm_triton(a, a_scale, b, b_scale, bias, out_dtype):
     return int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype)
 
 
-@register("int8_linear", "triton")
+def _prepare_counters(w_q, *rest):
+    splitk_counters(w_q)
+
+
+@register("int8_linear", "triton", prepare=_prepare_counters)
 def _int8_linear_triton(x, w_q, w_scale, bias):
     from kernelswap.kernels.int8_gemm import int8_scaled_mm
     from kernelswap.kernels.int8_quant import quantize_per_token
     q, s = quantize_per_token(x)
-    return int8_scaled_mm(q, s, w_q, w_scale, bias, x.dtype)
+    return int8_scaled_mm(q, s, w_q, w_scale, bias, x.dtype, counters=splitk_counters(w_q))
 
 
 # From this many tokens, dequantize + cuBLAS (torch backend) serves int8_weight_linear. H100,
@@ -61,7 +69,7 @@ def _w8a16_supports(x, w_q, w_scale, bias):
     return None
 
 
-@register("int8_weight_linear", "triton", supports=_w8a16_supports)
+@register("int8_weight_linear", "triton", supports=_w8a16_supports, prepare=_prepare_counters)
 def _int8_weight_linear_triton(x, w_q, w_scale, bias):
     from kernelswap.kernels.w8a16_gemm import int8_weight_linear
-    return int8_weight_linear(x, w_q, w_scale, bias)
+    return int8_weight_linear(x, w_q, w_scale, bias, counters=splitk_counters(w_q))

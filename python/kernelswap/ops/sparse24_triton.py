@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._prepared import PreparedWeights
+from ._prepared import PreparedWeights, splitk_counters
 from .backend import register, triton_interpreting
 from .int8 import quantize_per_token_ref
 from .sparse24 import check_meta_valid
@@ -69,22 +69,23 @@ def _int8_supports(x, values, meta, w_scale, bias):
     return _common_reason(x)
 
 
-def _prepare_meta(op: str):
+def _prepare(op: str):
     def prepare(values, meta, *rest):
         if meta.is_cuda:
             _check_meta_once(op, meta)  # a sync (bool of a reduction): never inside capture
+        splitk_counters(values)
     return prepare
 
 
-@register("sparse24_linear", "triton", supports=_float_supports, prepare=_prepare_meta("sparse24_linear"))
+@register("sparse24_linear", "triton", supports=_float_supports, prepare=_prepare("sparse24_linear"))
 def _sparse24_linear_triton(x, values, meta, bias):
     from kernelswap.kernels.sparse24_gemv import sparse24_linear
 
     _check_meta_once("sparse24_linear", meta)
-    return sparse24_linear(x, values, meta, bias)
+    return sparse24_linear(x, values, meta, bias, counters=splitk_counters(values))
 
 
-@register("sparse24_int8_linear", "triton", supports=_int8_supports, prepare=_prepare_meta("sparse24_int8_linear"))
+@register("sparse24_int8_linear", "triton", supports=_int8_supports, prepare=_prepare("sparse24_int8_linear"))
 def _sparse24_int8_linear_triton(x, values, meta, w_scale, bias):
     from kernelswap.kernels.sparse24_gemv import sparse24_int8_linear
 
@@ -92,4 +93,4 @@ def _sparse24_int8_linear_triton(x, values, meta, w_scale, bias):
     if x.shape[0] == 0:
         return x.new_empty((0, values.shape[0]))
     q, a_scale = _quantize(x)
-    return sparse24_int8_linear(q, a_scale, values, meta, w_scale, bias, x.dtype)
+    return sparse24_int8_linear(q, a_scale, values, meta, w_scale, bias, x.dtype, counters=splitk_counters(values))
