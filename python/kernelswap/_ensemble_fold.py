@@ -50,10 +50,14 @@ _CONV = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _stamp(watch: list[torch.Tensor]) -> tuple:
+def _stamp(watch: list[torch.Tensor]) -> tuple | None:
     """The version counters of a layer's stacked tensors and of the members' own ones: a write to
     either changes it. (A member's parameter holds the stack's storage through .data, which keeps the
-    parameter's own version counter: a write through it does not bump the stack's.)"""
+    parameter's own version counter: a write through it does not bump the stack's.) None when one
+    of them is an inference tensor (made under torch.inference_mode), which keeps no version: the
+    caller then recomputes on every call."""
+    if any(t.is_inference() for t in watch):
+        return None
     return tuple(t._version for t in watch)
 
 
@@ -113,7 +117,7 @@ class _FoldedConv(nn.Module):
         if not (self.channel and w.is_cuda and w.dim() == 4):
             return w
         stamp = _stamp(self.watch)
-        if self._nhwc[0] != stamp:
+        if stamp is None or self._nhwc[0] != stamp:
             self._nhwc = (stamp, w.contiguous(memory_format=torch.channels_last))
         return self._nhwc[1]
 
@@ -143,7 +147,7 @@ class _FoldedBatchNorm(nn.Module):
         """(scale, shift) as views broadcasting against x; recomputed only when a statistic changed
         in place (load_state_dict, a write through a member)."""
         key = _stamp(self.watch)
-        if key != self._key:
+        if key is None or key != self._key:
             w, b, mean, var = self.stats
             scale = torch.rsqrt(var.float() + self.eps)
             if w is not None:

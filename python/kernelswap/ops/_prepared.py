@@ -3,7 +3,8 @@
 The public ops take weights in one documented format (kernelswap.ops.int4,
 kernelswap.ops.sparse24). A kernel that wants another layout (for example a CUTLASS sparse
 GEMM's reordered metadata) converts the weights the first time the layout is asked for and
-keeps the result here, keyed by the source buffers' identity and version. The layers ask for
+keeps the result here, keyed by the source buffers' identity and version (identity alone for
+tensors made under torch.inference_mode, which keep no version). The layers ask for
 it when their buffers are made, moved or loaded (the `prepare` hooks, through
 kernelswap.ops.backend.prepare_weights), never in a forward: a layout made during CUDA-graph
 capture (or a torch.compile cudagraph warm-up) would live in the graph's private memory pool
@@ -47,7 +48,10 @@ class PreparedWeights:
 
     @staticmethod
     def _key(tensors: tuple[Tensor, ...]) -> tuple:
-        return tuple((t.data_ptr(), t._version, str(t.device), tuple(t.shape), t.dtype) for t in tensors)
+        # An inference tensor (made under torch.inference_mode) has no version counter: its key is
+        # its identity alone, so an in-place change of one goes unseen until prepare() (as documented).
+        return tuple((t.data_ptr(), -1 if t.is_inference() else t._version, str(t.device), tuple(t.shape), t.dtype)
+                     for t in tensors)
 
     def get(self, tensors: tuple[Tensor, ...], make: Callable[[], Any]) -> Any:
         """The prepared form of `tensors`, made by `make()` the first time."""
