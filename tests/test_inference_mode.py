@@ -103,6 +103,8 @@ def test_ensemble_folded_inside_inference_mode():
             m.conv.weight.mul_(0.5)
         third = ens(x)
     want = _loop(members, "mean", x)
-    torch.testing.assert_close(second, first)
-    tol = dict(rtol=1e-5, atol=1e-6) if DEV == "cpu" else dict(rtol=2e-3, atol=2e-3)  # TF32 convs on the GPU
+    # The first call checks the fold against the members' own calls; on the GPU the grouped conv
+    # and the members' convs differ by cuDNN's rounding (2e-5 of 5e-2 measured on an H200).
+    tol = dict(rtol=1e-5, atol=1e-6) if DEV == "cpu" else dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(second, first, **tol)
     torch.testing.assert_close(third, want, **tol)
