@@ -54,7 +54,15 @@ from .backend import Preference, register
 # the CUTLASS 2:4-int8 quantize + GEMM: M=1: 0.72 / 0.50 / 0.60 / 0.41 (CUTLASS 1.01 / 0.74 / 1.06
 # / 0.72), M=4: 1.02 / 0.69 / 0.88 / 0.53 (1.04 / 0.82 / 1.08 / 0.83), M=8: 1.26 / 0.86 / 1.24 /
 # 0.65 (1.01 / 0.83 / 1.03 / 0.74).
-GEMV_UP_TO_M = {"int4_linear": 16, "int8_weight_linear": 4, "int8_linear": 1, "sparse24_linear": 8,
+# W8A16 again after the Triton GEMM's split-K became one launch (2026-12-04, benchmarks/never_slower.py,
+# benchmarks/results/never_slower_w8a16_m1-4.md and never_slower_splitk.md, same four sizes), GEMV /
+# Triton: M=1 0.83 / 0.74, 0.63 / 0.73, 0.63 / 0.68, 0.59 / 0.62; M=2 0.93 / 0.73, 0.66 / 0.67, 0.68
+# / 0.69, 0.63 / 0.62; M=4 0.93 / 0.72, 0.69 / 0.67, 0.71 / 0.68, 0.65 / 0.60; M=8 0.97 / 0.73, 0.73 /
+# 0.68, 0.75 / 0.69, 0.68 / 0.58. So the GEMV keeps M = 1 only (it was 4), 4096x4096 included, where
+# Triton is faster under a graph but the GEMV's call costs less host time (13.8 against 16.1 us at
+# M = 1 / 16, benchmarks/results/host_time.csv), which eager decode at M = 1 is bound by. M = 3 was
+# not measured.
+GEMV_UP_TO_M = {"int4_linear": 16, "int8_weight_linear": 1, "int8_linear": 1, "sparse24_linear": 8,
                 "sparse24_int8_linear": 4}
 MAX_M = 64
 ALIGN_K = 8  # x rows are read as 16-byte vectors (W8A8) and 4-byte pairs
