@@ -23,15 +23,10 @@ from kernelswap.ops.int4 import dequantize_int4_ref, int4_linear_ref
 from kernelswap.ops.int8 import int8_weight_linear_ref
 from kernelswap.packing import quantize_int4
 
-from utils import assert_close_to_ref, interpreting
+from utils import assert_close_to_ref, interpreting, kernel_device, needs_kernel_device
 
-if interpreting():
-    DEV = "cpu"
-elif torch.cuda.is_available():
-    DEV = "cuda"
-else:
-    DEV = None
-pytestmark = pytest.mark.skipif(DEV is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+DEV = kernel_device()
+pytestmark = needs_kernel_device
 
 from kernelswap.kernels import w4a16_gemm, w8a16_gemm  # noqa: E402
 
@@ -177,7 +172,7 @@ _A_OPERAND = re.compile(r"warp_group_dot .*?:\s+(tensor<|!\w+\.memdesc<)")
 
 
 def _sm90() -> bool:
-    return not ON_CPU and torch.cuda.get_device_capability() == (9, 0)
+    return DEV == "cuda" and torch.cuda.get_device_capability() == (9, 0)
 
 
 @pytest.mark.skipif(not _sm90(), reason="wgmma: an sm_90 GPU")

@@ -14,15 +14,10 @@ import torch
 
 import kernelswap as ks
 from kernelswap import packing as P
-from utils import assert_exact, interpreting
+from utils import assert_exact, kernel_device, needs_kernel_device
 
-if interpreting():
-    DEV = "cpu"
-elif torch.cuda.is_available():
-    DEV = "cuda"
-else:
-    DEV = None
-pytestmark = pytest.mark.skipif(DEV is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+DEV = kernel_device()
+pytestmark = needs_kernel_device
 
 from kernelswap.kernels import int8_gemm, sparse24_gemv, splitk, w8a16_gemm  # noqa: E402
 

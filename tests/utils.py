@@ -20,6 +20,14 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def kernel_device() -> str | None:
+    """Where the Triton kernel tests run: "cpu" under TRITON_INTERPRET=1, else "cuda" when there is a
+    GPU, else None (the test module is skipped: needs_kernel_device)."""
+    if interpreting():
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64 (0 when both are empty or zero)."""
     out, ref = out.double(), ref.double()
@@ -97,6 +105,7 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_kernel_device = pytest.mark.skipif(kernel_device() is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 
 # The CUDA extension kernelswap._C (tests/test_cuda_ext.py, tests/test_sparse24_sm80.py).
 from kernelswap import _ext  # noqa: E402 - after the helpers that need no kernelswap
