@@ -53,12 +53,15 @@ class PreparedWeights:
         return tuple((t.data_ptr(), -1 if t.is_inference() else t._version, str(t.device), tuple(t.shape), t.dtype)
                      for t in tensors)
 
-    def get(self, tensors: tuple[Tensor, ...], make: Callable[[], Any]) -> Any:
-        """The prepared form of `tensors`, made by `make()` the first time."""
+    def get(self, tensors: tuple[Tensor, ...], make: Callable[[], Any], optional: bool = False) -> Any:
+        """The prepared form of `tensors`, made by `make()` the first time. Missing under CUDA-graph
+        capture it cannot be made: an error, or None when `optional` (the caller can do without)."""
         key = self._key(tensors)
         if key in self._cache:
             return self._cache[key]
         if tensors[0].is_cuda and torch.cuda.is_current_stream_capturing():
+            if optional:
+                return None
             raise RuntimeError(
                 f"kernelswap: the {self.name} layout of a weight was not prepared before CUDA-graph capture; "
                 f"move the model with .to(device) (or call kernelswap.prepare(model)) before capturing, and do "
@@ -83,7 +86,7 @@ def splitk_counters(w: Tensor) -> Tensor | None:
     """The split-K tile counters of the Triton GEMMs on weight `w` (N, ...): kernelswap.kernels.splitk's
     zeroed int32 set, one per weight, made by the `prepare` hooks (or on the first call outside
     capture). None under capture when none was made: the launch then makes a zeroed set for itself."""
-    if w.is_cuda and not _SPLITK.holds((w,)) and torch.cuda.is_current_stream_capturing():
-        return None
-    from kernelswap.kernels.splitk import counters
-    return _SPLITK.get((w,), lambda: counters(w.shape[0], w.device))
+    def make():
+        from kernelswap.kernels.splitk import counters
+        return counters(w.shape[0], w.device)
+    return _SPLITK.get((w,), make, optional=True)
