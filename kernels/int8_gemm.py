@@ -130,12 +130,10 @@ def _gemm_kernel(
         acc = tl.trans(acc)  # (BLOCK_M, BLOCK_N): the epilogue's orientation
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    last = True
     if SPLIT_K > 1:
         last, acc = splitk_sum(acc, offs_m, offs_n, M, N, pid_k, pid, part_ptr, counter_ptr, SPLIT_K)
-        if last:
-            store_scaled(acc, offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr,
-                         stride_cm, stride_cn, A_INT8, HAS_BIAS)
-    else:
+    if last:
         store_scaled(acc, offs_m, offs_n, M, N, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr,
                      stride_cm, stride_cn, A_INT8, HAS_BIAS)
 

@@ -23,7 +23,7 @@ from kernelswap.ops.int4 import dequantize_int4_ref, int4_linear_ref
 from kernelswap.ops.int8 import int8_weight_linear_ref
 from kernelswap.packing import quantize_int4
 
-from utils import assert_close_to_ref, interpreting, kernel_device, needs_kernel_device
+from utils import assert_close_to_ref, kernel_device, needs_kernel_device
 
 DEV = kernel_device()
 pytestmark = needs_kernel_device
