@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_M = 64  # rows a split-K launch may have (int8_gemm.SMALL_M, sparse24_gemv's tensor-core mode)
+MAX_M = 64  # rows a split-K launch may have (int8_gemm.SMALL_M, sparse24_gemv's tensor-core mode; W4A16: 16)
 TILE_MIN = 16  # the smallest BLOCK_M and BLOCK_N of a split-K config
 
 
@@ -49,13 +49,22 @@ def check_counters(c: torch.Tensor | None, tiles: int, device: torch.device) -> 
 
 @triton.jit
 def splitk_sum(acc, offs_m, offs_n, M, N, pid_k, tile, part_ptr, counter_ptr, SPLIT_K: tl.constexpr):
-    """Store this split's partial `acc` of the output tile (offs_m, offs_n) into part_ptr's
-    (SPLIT_K, M, N) buffer and count it on counter_ptr[tile]. Returns (last, total): `last` is
-    true in the one program that arrived after every other split of the tile, and `total` is
+    """Store this split's partial `acc` (BLOCK_M, BLOCK_N) of the output tile (offs_m, offs_n) into
+    part_ptr's (SPLIT_K, M, N) buffer and count it on counter_ptr[tile]. Returns (last, total): `last`
+    is true in the one program that arrived after every other split of the tile, and `total` is
     then the sum of the SPLIT_K partials in split order (elsewhere: acc, not to be used)."""
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
-    ptrs = part_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    return splitk_sum_at(acc, offs, mask, M, N, pid_k, tile, part_ptr, counter_ptr, SPLIT_K)
+
+
+@triton.jit
+def splitk_sum_at(acc, offs, mask, M, N, pid_k, tile, part_ptr, counter_ptr, SPLIT_K: tl.constexpr):
+    """splitk_sum for an accumulator of any shape or orientation: `offs` (int64) and `mask`, of acc's
+    shape, place each element in the (M, N) row-major plane of one split (row * N + column), so a
+    kernel passes the offsets its own output store uses and keeps acc's layout as it is."""
     stride = ((pid_k * 0).to(tl.int64) + M) * N  # int64 whether or not M arrives as a constant
+    ptrs = part_ptr + offs
     tl.store(ptrs + pid_k.to(tl.int64) * stride, acc, mask=mask)
     tl.debug_barrier()  # every thread's partial is stored before the release below
     arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel", scope="gpu")

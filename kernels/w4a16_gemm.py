@@ -6,8 +6,9 @@ x carries the true K <= Kp. out = x @ ((code - zero) * scale)[:, :K].T (+ bias),
 
 One kernel, two tunings (chosen by the caller, see kernelswap.ops.int4_triton):
   small_m  M <= 16: one 16-row tile covers every token, so each weight byte is read once;
-           split-K spreads the weight read over enough CTAs to fill the GPU, partial sums
-           are atomically added into an fp32 buffer.
+           split-K spreads the weight read over enough CTAs to fill the GPU; the last split
+           of a tile sums the fp32 partials in split order and stores the output with the
+           bias (splitk.py: one launch, deterministic).
   large_m  swizzled 2-D tiles, no split-K; optionally "swap AB" (out^T = W x^T) so the
            dequantized tile is the left operand, which Hopper's wgmma can take straight
            from registers instead of a round trip through shared memory.
@@ -21,6 +22,7 @@ import triton.language as tl
 from ._launch import launch
 from ._tiles import grouped_tile
 from ._tuning import TileBytes, autotune, interpreting
+from .splitk import check_counters, max_tiles, splitk_sum_at
 
 # Bits of the float 2**23: OR-ing a 4-bit code into its mantissa and subtracting 2**23
 # gives the code as fp32 with one integer and one float op, avoiding the quarter-rate
@@ -52,7 +54,9 @@ def _w4a16_gemm_kernel(
     s_ptr,  # (N, KP // GROUP) fp16, row-major
     z_ptr,  # (N, KP // GROUP) uint8, row-major (a dummy when SYMMETRIC)
     b_ptr,  # (N,) bias, any float dtype (a dummy when not HAS_BIAS)
-    out_ptr,  # (M, N): x.dtype when SPLIT_K == 1, else fp32 zero-filled (atomically accumulated)
+    out_ptr,  # (M, N) x.dtype, contiguous
+    part_ptr,  # (SPLIT_K, M, N) fp32 partial sums (SPLIT_K > 1 only)
+    counter_ptr,  # per-tile int32 arrival counters, zero between launches (SPLIT_K > 1 only)
     M, N, K, KP,
     M_KEY,  # autotune bucket of M; unused in the body
     stride_xm, stride_wn, stride_sn, stride_om,
@@ -103,20 +107,22 @@ def _w4a16_gemm_kernel(
         else:
             acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
+    # The output offsets in acc's own orientation, so the swapped tile is stored as it lies.
     if SWAP_AB:
-        out_ptrs = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None]
+        offs = offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
         out_mask = (offs_m[None, :] < M) & (offs_n[:, None] < N)
         bias_idx = offs_n[:, None]
     else:
-        out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+        offs = offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
         out_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
         bias_idx = offs_n[None, :]
-    if SPLIT_K == 1:
+    last = True
+    if SPLIT_K > 1:
+        last, acc = splitk_sum_at(acc, offs, out_mask, M, N, pid_k, pid, part_ptr, counter_ptr, SPLIT_K)
+    if last:
         if HAS_BIAS:
             acc += tl.load(b_ptr + bias_idx, mask=bias_idx < N, other=0.0).to(tl.float32)
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
-    else:
-        tl.atomic_add(out_ptrs, acc, mask=out_mask)
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 def _cfg(bm, bn, bk, split_k=1, group_m=8, swap=False, warps=4, stages=3) -> triton.Config:
@@ -170,9 +176,11 @@ _SMEM = TileBytes((("BLOCK_M", "BLOCK_K", "x", 1), ("BLOCK_N", "BLOCK_K", "w_pac
 _KEY = ["M_KEY", "N", "K", "GROUP", "SYMMETRIC"]
 
 
-_SMALL = autotune(small_m_configs(), key=_KEY, smem=_SMEM, reset_to_zero=["out_ptr"])(_w4a16_gemm_kernel)
+_SMALL = autotune(small_m_configs(), key=_KEY, smem=_SMEM)(_w4a16_gemm_kernel)
 _LARGE = autotune(large_m_configs(), key=_KEY, smem=_SMEM)(_w4a16_gemm_kernel)
 SMALL_M_MAX = 16  # one BLOCK_M=16 tile holds every token
+_SMALL_SPLIT_MAX = max(c.kwargs["SPLIT_K"] for c in small_m_configs())
+assert all(c.kwargs["SPLIT_K"] == 1 for c in large_m_configs()), "large-M configs do not split K"
 
 
 def m_key(m: int) -> int:
@@ -182,12 +190,13 @@ def m_key(m: int) -> int:
 
 def w4a16_gemm(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                group_size: int, bias: torch.Tensor | None = None, *, small_m: bool | None = None,
-               config: dict | None = None) -> torch.Tensor:
+               config: dict | None = None, counters: torch.Tensor | None = None) -> torch.Tensor:
     """x (M, K) float, unit stride along K -> (M, N) x.dtype.
 
     small_m: the split-K tuning (default: M <= 16). config: fixed meta-parameters
     (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, SWAP_AB, num_warps, num_stages)
-    instead of autotuning, for tests and benchmarks."""
+    instead of autotuning, for tests and benchmarks. counters: the weight's split-K tile
+    counters (splitk.counters), None: a zeroed set made for a split-K call."""
     m, k = x.shape
     n, kp = w_packed.shape[0], w_packed.shape[1] * 2
     assert x.stride(1) == 1 and w_packed.is_contiguous() and scales.is_contiguous()
@@ -195,27 +204,27 @@ def w4a16_gemm(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tensor, ze
         small_m = m <= SMALL_M_MAX
     if m == 0:
         return x.new_empty((0, n))
-    # Small M accumulates fp32 partial sums (split-K) and adds the bias while casting;
-    # large M writes x.dtype with the bias fused.
-    out = torch.zeros((m, n), device=x.device, dtype=torch.float32) if small_m else x.new_empty((m, n))
-    fused_bias = bias is not None and not small_m
-    dummy = scales
-    args = (x, w_packed, scales, dummy if zeros is None else zeros, bias if fused_bias else dummy, out,
-            m, n, k, kp, m_key(m), x.stride(0), w_packed.stride(0), scales.stride(0), out.stride(0))
-    meta = dict(GROUP=group_size, SYMMETRIC=zeros is None, HAS_BIAS=fused_bias,
+    out = x.new_empty((m, n))
+    # SPLIT_K is the config's (the autotuner picks it inside the launch): scratch for the widest.
+    split_max = config.get("SPLIT_K", 1) if config is not None else (_SMALL_SPLIT_MAX if small_m else 1)
+    dummy = scales  # stands in for absent optional pointers; never read
+    part = dummy
+    if split_max > 1:
+        assert config is None or config["BLOCK_M"] >= 16 and config["BLOCK_N"] >= 16, "split-K tiles are >= 16"
+        part = torch.empty((split_max, m, n), device=x.device, dtype=torch.float32)
+        counters = check_counters(counters, max_tiles(m, n), x.device)
+    else:
+        counters = dummy
+    args = (x, w_packed, scales, dummy if zeros is None else zeros, dummy if bias is None else bias, out, part,
+            counters, m, n, k, kp, m_key(m), x.stride(0), w_packed.stride(0), scales.stride(0), out.stride(0))
+    meta = dict(GROUP=group_size, SYMMETRIC=zeros is None, HAS_BIAS=bias is not None,
                 DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32")
 
     def grid(c):
         return (triton.cdiv(m, c["BLOCK_M"]) * triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"])
 
     if config is not None:
-        if not small_m:
-            assert config.get("SPLIT_K", 1) == 1, "split-K accumulates in fp32: use small_m=True"
         launch(_w4a16_gemm_kernel, grid, args, {**meta, **config})
     else:
         launch(_SMALL if small_m else _LARGE, grid, args, meta)
-    if small_m:
-        if bias is not None:
-            out += bias.float()
-        return out.to(x.dtype)
     return out

@@ -9,8 +9,9 @@ second, against ~30e12 simple ALU ops. The kernel therefore
   * keeps scale and zero point out of the inner loop: per group,
         sum_k (c_k - z) s x_k = s * (sum_k c_k x_k - z * sum_k x_k),
     so each weight costs one FMA per token and each group one multiply-add per row;
-  * splits K across CTAs when N alone gives too few of them, adding fp32 partial sums
-    atomically.
+  * splits K across CTAs when N alone gives too few of them; the last split of a column
+    tile sums the fp32 partials in split order and stores the output (splitk.py: one
+    launch, deterministic), the bias added there.
 Nibble i of word w (little-endian bytes, low nibble = even k) is k = 8 w + i.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import triton.language as tl
 
 from ._launch import launch
 from ._tuning import autotune
+from .splitk import check_counters, max_tiles, splitk_sum_at
 from .w4a16_gemm import MAGIC_F32, MAGIC_F32_BITS
 
 # Each extra token adds a full FMA per weight; tl.dot (w4a16_gemm) was measured faster already
@@ -34,11 +36,14 @@ def _w4a16_gemv_kernel(
     w_words,  # (N, KP // 8) int32: w_packed read 4 bytes at a time, row-major
     s_ptr,  # (N, KP // GROUP) fp16, row-major
     z_ptr,  # (N, KP // GROUP) uint8, row-major (a dummy when SYMMETRIC)
-    out_ptr,  # (M, N) fp32, zero-filled; partial sums atomically added
+    b_ptr,  # (N,) bias, any float dtype (a dummy when not HAS_BIAS)
+    out_ptr,  # (M, N) x.dtype, contiguous
+    part_ptr,  # (SPLIT_K, M, N) fp32 partial sums (SPLIT_K > 1 only)
+    counter_ptr,  # per-column-tile int32 arrival counters, zero between launches (SPLIT_K > 1 only)
     M, N, K, KP,
     M_KEY,  # autotune bucket of M; unused in the body
     stride_xm, stride_wn, stride_sn, stride_om,
-    GROUP: tl.constexpr, SYMMETRIC: tl.constexpr,
+    GROUP: tl.constexpr, SYMMETRIC: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,  # power of two >= M
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # BLOCK_K a multiple of GROUP
     SPLIT_K: tl.constexpr,
@@ -87,14 +92,18 @@ def _w4a16_gemv_kernel(
         acc += s[None, :, :] * (cx - z[None, :, :] * xs[:, None, :])
 
     # Reduced with keep_dims and stored as (BLOCK_M, BLOCK_N, 1) pointers: the store then takes
-    # the reduction's own layout, with no trip through shared memory at all.
+    # the reduction's own layout, with no trip through shared memory at all (the split-K
+    # partials too: splitk_sum_at keeps acc's shape).
     out = tl.sum(acc, axis=2, keep_dims=True)
-    out_ptrs = out_ptr + offs_m[:, None, None] * stride_om + offs_n[None, :, None]
+    offs = offs_m[:, None, None].to(tl.int64) * stride_om + offs_n[None, :, None]
     out_mask = m_ok[:, None, None] & (offs_n[None, :, None] < N)
-    if SPLIT_K == 1:
-        tl.store(out_ptrs, out, mask=out_mask)
-    else:
-        tl.atomic_add(out_ptrs, out, mask=out_mask)
+    last = True
+    if SPLIT_K > 1:
+        last, out = splitk_sum_at(out, offs, out_mask, M, N, pid_k, pid_n, part_ptr, counter_ptr, SPLIT_K)
+    if last:
+        if HAS_BIAS:
+            out += tl.load(b_ptr + offs_n[None, :, None], mask=offs_n[None, :, None] < N, other=0.0).to(tl.float32)
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 def _cfg(bn, bk, split_k, warps=4, stages=3) -> triton.Config:
@@ -112,16 +121,18 @@ def gemv_configs() -> list[triton.Config]:
     ]
 
 
-_GEMV = autotune(gemv_configs(), key=["M_KEY", "N", "K", "GROUP", "SYMMETRIC"], reset_to_zero=["out_ptr"])(
-    _w4a16_gemv_kernel)
+_SPLIT_MAX = max(c.kwargs["SPLIT_K"] for c in gemv_configs())
+_GEMV = autotune(gemv_configs(), key=["M_KEY", "N", "K", "GROUP", "SYMMETRIC"])(_w4a16_gemv_kernel)
 
 
 def w4a16_gemv(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-               group_size: int, bias: torch.Tensor | None = None, *, config: dict | None = None) -> torch.Tensor:
+               group_size: int, bias: torch.Tensor | None = None, *, config: dict | None = None,
+               counters: torch.Tensor | None = None) -> torch.Tensor:
     """x (M, K) float with M <= GEMV_M_MAX, unit stride along K -> (M, N) x.dtype.
 
     config: fixed meta-parameters (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)
-    instead of autotuning, for tests and benchmarks."""
+    instead of autotuning, for tests and benchmarks. counters: the weight's split-K tile
+    counters (splitk.counters), None: a zeroed set made for this call."""
     m, k = x.shape
     n, kp = w_packed.shape[0], w_packed.shape[1] * 2
     assert m <= GEMV_M_MAX, f"w4a16_gemv serves M <= {GEMV_M_MAX}, got {m}"
@@ -131,10 +142,17 @@ def w4a16_gemv(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tensor, ze
     # Kp is a multiple of 32, so a row is a whole number of int32 words; a buffer that
     # starts off a 4-byte boundary (a slice) is copied once.
     words = w_packed.view(torch.int32) if w_packed.storage_offset() % 4 == 0 else w_packed.clone().view(torch.int32)
-    out = torch.zeros((m, n), device=x.device, dtype=torch.float32)
-    args = (x, words, scales, scales if zeros is None else zeros, out, m, n, k, kp, triton.next_power_of_2(m),
-            x.stride(0), words.stride(0), scales.stride(0), out.stride(0))
-    meta = dict(GROUP=group_size, SYMMETRIC=zeros is None, BLOCK_M=triton.next_power_of_2(m))
+    out = x.new_empty((m, n))
+    # Every config may split K, so the scratch is there for the widest split (SPLIT_K is chosen
+    # by the autotuner inside the launch): fp32 partials and the column tiles' counters.
+    split_max = config["SPLIT_K"] if config is not None else _SPLIT_MAX
+    part = torch.empty((split_max, m, n), device=x.device, dtype=torch.float32) if split_max > 1 else scales
+    counters = check_counters(counters, max_tiles(m, n), x.device) if split_max > 1 else scales
+    args = (x, words, scales, scales if zeros is None else zeros, scales if bias is None else bias, out, part,
+            counters, m, n, k, kp, triton.next_power_of_2(m), x.stride(0), words.stride(0), scales.stride(0),
+            out.stride(0))
+    meta = dict(GROUP=group_size, SYMMETRIC=zeros is None, HAS_BIAS=bias is not None,
+                BLOCK_M=triton.next_power_of_2(m))
 
     def grid(c):
         return (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"])
@@ -144,6 +162,4 @@ def w4a16_gemv(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tensor, ze
         launch(_w4a16_gemv_kernel, grid, args, {**meta, **config})
     else:
         launch(_GEMV, grid, args, meta)
-    if bias is not None:
-        out += bias.float()
-    return out.to(x.dtype)
+    return out

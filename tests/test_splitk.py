@@ -1,4 +1,4 @@
-"""Split-K finished inside the launch (kernels/splitk.py), in both kernels that use it.
+"""Split-K finished inside the launch (kernels/splitk.py), in every kernel that uses it.
 
 The last split of each tile sums the partials in split order and runs the epilogue, then puts
 the tile's counter back to 0. Checked: split-K results equal the unsplit ones (int32 paths bit
@@ -19,7 +19,7 @@ from utils import assert_exact, kernel_device, needs_kernel_device
 DEV = kernel_device()
 pytestmark = needs_kernel_device
 
-from kernelswap.kernels import int8_gemm, sparse24_gemv, splitk, w8a16_gemm  # noqa: E402
+from kernelswap.kernels import int8_gemm, sparse24_gemv, splitk, w4a16_gemm, w4a16_gemv, w8a16_gemm  # noqa: E402
 
 ON_GPU = DEV == "cuda"
 CALLS = 20 if ON_GPU else 2
@@ -89,6 +89,37 @@ def test_sparse24_int8_split_equals_unsplit(m):
     assert_exact(run(3), whole)
 
 
+@pytest.mark.parametrize("kind,m", [("gemv", 1), ("gemv", 3), ("gemm_small", 5), ("gemm_small", 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else []),
+                         ids=str)
+def test_w4a16_split_is_deterministic(kind, m, dtype):
+    """The W4A16 GEMV and small-M GEMM: split-K output equal to the unsplit one within fp32
+    summation-order error, the same bits call after call, the bias added once."""
+    n, k, group = (300, 1000, 64) if ON_GPU else (45, 200, 32)
+    q = P.quantize_int4(torch.randn(n, k, device=DEV), group, False)
+    x = torch.randn(m, k, device=DEV).to(dtype)
+    bias = torch.randn(n, device=DEV).to(dtype)
+    if kind == "gemv":
+        cfg = dict(BLOCK_N=16, BLOCK_K=64, num_warps=4, num_stages=2)
+        run = lambda split, c=None: w4a16_gemv.w4a16_gemv(  # noqa: E731
+            x, q.packed, q.scales, q.zeros, group, bias, config=dict(cfg, SPLIT_K=split), counters=c)
+    else:
+        cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, SWAP_AB=False, num_warps=4, num_stages=2)
+        run = lambda split, c=None: w4a16_gemm.w4a16_gemm(  # noqa: E731
+            x, q.packed, q.scales, q.zeros, group, bias, small_m=True, config=dict(cfg, SPLIT_K=split), counters=c)
+    whole = run(1)
+    c = splitk.counters(n, DEV)
+    out = _calls(lambda: run(3, c), c)
+    assert out.dtype == dtype
+    tol = 1e-2 * whole.float().abs().max().item()
+    torch.testing.assert_close(out.float(), whole.float(), rtol=1e-2, atol=tol)
+    torch.testing.assert_close(run(3).float(), whole.float(), rtol=1e-2, atol=tol)
+    if dtype == torch.float32:  # the bias is in the output once, not once a split
+        launcher, extra = (w4a16_gemv.w4a16_gemv, {}) if kind == "gemv" else (w4a16_gemm.w4a16_gemm, dict(small_m=True))
+        no_bias = launcher(x, q.packed, q.scales, q.zeros, group, None, config=dict(cfg, SPLIT_K=3), **extra)
+        torch.testing.assert_close(out - bias, no_bias, rtol=1e-4, atol=1e-4 * tol)
+
+
 def test_counters_too_small_are_refused():
     a, b = _int8(17, 256), _int8(300, 256)
     s = torch.ones(17, device=DEV), torch.ones(300, device=DEV)
@@ -97,7 +128,8 @@ def test_counters_too_small_are_refused():
                                  counters=torch.zeros(3, dtype=torch.int32, device=DEV))
 
 
-@pytest.mark.parametrize("recipe,buffer", [("int8-weight", "w_q"), ("int8", "w_q"), ("sparse24-int8", "values")])
+@pytest.mark.parametrize("recipe,buffer", [("int8-weight", "w_q"), ("int8", "w_q"), ("sparse24-int8", "values"),
+                                           ("int4", "w_packed")])
 def test_layers_keep_counters_per_weight(recipe, buffer):
     """A swapped layer's split-K counters are made by prepare() (swap, .to, load), one set per
     weight, and a forced-Triton split-K call uses them and leaves them at 0."""

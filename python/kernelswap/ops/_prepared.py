@@ -90,3 +90,9 @@ def splitk_counters(w: Tensor) -> Tensor | None:
         from kernelswap.kernels.splitk import counters
         return counters(w.shape[0], w.device)
     return _SPLITK.get((w,), make, optional=True)
+
+
+def prepare_splitk_counters(w: Tensor, *rest) -> None:
+    """A backend's `prepare` hook (backend.register) for a Triton GEMM whose only prepared state is
+    the split-K counters of its weight, the op's first argument after x."""
+    splitk_counters(w)

@@ -11,13 +11,16 @@ and declines (so the "torch" backend serves) where a torch path was measured fas
   tinygemm             bf16, M <= int4_tinygemm.TINYGEMM_M_MAX, where tinygemm can run
   dequant + cuBLAS     M >= TORCH_FROM_M
 The kernels read the public packed format as is (the GEMV views the bytes as int32
-words), so no prepared copy of the weight is needed.
+words), so no prepared copy of the weight is needed; each weight keeps only the split-K tile
+counters of the GEMV and the small-M GEMM (ops/_prepared.splitk_counters), made by `prepare`
+so a call under CUDA-graph capture allocates none that outlive it.
 """
 from __future__ import annotations
 
 import torch
 
 from . import int4_tinygemm
+from ._prepared import prepare_splitk_counters, splitk_counters
 from .backend import Preference, register
 
 # GEMV_M_MAX: at M = 4 on 4096 x 14336 (H100, bf16) the GEMV took 216.4 us and gemm_small
@@ -68,12 +71,15 @@ def pick_kernel(m: int) -> str:
     return "gemm_small" if m <= SMALL_M_MAX else "gemm_large"
 
 
-@register("int4_linear", "triton", supports=_supports)
+@register("int4_linear", "triton", supports=_supports, prepare=prepare_splitk_counters)
 def _int4_linear_triton(x, w_packed, scales, zeros, group_size, bias):
     from kernelswap.kernels.w4a16_gemm import w4a16_gemm
     from kernelswap.kernels.w4a16_gemv import w4a16_gemv
 
     kind = pick_kernel(x.shape[0])
     if kind == "gemv":
-        return w4a16_gemv(x, w_packed, scales, zeros, group_size, bias)
-    return w4a16_gemm(x, w_packed, scales, zeros, group_size, bias, small_m=kind == "gemm_small")
+        return w4a16_gemv(x, w_packed, scales, zeros, group_size, bias, counters=splitk_counters(w_packed))
+    if kind == "gemm_small":
+        return w4a16_gemm(x, w_packed, scales, zeros, group_size, bias, small_m=True,
+                          counters=splitk_counters(w_packed))
+    return w4a16_gemm(x, w_packed, scales, zeros, group_size, bias, small_m=False)

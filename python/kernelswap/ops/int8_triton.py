@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._prepared import splitk_counters
+from ._prepared import prepare_splitk_counters, splitk_counters
 from .backend import Preference, register
 
 
@@ -32,11 +32,7 @@ def _int8_scaled_mm_triton(a, a_scale, b, b_scale, bias, out_dtype):
     return int8_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype)
 
 
-def _prepare_counters(w_q, *rest):
-    splitk_counters(w_q)
-
-
-@register("int8_linear", "triton", prepare=_prepare_counters)
+@register("int8_linear", "triton", prepare=prepare_splitk_counters)
 def _int8_linear_triton(x, w_q, w_scale, bias):
     from kernelswap.kernels.int8_gemm import int8_scaled_mm
     from kernelswap.kernels.int8_quant import quantize_per_token
@@ -69,7 +65,7 @@ def _w8a16_supports(x, w_q, w_scale, bias):
     return None
 
 
-@register("int8_weight_linear", "triton", supports=_w8a16_supports, prepare=_prepare_counters)
+@register("int8_weight_linear", "triton", supports=_w8a16_supports, prepare=prepare_splitk_counters)
 def _int8_weight_linear_triton(x, w_q, w_scale, bias):
     from kernelswap.kernels.w8a16_gemm import int8_weight_linear
     return int8_weight_linear(x, w_q, w_scale, bias, counters=splitk_counters(w_q))
