@@ -42,6 +42,23 @@ def _gemv_plan(lib, fmt=0, group=128, m=1, k=512, n=64, n_tiles=None, w=1 << 20)
 
 
 # ---------------------------------------------------------------- CPU: the C side of the plans
+@pytest.mark.parametrize("shape", [(1, 70), (16, 4096), (2, 1, 37), (0, 5)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_outputs_made_like_a_stride_zero_view_are_fresh_and_contiguous(shape, dtype):
+    """The runners allocate their output as torch.empty_like(shaped_like(...)): a new contiguous
+    tensor of the shape and dtype each call, never sharing memory with the kept element or the last output."""
+    like = _raw.shaped_like(dtype, torch.device("cpu"), shape)
+    assert like.shape == shape and like.stride() == (0,) * len(shape)
+    a, b = torch.empty_like(like), torch.empty_like(like)
+    for out in (a, b):
+        assert out.shape == shape and out.dtype == dtype and out.is_contiguous()
+    if a.numel():  # (an empty output's strides are whatever torch picks; nothing is written)
+        assert a.stride() == torch.empty(shape).stride()
+        assert len({a.data_ptr(), b.data_ptr(), like.data_ptr()}) == 3
+    again = _raw.shaped_like(dtype, torch.device("cpu"), (3,))
+    assert again.untyped_storage().data_ptr() == like.untyped_storage().data_ptr()  # one kept element
+
+
 @needs_ext
 def test_entry_points_match_the_python_side():
     lib = _lib()
