@@ -10,7 +10,8 @@
 //       the int8 epilogue of _C_int8_mm over a 2:4 sparse int8 weight
 //   _C_fp8_mm, _C_sparse24_fp8_mm: the same two with float8_e4m3fn x and w / values (fp32
 //       accumulation, see csrc/sm90/gemm_sm90.cuh), out_dtype bfloat16 only; _C_fp8_mm's
-//       fast_accum: at M > 64, FP8 fast accumulation (Tiles::kLargeFastAccum)
+//       fast_accum: at M > 64 (the kLarge tiles' M, see small_m), FP8 fast accumulation
+//       (Tiles::kLargeFastAccum)
 //
 // Limits, each with its own error: an sm_90 GPU and a build with 9.0a; K and N multiples
 // of 16 (TMA moves 16-byte aligned rows: K 8-bit / bf16 elements per row of x and w, N
@@ -26,6 +27,7 @@
 
 #include <torch/csrc/stable/accelerator.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -62,10 +64,23 @@ void check_sparse(const char* op, const Tensor& values, const Tensor& meta, Scal
                   ") for N=", N, " K=", K, ". Make values and meta with _C_sparse24_prepare");
 }
 
+// The M up to which the GEMMs take their Tiles::kSmall configs: kSmallM, or
+// KERNELSWAP_SM90_SMALL_M when set to a number (read once a process), to measure the crossover:
+// at M <= 128 the kLarge tiles (128 weight rows) give N / 128 CTAs, 32 for N = 4096 on 132 SMs.
+int64_t small_m() {
+  static const int64_t m = [] {
+    const char* v = std::getenv("KERNELSWAP_SM90_SMALL_M");
+    char* end = nullptr;
+    const long long parsed = v == nullptr ? -1 : std::strtoll(v, &end, 10);
+    return v != nullptr && end != v && *end == '\0' && parsed >= 0 ? int64_t(parsed) : sm90::kSmallM;
+  }();
+  return m;
+}
+
 template <bool Sparse, DType In>
 void launch(DType out, sm90::GemmProblem& p) {
 #if KERNELSWAP_WITH_CUTLASS  // else check_device has already refused
-  const bool small = p.M <= sm90::kSmallM;
+  const bool small = p.M <= small_m();
   if constexpr (In == DType::kI8) {
     if (out == DType::kBF16) {
       small ? sm90::run_gemm<Sparse, In, DType::kBF16, Tiles::kSmall>(p)
