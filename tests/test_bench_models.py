@@ -48,4 +48,6 @@ def test_cnn_variants_are_all_recorded(monkeypatch):
     seen = []  # the compile pass must time each deferred variant on its own batch
     monkeypatch.setattr(torch, "compile", lambda m: (lambda inp: (seen.append(inp.shape[0]), m(inp))[1]))
     r.run_deferred()
-    assert seen == [1, 2] and [row["status"] for row in r.rows[-2:]] == ["ok", "ok"]
+    # each on its own batch: its first answer (first_s), then the timed call
+    assert seen == [1, 1, 2, 2] and [row["status"] for row in r.rows[-2:]] == ["ok", "ok"]
+    assert all(row["first_s"] > 0 for row in r.rows if row["status"] == "ok")

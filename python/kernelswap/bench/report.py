@@ -13,10 +13,11 @@ from .targets import evaluate
 COLUMNS = (
     "op", "provider", "kind", "shape", "dtype", "status",
     "p50_us", "p20_us", "p80_us", "tflops", "gbps", "pct_peak", "peak",
-    "throughput", "throughput_unit", "weight_mb", "peak_mem_mb", "note",
+    "throughput", "throughput_unit", "weight_mb", "peak_mem_mb", "first_s", "note",
     "gpu", "torch", "triton", "cuda", "commit", "date", "shape_set",
 )
-NUMERIC = ("p50_us", "p20_us", "p80_us", "tflops", "gbps", "pct_peak", "throughput", "weight_mb", "peak_mem_mb")
+NUMERIC = ("p50_us", "p20_us", "p80_us", "tflops", "gbps", "pct_peak", "throughput", "weight_mb", "peak_mem_mb",
+           "first_s")
 STATUSES = ("ok", "error", "unsupported", "absent", "skipped", "unavailable")
 
 
@@ -201,10 +202,11 @@ def _model_section(rows: list[dict]) -> list[str]:
         base = eager.get((r["op"], r["shape"], r["dtype"], graphed))
         speed = f"{base / r['p50_us']:.2f}x" if ok and base else "-"
         thr = f"{r['throughput']:,.0f} {r.get('throughput_unit', '')}" if ok and r.get("throughput") else "-"
+        first = f"{r['first_s']:.1f}" if ok and r.get("first_s") is not None else "-"
         body.append([r["op"][6:], r["shape"], r["provider"], _us(r["p50_us"] / 1e3) if ok else r["status"], thr,
-                     speed, _mb(r.get("weight_mb")), _mb(r.get("peak_mem_mb")), r.get("note") or ""])
+                     speed, first, _mb(r.get("weight_mb")), _mb(r.get("peak_mem_mb")), r.get("note") or ""])
     return ["## Models", ""] + _table(["model", "case", "variant", "ms", "throughput", "speedup vs eager / bf16",
-                                       "weights MB", "peak MB", "note"], body) + [""]
+                                       "first answer s", "weights MB", "peak MB", "note"], body) + [""]
 
 
 def _mb(v) -> str:
