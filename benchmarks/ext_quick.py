@@ -110,6 +110,8 @@ def int8_rows(rows, m, k, n):
         _try(rows, "ours int8_linear (quant+GEMM)", shape, flops, lambda: C.int8_linear(x, w_q, w_s, None))
     _try(rows, "ours _C_int8_mm (GEMM only)", shape, flops,
          lambda: C._C_int8_mm(q, s, w_q, w_s, None, torch.bfloat16))
+    # the activation quantization alone (its TFLOP/s column counts the GEMM's FLOPs: read the us)
+    _try(rows, "ours _C_quantize_per_token_int8 (alone)", shape, flops, lambda: C._C_quantize_per_token_int8(x))
     wt = w_q.t()
     _try(rows, "torch._int_mm (GEMM only, int32 out)", shape, flops, lambda: torch._int_mm(q, wt))
 

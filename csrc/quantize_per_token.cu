@@ -57,7 +57,10 @@ template <typename T, int V> struct alignas(sizeof(T) * V) Vec { T v[V]; };
 
 // One block per row; each thread reads V elements at a time (V = 16 bytes of x where K and the
 // pointer allow, else 1). The max is order-independent (NaN included), so V does not change results.
-template <class F, typename T, int V>
+// R > 0: the row is read from memory once, R vectors a thread kept in registers between the max and
+// the encoding (all R loads issued before the first is used), for rows of up to R * V * kThreads
+// elements; R = 0: any K, the row read twice (the second time mostly from L2), one vector at a time.
+template <class F, typename T, int V, int R>
 __global__ void quantize_per_token_kernel(const T* __restrict__ x,         // (M, K) row-major
                                           typename F::Code* __restrict__ q,  // (M, K)
                                           float* __restrict__ scale,         // (M,)
@@ -67,10 +70,26 @@ __global__ void quantize_per_token_kernel(const T* __restrict__ x,         // (M
   const int64_t row = blockIdx.x, n = K / V;
   const In* xr = reinterpret_cast<const In*>(x + row * K);
   float amax = 0.f;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-    const In a = xr[i];
+  In kept[R > 0 ? R : 1];
+  if constexpr (R > 0) {
 #pragma unroll
-    for (int j = 0; j < V; ++j) amax = nan_max(fabsf(to_float(a.v[j])), amax);
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = threadIdx.x + int64_t(r) * kThreads;
+      if (i < n) kept[r] = xr[i];
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (threadIdx.x + int64_t(r) * kThreads < n) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) amax = nan_max(fabsf(to_float(kept[r].v[j])), amax);
+      }
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+      const In a = xr[i];
+#pragma unroll
+      for (int j = 0; j < V; ++j) amax = nan_max(fabsf(to_float(a.v[j])), amax);
+    }
   }
   __shared__ float warp_max[kThreads / 32];
   for (int off = 16; off > 0; off >>= 1) amax = nan_max(__shfl_xor_sync(0xffffffff, amax, off), amax);
@@ -85,12 +104,40 @@ __global__ void quantize_per_token_kernel(const T* __restrict__ x,         // (M
   const float s = __fdiv_rn(warp_max[0], F::kMax);
   if (threadIdx.x == 0) scale[row] = s;
   Out* qr = reinterpret_cast<Out*>(q + row * K);
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-    const In a = xr[i];
+  auto encode = [&](const In& a, int64_t i) {
     Out c;
 #pragma unroll
     for (int j = 0; j < V; ++j) c.v[j] = F::encode(to_float(a.v[j]), s);
     qr[i] = c;
+  };
+  if constexpr (R > 0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = threadIdx.x + int64_t(r) * kThreads;
+      if (i < n) encode(kept[r], i);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += kThreads) encode(xr[i], i);
+  }
+}
+
+// Vectors a thread keeps for a row of n vectors: the smallest of 1, 2, 4, 8 that holds it (8 x 16
+// bytes = 32 registers a thread: K up to 16384 bf16), else 0 (two passes).
+inline int kept_vectors(int64_t n) {
+  for (int r : {1, 2, 4, 8}) {
+    if (n <= int64_t(r) * kThreads) return r;
+  }
+  return 0;
+}
+
+template <class F, typename T, int V>
+void launch_rows(const T* x, typename F::Code* q, float* scale, int64_t M, int64_t K, cudaStream_t stream) {
+  switch (kept_vectors(K / V)) {
+    case 1: quantize_per_token_kernel<F, T, V, 1><<<M, kThreads, 0, stream>>>(x, q, scale, K); break;
+    case 2: quantize_per_token_kernel<F, T, V, 2><<<M, kThreads, 0, stream>>>(x, q, scale, K); break;
+    case 4: quantize_per_token_kernel<F, T, V, 4><<<M, kThreads, 0, stream>>>(x, q, scale, K); break;
+    case 8: quantize_per_token_kernel<F, T, V, 8><<<M, kThreads, 0, stream>>>(x, q, scale, K); break;
+    default: quantize_per_token_kernel<F, T, V, 0><<<M, kThreads, 0, stream>>>(x, q, scale, K);
   }
 }
 
@@ -99,9 +146,9 @@ void launch(const void* x, typename F::Code* q, float* scale, int64_t M, int64_t
   constexpr int kV = 16 / sizeof(T);
   const T* xp = static_cast<const T*>(x);
   if (K % kV == 0 && reinterpret_cast<uintptr_t>(xp) % 16 == 0) {  // rows of whole 16-byte vectors
-    quantize_per_token_kernel<F, T, kV><<<M, kThreads, 0, stream>>>(xp, q, scale, K);
+    launch_rows<F, T, kV>(xp, q, scale, M, K, stream);
   } else {
-    quantize_per_token_kernel<F, T, 1><<<M, kThreads, 0, stream>>>(xp, q, scale, K);
+    launch_rows<F, T, 1>(xp, q, scale, M, K, stream);
   }
 }
 

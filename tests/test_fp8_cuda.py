@@ -92,8 +92,12 @@ def _rows(m, k, dtype, offset=0):
     return x
 
 
-# K = 1000 and 8192 take the 16-byte vector path for every dtype; K = 37 and offset views the scalar one.
-QUANT_CASES = [(1000, 0), (8192, 0), (37, 0), (1000, 1)]
+# K = 1000 and 8192 take the 16-byte vector path for every dtype; K = 37 and offset views the scalar
+# one. Each path keeps a row of up to 256, 512, 1024 or 2048 vectors in registers (a thread's 1, 2, 4
+# or 8) and reads a longer one twice: with K = 1500, 3000, 14336 and 20000 (vectors of 8 or 4) and
+# 300, 2000 and 5000 (scalars) every dtype reaches every count and both forms.
+QUANT_CASES = [(1000, 0), (8192, 0), (37, 0), (1000, 1), (1500, 0), (3000, 0), (14336, 0), (20000, 0), (300, 1),
+               (2000, 1), (5000, 1)]
 
 
 @needs_cuda
