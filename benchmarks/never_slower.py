@@ -2,6 +2,7 @@
 
     python benchmarks/never_slower.py --out DIR [--shapes 4096x14336,8192x28672] [--m 1,32,512,2048,8192]
                                       [--recipes int8,int8-weight,int4,sparse24,sparse24-int8] [--seconds 170]
+                                      (--recipes also takes fp8, sparse24-fp8)
 
 Needs a GPU. For each layer size (K x N, default the six Llama-3 sizes of
 kernelswap.bench.shapes.LLM_KN) one bf16 nn.Linear (no bias, as in Llama) is swapped with
@@ -43,6 +44,7 @@ import torch
 
 DEFAULT_M = (1, 8, 32, 128, 512, 2048, 8192)
 RECIPES = ("int8", "int8-weight", "int4", "sparse24", "sparse24-int8")
+EXTRA_RECIPES = ("fp8", "sparse24-fp8")  # sm_90a GEMMs (elsewhere their reference serves): by --recipes only
 FIELDS = ("gpu", "torch", "triton", "date", "shape", "k", "n", "m", "recipe", "provider", "mode", "impl",
           "us", "us_p20", "us_p80", "tflops", "x_bf16", "note")
 
@@ -349,15 +351,15 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="output folder (created)")
     ap.add_argument("--shapes", help="KxN list, e.g. 4096x14336,8192x28672 (default: the six LLM sizes)")
     ap.add_argument("--m", help=f"token counts (default {','.join(map(str, DEFAULT_M))})")
-    ap.add_argument("--recipes", help=f"subset of {','.join(RECIPES)} (default all)")
+    ap.add_argument("--recipes", help=f"of {','.join(RECIPES + EXTRA_RECIPES)} (default: {','.join(RECIPES)})")
     ap.add_argument("--seconds", type=float, default=0.0, help="stop starting new recipes past this budget (0: none)")
     ap.add_argument("--warmup-ms", type=float, default=10.0)
     ap.add_argument("--rep-ms", type=float, default=40.0)
     opts = ap.parse_args()
     shapes, ms = parse_shapes(opts.shapes), parse_ints(opts.m, DEFAULT_M, "--m")
     recipes = opts.recipes.split(",") if opts.recipes else list(RECIPES)
-    if unknown := [r for r in recipes if r not in RECIPES]:
-        raise SystemExit(f"--recipes: unknown {unknown}; choose from {', '.join(RECIPES)}")
+    if unknown := [r for r in recipes if r not in RECIPES + EXTRA_RECIPES]:
+        raise SystemExit(f"--recipes: unknown {unknown}; choose from {', '.join(RECIPES + EXTRA_RECIPES)}")
     if not torch.cuda.is_available():
         raise SystemExit("never_slower.py needs a CUDA device")
     os.makedirs(opts.out, exist_ok=True)

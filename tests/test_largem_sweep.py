@@ -42,6 +42,17 @@ def test_sweep_rows_and_table(tmp_path, one_thread):
     assert "## K x N = 64x32" in md and "auto at or below bf16: 10 of 10 points." in md
 
 
+def test_sweep_takes_the_fp8_recipes(one_thread):
+    """fp8 and sparse24-fp8 are swept when asked for (--recipes), not by default."""
+    assert not set(SWEEP["EXTRA_RECIPES"]) & set(SWEEP["RECIPES"])
+    rows, stopped = SWEEP["sweep"]([(64, 32)], [3], list(SWEEP["EXTRA_RECIPES"]), _timer([]), device="cpu",
+                                   log=lambda s: None)
+    assert stopped == ""
+    for recipe in SWEEP["EXTRA_RECIPES"]:
+        assert {(r["provider"], r["mode"]) for r in rows if r["recipe"] == recipe} >= {("auto", "eager"), ("auto", "graph")}
+    assert all(r["note"] == "" for r in rows)
+
+
 def test_sweep_failure_is_a_row_and_budget_stops(one_thread):
     def timer(fn, mode):
         raise RuntimeError("capture failed\nsecond line")
