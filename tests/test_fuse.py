@@ -224,3 +224,20 @@ def test_conv_whose_weight_is_read_elsewhere_is_left():
 
     model = _randomize_bn(ReadsWeight())
     assert len(ks.swap(model, "fuse")) == 0 and type(model.conv) is nn.Conv2d
+
+
+@pytest.mark.parametrize("c_in,kernel,groups", [(8, 3, 1), (8, 1, 1), (16, 3, 16)], ids=["3x3", "1x1", "depthwise"])
+def test_fused_weight_keeps_the_conv_weights_memory_format(c_in, kernel, groups):
+    """Fused after .to(channels_last), the folded weight stays channels_last (cuDNN takes it as it
+    is, where an NCHW copy would be converted every call); fused from an NCHW model it stays NCHW.
+    Either way the function is the conv -> bn -> act one."""
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        model = _randomize_bn(nn.Sequential(nn.Conv2d(c_in, 16, kernel, padding=kernel // 2, groups=groups,
+                                                      bias=False), nn.BatchNorm2d(16), nn.ReLU()))
+        model = model.to(memory_format=fmt)
+        conv_strides = model[0].weight.stride()
+        x = torch.randn(2, c_in, 9, 7).contiguous(memory_format=fmt)
+        _check_same_function(model, x)
+        (fused,) = [m for m in model.modules() if isinstance(m, ConvBNAct2d)]
+        assert fused.weight.stride() == conv_strides, (fmt, fused.weight.stride(), conv_strides)
+        assert "weight" in dict(fused.named_buffers())

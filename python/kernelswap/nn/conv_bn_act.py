@@ -4,7 +4,8 @@ add and activation, in one op (ops.conv_bn_act):
   out = act(conv2d(x, weight) + bias + residual)
 
 Buffers: weight (C_out, C_in // groups, kH, kW) and bias (C_out,), BN already folded
-(kernelswap.packing.fold_bn, in float64); both follow .half() etc.
+(kernelswap.packing.fold_bn, in float64); both follow .half() etc. The weight keeps the memory
+format of the conv weight it was made from (and follows .to(memory_format=...)).
 """
 from __future__ import annotations
 
@@ -93,6 +94,9 @@ class ConvBNAct2d(KernelswapModule):
             raise ValueError(f"{where}: the folded weight holds NaN or Inf (check the BatchNorm's running_var)")
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
                 conv.groups, b is not None, activation, device=w.device, dtype=w.dtype, name=name)
+        # The conv weight's own strides: a model already in channels_last keeps a channels_last weight,
+        # which cuDNN takes as it is; an NCHW copy of it would be converted on every call.
+        m.weight = torch.empty_like(w)
         m.weight.copy_(w)
         if b is not None:
             m.bias.copy_(b)
