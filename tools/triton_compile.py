@@ -8,7 +8,10 @@ Triton's own compiler for each target, once per autotune config, with the argume
 specialization a GPU launch of those arguments gets (16-aligned pointers, ints divisible by
 16, ints equal to 1 as constants). A compile error in any of them is a failure.
 
-    python tools/triton_compile.py [--targets 90,80] [--first-config-only] [--list]
+    python tools/triton_compile.py [--targets 90,80] [--first-config-only] [--list] [--resources]
+
+--resources also prints each compiled kernel's registers a thread and stack frame (where spills go) from
+its cubin (cuobjdump -res-usage, the one Triton ships), and its dynamic shared memory.
 
 Run it without TRITON_INTERPRET (the interpreter replaces the JIT functions); it refuses otherwise.
 Prints one line per (kernel, config, target) that fails and a summary; exit status 1 on any failure.
@@ -17,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,11 +161,24 @@ def _spec(jit, args, consts, config, heuristics):
     return signature, constexprs, attrs, options
 
 
+def _resources(cubin: bytes) -> str:
+    """'REG:.. SHARED:.. LOCAL:..' of a cubin's kernel, from the cuobjdump Triton ships."""
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return f"registers {found[1]}, stack (spills) {found[2]} bytes" if found else "resources unreadable"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", default="90,80", help="compute capabilities to compile for (comma-separated)")
     ap.add_argument("--first-config-only", action="store_true", help="one config per kernel (quick)")
     ap.add_argument("--list", action="store_true", help="list the kernels and configs, compile nothing")
+    ap.add_argument("--resources", action="store_true", help="print registers, shared and local memory a kernel")
     a = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("triton_compile: unset TRITON_INTERPRET (the interpreter replaces the kernels to compile)")
@@ -186,8 +205,11 @@ def main(argv=None) -> int:
                 continue
             for target in targets:
                 try:
-                    triton.compile(ASTSource(jit, sig, constexprs, attrs), target=target, options=options)
+                    compiled = triton.compile(ASTSource(jit, sig, constexprs, attrs), target=target, options=options)
                     done += 1
+                    if a.resources:
+                        print(f"sm_{target.arch} {what}: {_resources(compiled.asm['cubin'])}, "
+                              f"shared {compiled.metadata.shared} bytes", flush=True)
                 except Exception as e:  # noqa: BLE001 - every failure is reported, then the next
                     failed.append(f"sm_{target.arch} {what}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
                     print("FAILED", failed[-1], flush=True)
