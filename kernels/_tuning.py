@@ -7,7 +7,9 @@
     the GPU target (e.g. cuda sm_90) and the tuning key, so a second process on the
     same kind of GPU does not tune again;
   * a single config under TRITON_INTERPRET=1 (the CPU interpreter cannot time anything)
-    or KERNELSWAP_AUTOTUNE=0 (one launch per call, e.g. under compute-sanitizer).
+    or KERNELSWAP_AUTOTUNE=0 (one launch per call, e.g. under compute-sanitizer);
+  * `quick=True`: each config timed over 20 ms after 5 of warm-up (`quick_bench`) instead of
+    Triton's 100 ms after 25.
 - `TileBytes`: how a kernel tells the guard its per-stage shared-memory footprint.
 """
 from __future__ import annotations
@@ -81,9 +83,21 @@ def _smem_pruner(tile_bytes: TileBytes | None) -> Callable:
     return prune
 
 
-def autotune(configs: list[triton.Config], key: list[str], smem: TileBytes | None = None, **kwargs):
-    """triton.autotune with the shared-memory guard, on-disk result cache and interpreter collapse."""
+def quick_bench(fn, quantiles):
+    """Triton's do_bench over 20 ms after 5 ms of warm-up, for kernels tuned at many shapes (a CNN's
+    conv layers: every new layer shape tunes at the model's first call, 0.75 s for 6 configs at
+    Triton's default) or whose configs differ by tens of percent, not by noise."""
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
+def autotune(configs: list[triton.Config], key: list[str], smem: TileBytes | None = None, quick: bool = False,
+             **kwargs):
+    """triton.autotune with the shared-memory guard, on-disk result cache and interpreter collapse;
+    quick: time each config with quick_bench."""
     if tuning_off():
         configs = configs[:1]
+    if quick:
+        kwargs["do_bench"] = quick_bench
     return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": _smem_pruner(smem)},
                            cache_results=True, **kwargs)

@@ -29,7 +29,7 @@ def _configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=w) for bp, bc, w in cfgs]
 
 
-@autotune(_configs(), key=["P", "C", "H", "W", "stride_h"])
+@autotune(_configs(), key=["P", "C", "H", "W", "stride_h"], quick=True)  # tuned per layer shape, as conv_implicit_gemm
 @triton.jit
 def _conv_dw_kernel(
     x,  # (N, C, H, W) fp16/bf16/fp32 at strides (sxn, sxc, sxh, sxw); channels_last: sxc == 1

@@ -213,9 +213,8 @@ def dot_configs() -> list[triton.Config]:
 _SMEM = TileBytes((("BLOCK_N", "BLOCK_K", "v_ptr", 2), ("BLOCK_N", "BLOCK_K", "meta_ptr", 8)))
 _KEY = ["M_KEY", "N", "K", "USE_DOT", "BLOCK_M", "INT8", "HAS_BIAS"]
 # Quick tuning: the candidates differ by tens of percent, not by noise.
-_BENCH = dict(do_bench=lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles))
-_FMA = autotune(fma_configs(), key=_KEY, smem=_SMEM, **_BENCH)(_sparse24_kernel)
-_DOT = autotune(dot_configs(), key=_KEY, smem=_SMEM, **_BENCH)(_sparse24_kernel)
+_FMA = autotune(fma_configs(), key=_KEY, smem=_SMEM, quick=True)(_sparse24_kernel)
+_DOT = autotune(dot_configs(), key=_KEY, smem=_SMEM, quick=True)(_sparse24_kernel)
 
 # The largest SPLIT_K each mode's configs hold: sizes the partial-sum buffer (none at 1).
 _SPLIT_MAX = {mode: max(c.kwargs["SPLIT_K"] for c in tuner.configs) for mode, tuner in ((False, _FMA), (True, _DOT))}
