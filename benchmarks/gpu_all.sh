@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one script for a GPU session (H100, no network, a 10-minute slot):
+# The one script for a GPU session (an H100 or H200, no network, a 10-minute slot):
 #   install carried wheels, build + install kernelswap with its CUDA extension, print
 #   `python -m kernelswap info`, run the test suite, a compute-sanitizer pass (if a
 #   script for it exists), then the benchmarks under a time budget.
