@@ -121,6 +121,9 @@ def markdown(rows: list[dict], stopped: str = "") -> str:
         r0 = rows[0]
         lines += [f"{r0['gpu']}, torch {r0['torch']}, triton {r0['triton']}, {r0['date']}. "
                   "Cells: time / bf16 nn.Linear's, both replayed from a CUDA graph (eager: the CSV).", ""]
+    knobs = {k: v for k, v in sorted(os.environ.items()) if k.startswith("KERNELSWAP_") and k != "KERNELSWAP_COMMIT"}
+    if knobs:  # e.g. KERNELSWAP_SM90_SMALL_M for a crossover sweep: the run's results hold only with them
+        lines += ["Run with " + ", ".join(f"`{k}={v}`" for k, v in knobs.items()) + ".", ""]
     if stopped:
         lines += [f"**Stopped early:** {stopped}", ""]
     for shape in dict.fromkeys(r["shape"] for r in rows):

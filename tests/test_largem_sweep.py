@@ -53,6 +53,16 @@ def test_sweep_takes_the_fp8_recipes(one_thread):
     assert all(r["note"] == "" for r in rows)
 
 
+def test_markdown_names_the_knobs_of_the_run(monkeypatch):
+    rows, _ = SWEEP["sweep"]([(64, 32)], [3], ["int8"], _timer([]), device="cpu", log=lambda s: None)
+    import os
+    for name in [k for k in os.environ if k.startswith("KERNELSWAP_")]:
+        monkeypatch.delenv(name)
+    assert "Run with" not in SWEEP["markdown"](rows)
+    monkeypatch.setenv("KERNELSWAP_SM90_SMALL_M", "128")
+    assert "Run with `KERNELSWAP_SM90_SMALL_M=128`." in SWEEP["markdown"](rows)
+
+
 def test_sweep_failure_is_a_row_and_budget_stops(one_thread):
     def timer(fn, mode):
         raise RuntimeError("capture failed\nsecond line")
