@@ -30,7 +30,7 @@ from ._launch import launch
 from ._tiles import grouped_tile
 from ._tuning import TileBytes, autotune, sm_count
 from .int8_epilogue import gpu_compile_options, store_scaled
-from .splitk import TILE_MIN, check_counters, max_tiles, splitk_sum
+from .splitk import TILE_MIN, scratch, splitk_sum
 
 TUNE_KEY = ["M_BUCKET", "N", "K", "SPLIT_K", "HAS_BIAS", "USE_TMA"]
 
@@ -240,12 +240,9 @@ def launch_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     use_tma = use_tma and k > 0 and tma_ok(a, b)  # otherwise the pointer path serves
     split_k = max(1, min(split_k, triton.cdiv(k, 64)))
     dummy = b_scale  # stands in for absent optional pointers; never read
-    if split_k > 1:
-        part = torch.empty((split_k, m, n), device=a.device, dtype=torch.int32 if a_int8 else torch.float32)
-        assert config is None or min(config["BLOCK_M"], config["BLOCK_N"]) >= TILE_MIN, "split-K tiles are >= 16"
-        counters = check_counters(counters, max_tiles(m, n), a.device)
-    else:
-        part = counters = dummy
+    assert split_k == 1 or config is None or min(config["BLOCK_M"], config["BLOCK_N"]) >= TILE_MIN, \
+        "split-K tiles are >= 16"
+    part, counters = scratch(split_k, m, n, torch.int32 if a_int8 else torch.float32, counters, a.device, dummy)
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
         # Placeholder block shapes; _tma_block_hook (or the explicit config below) sets them.

@@ -42,7 +42,7 @@ import triton.language as tl
 from ._launch import launch
 from ._tuning import TileBytes, autotune, interpreting
 from .int8_epilogue import store_scaled
-from .splitk import check_counters, max_tiles, splitk_sum
+from .splitk import scratch, splitk_sum, widest
 
 
 @triton.jit
@@ -217,7 +217,7 @@ _FMA = autotune(fma_configs(), key=_KEY, smem=_SMEM, quick=True)(_sparse24_kerne
 _DOT = autotune(dot_configs(), key=_KEY, smem=_SMEM, quick=True)(_sparse24_kernel)
 
 # The largest SPLIT_K each mode's configs hold: sizes the partial-sum buffer (none at 1).
-_SPLIT_MAX = {mode: max(c.kwargs["SPLIT_K"] for c in tuner.configs) for mode, tuner in ((False, _FMA), (True, _DOT))}
+_SPLIT_MAX = {mode: widest(tuner.configs) for mode, tuner in ((False, _FMA), (True, _DOT))}
 
 FMA_MAX_M = 1      # CUDA-core mode for M <= this by default; tensor cores above
 FMA_LIMIT_M = 4    # CUDA-core mode re-reads the weight per row of x: never past this
@@ -246,11 +246,8 @@ def _run_gemv(x, values, meta, bias, a_scale, w_scale, out_dtype, use_dot, confi
     tuned = _DOT if use_dot else _FMA
     split_max = config.get("SPLIT_K", 1) if config is not None else _SPLIT_MAX[use_dot]
     dummy = out
-    if split_max == 1:
-        part = counters = dummy
-    else:
-        part = torch.empty((split_max, m, n), dtype=torch.int32 if int8 else torch.float32, device=x.device)
-        counters = check_counters(counters, max_tiles(m, n, block_m), x.device)
+    part, counters = scratch(split_max, m, n, torch.int32 if int8 else torch.float32, counters, x.device, dummy,
+                             block_m)
     args = (x, values, meta, out, part, counters, dummy if bias is None else bias, a_scale if int8 else dummy,
             w_scale if int8 else dummy, m, n, k, kp, triton.next_power_of_2(m), x.stride(0), kp // 2, kp // 8)
     meta_args = dict(HAS_BIAS=bias is not None, INT8=int8, USE_DOT=use_dot, BLOCK_M=block_m)

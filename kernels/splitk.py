@@ -47,6 +47,23 @@ def check_counters(c: torch.Tensor | None, tiles: int, device: torch.device) -> 
     return c
 
 
+def widest(configs) -> int:
+    """The largest SPLIT_K of some autotune configs: the autotuner picks one inside the launch, so
+    the launcher sizes the partials for this one."""
+    return max(c.kwargs.get("SPLIT_K", 1) for c in configs)
+
+
+def scratch(split_k: int, m: int, n: int, acc_dtype: torch.dtype, counters: torch.Tensor | None,
+            device: torch.device, dummy: torch.Tensor, block_m: int = TILE_MIN) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partials, counters) for a launch of up to `split_k` splits over (m, n) outputs in row tiles of
+    block_m: a (split_k, m, n) acc_dtype buffer and check_counters' set; at split_k == 1 `dummy` for
+    both (the kernel reads neither)."""
+    if split_k == 1:
+        return dummy, dummy
+    part = torch.empty((split_k, m, n), device=device, dtype=acc_dtype)
+    return part, check_counters(counters, max_tiles(m, n, block_m), device)
+
+
 @triton.jit
 def splitk_sum(acc, offs_m, offs_n, M, N, pid_k, tile, part_ptr, counter_ptr, SPLIT_K: tl.constexpr):
     """Store this split's partial `acc` (BLOCK_M, BLOCK_N) of the output tile (offs_m, offs_n) into

@@ -22,7 +22,7 @@ import triton.language as tl
 from ._launch import launch
 from ._tiles import grouped_tile
 from ._tuning import TileBytes, autotune, interpreting
-from .splitk import check_counters, max_tiles, splitk_sum_at
+from .splitk import TILE_MIN, scratch, splitk_sum_at, widest
 
 # Bits of the float 2**23: OR-ing a 4-bit code into its mantissa and subtracting 2**23
 # gives the code as fp32 with one integer and one float op, avoiding the quarter-rate
@@ -179,8 +179,8 @@ _KEY = ["M_KEY", "N", "K", "GROUP", "SYMMETRIC"]
 _SMALL = autotune(small_m_configs(), key=_KEY, smem=_SMEM)(_w4a16_gemm_kernel)
 _LARGE = autotune(large_m_configs(), key=_KEY, smem=_SMEM)(_w4a16_gemm_kernel)
 SMALL_M_MAX = 16  # one BLOCK_M=16 tile holds every token
-_SMALL_SPLIT_MAX = max(c.kwargs["SPLIT_K"] for c in small_m_configs())
-assert all(c.kwargs["SPLIT_K"] == 1 for c in large_m_configs()), "large-M configs do not split K"
+_SMALL_SPLIT_MAX = widest(small_m_configs())
+assert widest(large_m_configs()) == 1, "large-M configs do not split K"
 
 
 def m_key(m: int) -> int:
@@ -208,13 +208,9 @@ def w4a16_gemm(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tensor, ze
     # SPLIT_K is the config's (the autotuner picks it inside the launch): scratch for the widest.
     split_max = config.get("SPLIT_K", 1) if config is not None else (_SMALL_SPLIT_MAX if small_m else 1)
     dummy = scales  # stands in for absent optional pointers; never read
-    part = dummy
-    if split_max > 1:
-        assert config is None or config["BLOCK_M"] >= 16 and config["BLOCK_N"] >= 16, "split-K tiles are >= 16"
-        part = torch.empty((split_max, m, n), device=x.device, dtype=torch.float32)
-        counters = check_counters(counters, max_tiles(m, n), x.device)
-    else:
-        counters = dummy
+    assert split_max == 1 or config is None or min(config["BLOCK_M"], config["BLOCK_N"]) >= TILE_MIN, \
+        "split-K tiles are >= 16"
+    part, counters = scratch(split_max, m, n, torch.float32, counters, x.device, dummy)
     args = (x, w_packed, scales, dummy if zeros is None else zeros, dummy if bias is None else bias, out, part,
             counters, m, n, k, kp, m_key(m), x.stride(0), w_packed.stride(0), scales.stride(0), out.stride(0))
     meta = dict(GROUP=group_size, SYMMETRIC=zeros is None, HAS_BIAS=bias is not None,

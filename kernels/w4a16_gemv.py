@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ._launch import launch
 from ._tuning import autotune
-from .splitk import check_counters, max_tiles, splitk_sum_at
+from .splitk import scratch, splitk_sum_at, widest
 from .w4a16_gemm import MAGIC_F32, MAGIC_F32_BITS
 
 # Each extra token adds a full FMA per weight; tl.dot (w4a16_gemm) was measured faster already
@@ -121,7 +121,7 @@ def gemv_configs() -> list[triton.Config]:
     ]
 
 
-_SPLIT_MAX = max(c.kwargs["SPLIT_K"] for c in gemv_configs())
+_SPLIT_MAX = widest(gemv_configs())
 _GEMV = autotune(gemv_configs(), key=["M_KEY", "N", "K", "GROUP", "SYMMETRIC"])(_w4a16_gemv_kernel)
 
 
@@ -146,8 +146,7 @@ def w4a16_gemv(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tensor, ze
     # Every config may split K, so the scratch is there for the widest split (SPLIT_K is chosen
     # by the autotuner inside the launch): fp32 partials and the column tiles' counters.
     split_max = config["SPLIT_K"] if config is not None else _SPLIT_MAX
-    part = torch.empty((split_max, m, n), device=x.device, dtype=torch.float32) if split_max > 1 else scales
-    counters = check_counters(counters, max_tiles(m, n), x.device) if split_max > 1 else scales
+    part, counters = scratch(split_max, m, n, torch.float32, counters, x.device, scales)
     args = (x, words, scales, scales if zeros is None else zeros, scales if bias is None else bias, out, part,
             counters, m, n, k, kp, triton.next_power_of_2(m), x.stride(0), words.stride(0), scales.stride(0),
             out.stride(0))

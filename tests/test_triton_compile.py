@@ -31,18 +31,15 @@ sys.path.insert(0, sys.argv[1])
 import triton_compile as T
 from kernelswap import packing
 from kernelswap.kernels import sparse24_gemv
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 v, m = packing.compress_24(packing.prune_24(torch.randn(256, 512)).to(torch.bfloat16))
 (case, fn, args, consts), = T._record([("bad", lambda: sparse24_gemv.sparse24_linear(
     torch.randn(64, 512, dtype=torch.bfloat16), v, m, None, use_dot=True,
     config=dict(BLOCK_N=128, BLOCK_K=128, SPLIT_K=1, num_warps=4, num_stages=3)))])
 jit, configs, heuristics = T._chain(fn)
-sig, constexprs, attrs, options = T._spec(jit, args, consts, None, heuristics)
+spec = T._spec(jit, args, consts, None, heuristics)
 for arch in (80, 90):
     try:
-        triton.compile(ASTSource(jit, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=options)
+        T.compile_for(jit, spec, arch)
         print(f"sm_{arch} compiled")
     except Exception as e:
         print(f"sm_{arch} failed: {type(e).__name__}")

@@ -109,15 +109,23 @@ def _record(cases):
 
 
 def _chain(fn):
+    """(the JIT function under fn's wrappers, its autotune configs ([None]: none), the Heuristics'
+    value rules), from kernels/_launch's walk of the same wrappers."""
     import triton
-    configs, heuristics = [None], []
-    while isinstance(fn, (triton.runtime.Autotuner, triton.runtime.Heuristics)):
-        if isinstance(fn, triton.runtime.Autotuner):
-            configs = list(fn.configs)
-        else:
-            heuristics.append(fn.values)
-        fn = fn.fn
-    return fn, configs, heuristics
+    from kernelswap.kernels._launch import _chain as wrappers_of
+    wrappers, jit = wrappers_of(fn)
+    tuners = [w for w in wrappers if isinstance(w, triton.runtime.Autotuner)]
+    configs = list(tuners[0].configs) if tuners else [None]
+    return jit, configs, [w.values for w in wrappers if isinstance(w, triton.runtime.Heuristics)]
+
+
+def compile_for(jit, spec: tuple, arch: int):
+    """triton.compile of jit with _spec's (signature, constexprs, attrs, options) for sm_<arch>."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    sig, constexprs, attrs, options = spec
+    return triton.compile(ASTSource(jit, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def _spec(jit, args, consts, config, heuristics):
@@ -184,17 +192,15 @@ def main(argv=None) -> int:
         print("triton_compile: unset TRITON_INTERPRET (the interpreter replaces the kernels to compile)")
         return 2
     sys.path.insert(0, str(ROOT / "python"))
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     launches = _record(_cases())
-    targets = [GPUTarget("cuda", int(t), 32) for t in a.targets.split(",")]
+    targets = [int(t) for t in a.targets.split(",")]
     done, failed, seen, t0 = 0, [], set(), time.time()
     for case, fn, args, consts in launches:
         jit, configs, heuristics = _chain(fn)
         for config in configs[:1] if a.first_config_only else configs:
-            sig, constexprs, attrs, options = _spec(jit, args, consts, config, heuristics)
+            spec = _spec(jit, args, consts, config, heuristics)
+            sig, constexprs, _, options = spec
             key = (jit.__name__, str(sorted(sig.items())), str(sorted(constexprs.items(), key=str)), str(options))
             if key in seen:
                 continue
@@ -203,15 +209,15 @@ def main(argv=None) -> int:
             if a.list:
                 print(what)
                 continue
-            for target in targets:
+            for arch in targets:
                 try:
-                    compiled = triton.compile(ASTSource(jit, sig, constexprs, attrs), target=target, options=options)
+                    compiled = compile_for(jit, spec, arch)
                     done += 1
                     if a.resources:
-                        print(f"sm_{target.arch} {what}: {_resources(compiled.asm['cubin'])}, "
+                        print(f"sm_{arch} {what}: {_resources(compiled.asm['cubin'])}, "
                               f"shared {compiled.metadata.shared} bytes", flush=True)
                 except Exception as e:  # noqa: BLE001 - every failure is reported, then the next
-                    failed.append(f"sm_{target.arch} {what}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                    failed.append(f"sm_{arch} {what}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
                     print("FAILED", failed[-1], flush=True)
     print(f"triton_compile: {done} compiles passed, {len(failed)} failed, {len(launches)} launches of "
           f"{len({c for c, *_ in launches})} cases, targets {a.targets}, {time.time() - t0:.0f} s")
