@@ -15,12 +15,12 @@ from kernelswap import _ext, packing
 from kernelswap.ops import gemv_cuda, int8_cuda, sparse24_cuda, use_backend
 from kernelswap.ops.int8 import int8_linear_ref, int8_scaled_mm_ref
 from kernelswap.ops.sparse24 import sparse24_int8_linear_ref
-from utils import CUTLASS, assert_close_to_ref, assert_exact, needs_cuda, needs_cutlass, needs_ext, raises_safely
+from utils import (assert_close_to_ref, assert_exact, needs_cuda, needs_cutlass, needs_ext, needs_sm90_cutlass,
+                   raises_safely)
 
 pytestmark = needs_ext
 C = torch.ops.kernelswap
-ON_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-needs_sm90 = pytest.mark.skipif(not (ON_SM90 and CUTLASS), reason="needs an sm_90 GPU and a CUTLASS build")
+needs_sm90 = needs_sm90_cutlass
 
 OPS = ("_C_build_info", "_C_quantize_per_token_int8", "_C_int8_mm", "_C_sparse24_prepare", "_C_sparse24_mm",
        "_C_sparse24_int8_mm")

@@ -14,12 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from utils import CUTLASS
-
-ON_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-needs_sm90 = pytest.mark.skipif(not (ON_SM90 and CUTLASS), reason="needs an sm_90 GPU and a CUTLASS build")
+from utils import needs_sm90_cutlass
 
 CHECK = r"""
 import torch, torch.nn.functional as F
@@ -50,7 +46,7 @@ print("checked")
 """
 
 
-@needs_sm90
+@needs_sm90_cutlass
 @pytest.mark.gpu
 @pytest.mark.parametrize("small_m", ["1000000", "0"], ids=["all-small-tiles", "all-large-tiles"])
 def test_every_m_is_right_on_either_tile_set(small_m):

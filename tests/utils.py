@@ -119,3 +119,5 @@ ERRORS_RAISE, ERRORS_WHY = _ext.errors_raise() if _ext.load() else (False, "no _
 raises_safely = pytest.mark.skipif(not ERRORS_RAISE, reason=ERRORS_WHY)
 needs_sm80 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
                                 reason="needs a CUDA device of sm_80 or newer")
+ON_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+needs_sm90_cutlass = pytest.mark.skipif(not (ON_SM90 and CUTLASS), reason="needs an sm_90 GPU and a CUTLASS build")
