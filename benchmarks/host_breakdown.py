@@ -66,7 +66,7 @@ def main() -> None:
             layer, x = model[0], torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             for _ in range(_replay.RETRIES + 2):
                 layer(x)
-            (run, _), = layer._runs.values()
+            run, = layer._runs.values()
             rows.append((f"{recipe} M={m}", "module", per_call_us(lambda: layer(x), a.calls)))
             rows.append((f"{recipe} M={m}", f"runner ({type(run).__name__}, {layer.served_by()})",
                          per_call_us(lambda: run(x), a.calls)))

@@ -15,8 +15,9 @@ in-place change of a buffer.
 Host time: a forward call is decided once per input layout (shape, strides, dtype,
 device, 16-byte alignment, forced backend): the checks, the backend choice and the bound kernel call are
 kept in a runner (kernelswap.ops._runner), so later calls with that layout are a dict
-lookup, a check that the buffers are still the ones the runner was bound to, and the
-kernel. Tracing, autograd and fake tensors take the op through the dispatcher instead.
+lookup and the kernel. The runners are bound to the buffers they were made from: assigning a
+buffer (`layer.w_q = t`, register_buffer) or prepare() drops them. Tracing, autograd and fake
+tensors take the op through the dispatcher instead.
 """
 from __future__ import annotations
 
@@ -27,13 +28,17 @@ from torch import nn
 
 from .. import ops
 from ..ops import _runner
+from ..ops._define import tracing as _tracing
 from ..ops.backend import forced_backend
+
+Tensor = torch.Tensor
+_grad_enabled = torch.is_grad_enabled
 
 
 class _Runners(dict):
-    """input layout -> (runner, ids of the buffers it was bound to). Not state: a copy of
-    the module (deepcopy, pickle) starts with none, since its runners would be bound to the
-    original's buffers."""
+    """input layout -> runner (kernelswap.ops._runner), bound to the layer's buffers as they
+    were when it was made. Not state: a copy of the module (deepcopy, pickle) starts with
+    none, since its runners would be bound to the original's buffers."""
 
     LIMIT = 64  # layouts kept per layer (token counts vary); cleared when full
 
@@ -42,6 +47,32 @@ class _Runners(dict):
 
     def __reduce__(self):
         return _Runners, ()
+
+
+class _Buffers(dict):
+    """A layer's `_buffers`: setting or deleting an entry drops the layer's runners, which point at
+    the tensors they were made from. Every way torch replaces a buffer comes here: attribute
+    assignment and register_buffer, `_apply`, and torch.func.functional_call (which sets the
+    entries directly, then puts the originals back)."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self, runs: _Runners):
+        super().__init__()
+        self.runs = runs
+
+    def __setitem__(self, name, value):
+        super().__setitem__(name, value)
+        self._drop()
+
+    def __delitem__(self, name):
+        super().__delitem__(name)
+        self._drop()
+
+    def _drop(self):
+        runs = getattr(self, "runs", None)  # unset while unpickling: the entries come before the slot
+        if runs is not None:
+            runs.clear()
 
 
 class KernelswapModule(nn.Module):
@@ -57,6 +88,7 @@ class KernelswapModule(nn.Module):
         super().__init__()
         self.layer_name = name  # for error messages; not part of the state
         self._runs = _Runners()
+        self._buffers = _Buffers(self._runs)
         self._served_by: str | None = None
         self.register_buffer("format_version", torch.tensor([self.FORMAT_VERSION], dtype=torch.int32,
                                                             device=device))
@@ -90,9 +122,6 @@ class KernelswapModule(nn.Module):
         if self.OP and all(b.device.type != "meta" for b in self._buffers.values() if b is not None):
             ops.prepare_weights(self.OP, *self.op_args())
 
-    def _buffer_ids(self) -> tuple:
-        return tuple(map(id, self._buffers.values()))
-
     def _bind(self, key: tuple, bind: Callable[[], tuple | None]):
         """The runner for this input layout: bind() -> (runner, lasting, backend) or None; kept when
         lasting. The backend of the last call bound is kept too (served_by)."""
@@ -103,7 +132,7 @@ class KernelswapModule(nn.Module):
         if lasting:
             if len(self._runs) >= _Runners.LIMIT:
                 self._runs.clear()
-            self._runs[key] = (run, self._buffer_ids())
+            self._runs[key] = run
         return run
 
     def served_by(self) -> str | None:
@@ -187,10 +216,11 @@ class LinearModule(KernelswapModule):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) float -> (..., N) x.dtype
-        if _runner.eager_ok(x):
-            hit = self._runs.get((x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16, forced_backend()))
-            if hit is not None and hit[1] == tuple(map(id, self._buffers.values())):
-                return hit[0](x)
+        # _runner.eager_ok(x) written out: this is the one per-call path, a frame costs here
+        if type(x) is Tensor and not (x.requires_grad and _grad_enabled()) and not _tracing():
+            run = self._runs.get((x.shape, x.stride(), x.dtype, x.device, x.data_ptr() & 15, forced_backend()))
+            if run is not None:
+                return run(x)
         return self._forward_full(x)
 
     def _forward_full(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,6 +229,6 @@ class LinearModule(KernelswapModule):
         args = self.op_args()
         if not _runner.eager_ok(x):
             return op.overload(x, *args)  # tracing, autograd, fake tensors: through the dispatcher
-        key = (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16, forced_backend())
+        key = (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() & 15, forced_backend())
         run = self._bind(key, lambda: _runner.bind_tokens(self.OP, op.check, x, *args))
         return op.overload(x, *args) if run is None else run(x)
