@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import kernelswap as ks
+from kernelswap import _ext
 from kernelswap.ops import _raw
 
 from utils import needs_cuda, needs_ext
@@ -42,6 +43,22 @@ def _gemv_plan(lib, fmt=0, group=128, m=1, k=512, n=64, n_tiles=None, w=1 << 20)
 
 
 # ---------------------------------------------------------------- CPU: the C side of the plans
+@needs_ext
+def test_python_entry_points_check_their_arguments():
+    """_C's Python functions of the raw runs (csrc/py_entry.cpp): five ints (None for null) or a
+    TypeError; a misaligned x is refused before the plan is read (kMisaligned), as through ctypes."""
+    py = _ext.python_module()
+    if py is None:
+        pytest.skip("this _C has no Python module init (built before csrc/py_entry.cpp)")
+    for run in (py.gemv_run, py.gemm_run):
+        with pytest.raises(TypeError, match="expects"):
+            run(1, 2, 3)
+        with pytest.raises(TypeError):
+            run("plan", 16, 16, None, 0)
+        assert run(16, 17, 32, None, 0) == _raw.MISALIGNED
+        assert run(16, 17, 32, None, 0) == _raw.library().kernelswap_gemm_run(16, 17, 32, None, 0)
+
+
 @pytest.mark.parametrize("shape", [(1, 70), (16, 4096), (2, 1, 37), (0, 5)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_outputs_made_like_a_stride_zero_view_are_fresh_and_contiguous(shape, dtype):
@@ -194,7 +211,7 @@ def _layer(recipe: str, k: int, n: int):
 
 
 def _served_raw(layer) -> bool:
-    return any(hasattr(run, "plan") for run, _ in layer._runs.values())
+    return any(hasattr(run, "plan") for run in layer._runs.values())
 
 
 def _op_path(layer, x):
@@ -214,13 +231,16 @@ def test_layer_runs_raw_and_matches_the_op(recipe, k, n, ms):
             if layer.served_by() != "cuda":
                 pytest.skip(f"{recipe} M={m}: served by {layer.served_by()} here, not by _C")
             assert _served_raw(layer), f"{recipe} M={m}: the cuda backend served without a raw plan ({_raw.reason()})"
+            py = _ext.python_module()
+            assert py is not None, "this _C has no Python module init (csrc/py_entry.cpp): runs go through ctypes"
+            assert all(run.c_run in (py.gemv_run, py.gemm_run) for run in layer._runs.values())
             ref = _op_path(layer, x)
             assert torch.equal(y, ref), f"{recipe} M={m}: raw launch differs from the op"
             for lead in ((1, m), (m, 1)):  # leading dims: the runner of another layout, the raw plan
                 y3 = layer(x.view(*lead, k))  # itself, its output made in (*lead, N) (for_shape)
                 assert y3.shape == (*lead, n) and y3.is_contiguous()
                 assert torch.equal(y3.view(m, n), ref)
-            assert all(hasattr(run, "plan") for run, _ in layer._runs.values()), \
+            assert all(hasattr(run, "plan") for run in layer._runs.values()), \
                 f"{recipe} M={m}: a leading-dim layout is not served by the raw plan directly"
 
 

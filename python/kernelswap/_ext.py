@@ -1,7 +1,8 @@
 """Loads the optional CUDA extension kernelswap._C without ever breaking import.
 
-The extension is a plain shared library (stable ABI, no Python module init) that
-registers its ops into torch.ops.kernelswap when loaded. If it is missing or fails to
+The extension is a shared library (stable ABI) that registers its ops into
+torch.ops.kernelswap when loaded; it is also a small Python module (csrc/py_entry.cpp:
+the raw runs as plain functions, see `python_module`). If it is missing or fails to
 load, the reason is kept and shown by `python -m kernelswap info`, and the ops fall
 back to the next backend.
 
@@ -22,6 +23,7 @@ import torch
 _loaded: bool | None = None
 _reason = ""
 _path: str | None = None  # the file loaded
+_module = None  # python_module()'s answer once asked (False: none)
 _refusal: str | None = None  # why load() refused _C (a CUDA major that is not torch's), if it did
 
 
@@ -63,6 +65,26 @@ def load() -> bool:
     except Exception as e:  # noqa: BLE001 - keep import working whatever went wrong
         _loaded, _reason = False, f"failed to load {os.path.basename(path)}: {e}"
     return _loaded
+
+
+def python_module():
+    """_C, once loaded, imported as the Python module kernelswap._C (csrc/py_entry.cpp), or None
+    where it is not loaded or has no module init (a build from before it)."""
+    global _module
+    if _module is None:
+        _module = False
+        if load():
+            import importlib.machinery
+            import importlib.util
+            try:
+                spec = importlib.util.spec_from_file_location(
+                    "kernelswap._C", _path, loader=importlib.machinery.ExtensionFileLoader("kernelswap._C", _path))
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+                _module = mod
+            except ImportError:  # no PyInit__C in this build
+                pass
+    return _module or None
 
 
 def refusal() -> str | None:

@@ -7,7 +7,9 @@ then GEMM) cost more than that layer. The layers' per-layout runners (ops/_runne
 it: for one layer and input layout, `gemv_runner` / `gemm_runner` make a plan in C (the
 checks, the kernel choice and every fixed argument, once) and return fn(x), which per call
 allocates the output through torch (so CUDA-graph capture and the caching allocator see it as
-they see any op's), reads the current stream and makes one foreign call. The scratch a plan asks
+they see any op's), reads the current stream and makes one foreign call: the run as a plain
+function of _C's Python module (csrc/py_entry.cpp, ~0.1 us) where the build has it, else through
+ctypes (~1 us: five c_void_p conversions). The scratch a plan asks
 for (split-K partials, the quantized x) is kept per stream (ops/_scratch.py). Tracing, autograd
 and fake tensors never get here: the runners are only made for plain eager calls, and
 everything else still goes through the registered ops.
@@ -84,6 +86,13 @@ def _open() -> tuple[ctypes.CDLL | None, str | None]:
     return lib, None
 
 
+def fast(run_c) -> Callable:
+    """The same raw run as _C's Python function (csrc/py_entry.cpp) where _C has one, else run_c."""
+    mod = _ext.python_module()
+    name = run_c.__name__.removeprefix("kernelswap_")
+    return getattr(mod, name, run_c) if mod is not None else run_c
+
+
 def error() -> str:
     lib = library()
     return lib.kernelswap_raw_error().decode(errors="replace") if lib is not None else "raw path off"
@@ -139,21 +148,28 @@ def _runner(run_c, plan: _Plan, index: int, mn: tuple[int, int], scratch_bytes: 
     M tokens in all, its output made in out_shape (..., N) directly: the plan reads x through its
     pointer, so a (batch, 1, K) decode input needs no view in and out."""
     handle, current, empty_like = plan.handle, torch._C._cuda_getCurrentRawStream, torch.empty_like
+    run_py = fast(run_c)
     kept = PerStream()
+    kept_ptr = kept.pointers.get  # stream -> address of its kept scratch
+    device = torch.device("cuda", index)
+    new_scratch = lambda: torch.empty(scratch_bytes, dtype=torch.uint8, device=device)  # noqa: E731
 
     def make(out_shape: tuple) -> Callable:
         miss = fallback if out_shape == mn else (
             lambda x: fallback(x.reshape(mn[0], -1)).view(out_shape))
-        like = shaped_like(dtype, torch.device("cuda", index), out_shape)
+        like = shaped_like(dtype, device, out_shape)
 
         def run(x: Tensor) -> Tensor:
             out = empty_like(like) if like is not None else x.new_empty(out_shape)
             stream = current(index)
             if scratch_bytes:
-                scratch = kept.get(stream, scratch_bytes, lambda: x.new_empty(scratch_bytes, dtype=torch.uint8))
-                rc = run_c(handle, x.data_ptr(), out.data_ptr(), scratch.data_ptr(), stream)
+                ptr = kept_ptr(stream)
+                if ptr is None:  # this stream's first call, or scratch that is not kept
+                    scratch = kept.get(stream, scratch_bytes, new_scratch)
+                    ptr = scratch.data_ptr()
+                rc = run_py(handle, x.data_ptr(), out.data_ptr(), ptr, stream)
             else:
-                rc = run_c(handle, x.data_ptr(), out.data_ptr(), None, stream)
+                rc = run_py(handle, x.data_ptr(), out.data_ptr(), None, stream)
             if rc:
                 if rc == MISALIGNED:
                     return miss(x)
@@ -161,7 +177,7 @@ def _runner(run_c, plan: _Plan, index: int, mn: tuple[int, int], scratch_bytes: 
             return out
 
         run.plan, run.keep, run.for_shape = plan, keep, make  # alive with the runner
-        run.c_run = run_c  # the C entry point it calls (benchmarks/host_breakdown.py times it alone)
+        run.c_run = run_py  # the entry point it calls (benchmarks/host_breakdown.py times it alone)
         return run
 
     return make(mn)

@@ -19,6 +19,7 @@ class PerStream:
 
     def __init__(self):
         self._kept: dict[int, Any] = {}
+        self.pointers: dict[int, int] = {}  # stream -> data_ptr() of its kept scratch, where that is a tensor
 
     def get(self, stream: int, nbytes: int, make: Callable[[], Any]) -> Any:
         """The scratch of `stream`: the kept one, else make() (kept when nbytes <= LIMIT and no
@@ -28,4 +29,6 @@ class PerStream:
             scratch = make()
             if nbytes <= LIMIT and not torch.cuda.is_current_stream_capturing():
                 self._kept[stream] = scratch
+                if isinstance(scratch, torch.Tensor):
+                    self.pointers[stream] = scratch.data_ptr()
         return scratch
