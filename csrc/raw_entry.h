@@ -1,5 +1,6 @@
 // The raw entry points of kernelswap._C: plain C functions that the swapped layers' per-layout
-// runners call through ctypes (python/kernelswap/ops/_raw.py), so an eager call launches its
+// runners call (python/kernelswap/ops/_raw.py: the runs through csrc/py_entry.cpp's Python functions,
+// the plans through ctypes), so an eager call launches its
 // kernels without a trip through the PyTorch dispatcher (a stable-ABI op call cost ~11 us of
 // host time on the H200 machine, half of what nn.Linear costs in all).
 //

@@ -5,7 +5,7 @@ type in registers inside the mainloop instead of writing a 16-bit copy of it fir
   int8_weight_linear  _C_int8_weight_mm  out = (x @ w_q.T) * w_scale[n] + bias[n]
   int4_linear         _C_int4_mm         w = code * scale + zero per group (groups 64 / 128)
 
-A swapped layer runs them through a raw plan (ops/_raw.py: one ctypes call, the CUTLASS kernel
+A swapped layer runs them through a raw plan (ops/_raw.py: one foreign call, the CUTLASS kernel
 parameters kept between calls); direct op calls go through _C's ops. Registered after the decode
 GEMVs (ops/gemv_cuda.py), so those keep the M they serve; in the measured window MIXED_M[op] these
 serve, ahead of the Triton GEMMs and dequantize + cuBLAS. bf16 activations only (the one type
