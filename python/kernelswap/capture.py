@@ -245,7 +245,9 @@ class CapturedModel:
             prepare(self.model)
         with torch.no_grad():
             # Warm-up on a side stream, as torch's CUDA-graph docs prescribe: lazy initialization,
-            # autotuning, cuBLAS workspaces and kernelswap's per-shape choices happen here.
+            # autotuning, cuBLAS workspaces and kernelswap's per-shape choices happen here. The
+            # capture runs on that same stream, so it finds the per-stream state the warm-up made
+            # (cuBLAS keeps a workspace per stream) instead of making it under capture.
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -260,7 +262,7 @@ class CapturedModel:
             try:
                 with _LayerStack(self.model) as stack:
                     try:
-                        with torch.cuda.graph(graph, pool=self.pool):
+                        with torch.cuda.graph(graph, pool=self.pool, stream=side):
                             out = self.model(*s_args, **s_kwargs)
                     finally:
                         where = stack.names[-1] if stack.names else None
