@@ -61,9 +61,11 @@ class _Stream:
 def stand_in(monkeypatch):
     """torch.cuda as ks.capture uses it, on the CPU: streams are no-ops, graphs are StandInGraphs."""
     graphs, streams_set = [], []
+    warmed_on = []  # the streams torch.cuda.stream(s) made current: the warm-ups'
 
     @contextlib.contextmanager
-    def graph(g, pool=None):
+    def graph(g, pool=None, stream=None):
+        assert stream is not None and stream is warmed_on[-1], "capture on a stream other than the warm-up's"
         rec = _Recorder()
         try:
             with rec:
@@ -76,7 +78,8 @@ def stand_in(monkeypatch):
 
     stream = _Stream()
     for name, value in dict(is_available=lambda: True, Stream=_Stream, current_stream=lambda *a: stream,
-                            stream=lambda s: contextlib.nullcontext(), synchronize=lambda *a: None,
+                            stream=lambda s: warmed_on.append(s) or contextlib.nullcontext(),
+                            synchronize=lambda *a: None,
                             graph_pool_handle=lambda: object(), CUDAGraph=StandInGraph, graph=graph,
                             set_stream=streams_set.append, device=lambda d: contextlib.nullcontext(),
                             current_device=lambda: 0).items():
