@@ -1,8 +1,8 @@
 // kernelswap._C as a Python module: the raw runs (csrc/raw_entry.h) as METH_FASTCALL functions.
 //
 // A layer's per-layout runner (python/kernelswap/ops/_raw.py) makes one raw run per call. Through
-// ctypes that call converts five c_void_p arguments and costs about 1 us of host time on the
-// development CPU; as a plain Python function of five ints it costs a tenth of that. The ops and
+// ctypes that call converts five c_void_p arguments: 0.44 us of host time on the development CPU
+// (a run that returns at once); as a plain Python function of five ints, 0.07 us. The ops and
 // the ctypes entry points are unchanged: torch.ops.load_library still loads this file, and
 // _raw.py imports it as a module only to get these two functions (falling back to ctypes if a
 // _C without them is found).
