@@ -7,9 +7,9 @@
 // the byte order; here each lane's 16 bytes per load are exactly its A fragments.
 //
 //   Int4<Act, GS>    W4A16: 4 loads a batch (64 K each: 4 k16 steps, one 32-bit word a step);
-//                    nibbles -> (magic + q) Act pairs with one LOP3; each group's MMA sum is
-//                    scaled in fp32 and its zero point taken out with the staged sums of x
-//                    (fp16 scales, per row and group).
+//                    nibbles -> (magic + q) Act pairs with one LOP3, minus (magic + z) -> exact
+//                    (q - z); each group's MMA sum is scaled in fp32 (fp16 scales, per row and
+//                    group).
 //   Int8W16<Act>     W8A16: 8 loads a batch (32 K each: 2 k16 steps); bytes (q + 128) ->
 //                    exact Act pairs; per-row fp32 scale in the epilogue.
 //   Int8W8<Act>      W8A8: 8 loads a batch (one m16n8k32 int8 step each), x quantized per
@@ -40,7 +40,7 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t c
   return d;
 }
 
-template <class Act, int GS>
+template <class Act>
 struct FloatBase {
   using Acc = float;
   // Block shape and split target, per format, from the H200 sweep of benchmarks/gemv_lab.cu
@@ -56,22 +56,23 @@ struct FloatBase {
   // 1.097-1.432, 2:4 1.015-1.268 / 1.055-1.105, bf16 itself 1.137-1.397: within the noise of a
   // step between processes. KERNELSWAP_PDL=all / 0 switch it for every format.
   static constexpr bool kPdl = false;
-  using Block = XStage<GS>;
+  using Block = XStage<>;
   static constexpr int smem_bytes(int k_range, int m, int mp) { return Block::bytes(k_range, m, mp); }
   template <int NT>
   __device__ static void setup(const Args& a, int b0, int b1, unsigned char* smem, Block& blk) {
-    blk.template fill<Act, 8 * NT>(a, b0, b1, smem);
+    blk.template fill<Act>(a, b0, b1, smem);
   }
 };
 
-// W4A16. Each pair of codes goes into the MMA as (magic + q) exactly (one LOP3), so the
-// group's MMA sum is S = sum (magic + q) x = sum (q - z) x + (magic + z) sum x, and the
-// group adds scale * S - scale * (magic + z) * sum x (the staged group sums) to acc.
+// W4A16. Each code goes into the MMA as q - z exactly: one LOP3 makes the pair (magic + q), one
+// subtraction of the pair (magic + z) leaves (q - z) (small integers, exact in bf16 and fp16, zeros
+// in [0, 15] as kernelswap.ops.int4 has them), so the group's MMA sum is sum (q - z) x and the
+// group adds scale * sum to acc.
 template <class Act, int GS>
-struct Int4 : FloatBase<Act, GS> {
+struct Int4 : FloatBase<Act> {
   static_assert(GS == 32 || GS == 64 || GS == 128, "group size");
   static constexpr bool kPdl = true;  // see FloatBase
-  using Block = XStage<GS>;
+  using Block = typename FloatBase<Act>::Block;
   static constexpr int kLoads = 4;
   using Stream = PreparedStream<kLoads>;
   static constexpr int kGroups = kBatchK / GS;  // groups a batch
@@ -101,9 +102,8 @@ struct Int4 : FloatBase<Act, GS> {
                                const Aux& aux, float (&acc)[NT][4]) {
     const unsigned char* rows[NT];
     blk.template batch_rows<NT>(a, b, g, rows);
-    const int b_local = b - blockIdx.y * a.batches_per_split;
-    constexpr float kMagic = Act::kMagicValue;
     float gacc[NT][4];
+    uint32_t mz[2];  // the pairs (magic + z) of rows g and g + 8 (a zero below 16 is exact there)
 #pragma unroll
     for (int s = 0; s < kLoads * 4; ++s) {  // k16 steps
       constexpr int kSpg = kStepsPerGroup;
@@ -113,11 +113,13 @@ struct Int4 : FloatBase<Act, GS> {
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
           for (int i = 0; i < 4; ++i) gacc[nt][i] = 0.f;
+        mz[0] = Act::kMagic4 | ((aux.z[grp] & 0xFFu) * 0x00010001u);
+        mz[1] = Act::kMagic4 | (((aux.z[grp] >> 8) & 0xFFu) * 0x00010001u);
       }
       const uint32_t q = word(w[s / 4], s % 4);
-      uint32_t ra[4];
+      uint32_t ra[4];  // A registers 0, 2: row g; 1, 3: row g + 8
 #pragma unroll
-      for (int p = 0; p < 4; ++p) ra[p] = and_or(q >> (4 * p), 0x000F000Fu, Act::kMagic4);
+      for (int p = 0; p < 4; ++p) ra[p] = Act::sub2(and_or(q >> (4 * p), 0x000F000Fu, Act::kMagic4), mz[p % 2]);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const uint2 xb = x_frag(rows[nt], s, t);
@@ -125,16 +127,12 @@ struct Int4 : FloatBase<Act, GS> {
       }
       if (s % kSpg == kSpg - 1) {
         const float2 sc = __half22float2(*reinterpret_cast<const __half2*>(&aux.s[grp]));
-        const float o0 = sc.x * (kMagic + static_cast<float>(aux.z[grp] & 0xFFu));
-        const float o1 = sc.y * (kMagic + static_cast<float>((aux.z[grp] >> 8) & 0xFFu));
-        const float* sums = blk.sums + (b_local * kGroups + grp) * (8 * NT) + 2 * t;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          const float2 xs = *reinterpret_cast<const float2*>(sums + 8 * nt);  // tokens 8 nt + 2t, + 1
-          acc[nt][0] += gacc[nt][0] * sc.x - o0 * xs.x;
-          acc[nt][1] += gacc[nt][1] * sc.x - o0 * xs.y;
-          acc[nt][2] += gacc[nt][2] * sc.y - o1 * xs.x;
-          acc[nt][3] += gacc[nt][3] * sc.y - o1 * xs.y;
+          acc[nt][0] += gacc[nt][0] * sc.x;
+          acc[nt][1] += gacc[nt][1] * sc.x;
+          acc[nt][2] += gacc[nt][2] * sc.y;
+          acc[nt][3] += gacc[nt][3] * sc.y;
         }
       }
     }
@@ -147,9 +145,9 @@ struct Int4 : FloatBase<Act, GS> {
 };
 
 template <class Act>
-struct Int8W16 : FloatBase<Act, 0> {
+struct Int8W16 : FloatBase<Act> {
   static constexpr int kWarps = 8, kBlocksPerSm = 2;
-  using Block = XStage<0>;
+  using Block = typename FloatBase<Act>::Block;
   static constexpr int kLoads = 8;
   using Stream = PreparedStream<kLoads>;
   struct Aux {};
@@ -189,7 +187,7 @@ struct Sparse24 {
   using Acc = float;
   static constexpr int kLoads = 9;
   using Stream = PreparedStream<kLoads>;
-  using Stage = XStage<0, true>;
+  using Stage = XStage<true>;
   struct Aux {};
   struct Block {
     Stage x;
@@ -213,7 +211,7 @@ struct Sparse24 {
       lut[threadIdx.x] = source(0, i0, i1) | source(1, i0, i1) << 8 | source(2, i0, i1) << 16 |
                          source(3, i0, i1) << 24;
     }
-    blk.x.template fill<Act, 8 * NT>(a, b0, b1, smem);  // ends with a barrier: the table is visible
+    blk.x.template fill<Act>(a, b0, b1, smem);  // ends with a barrier: the table is visible
     blk.lut = lut;
   }
 

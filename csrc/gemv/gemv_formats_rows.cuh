@@ -54,13 +54,13 @@ struct Int8W8Rows : Int8W8<Act, 64> {
 // quarter warp's 16-byte reads (rows g, g + 1, t = 0..3, 32 bytes apart) are conflict-free.
 template <class Act>
 struct Int8W16Rows : Int8W16<Act> {
-  using Block = XStage<0, true, 16>;
+  using Block = XStage<true, 16>;
   using Aux = typename Int8W16<Act>::Aux;
   using Stream = RowStream;
   static constexpr int smem_bytes(int k_range, int m, int mp) { return Block::bytes(k_range, m, mp); }
   template <int NT>
   __device__ static void setup(const Args& a, int b0, int b1, unsigned char* smem, Block& blk) {
-    blk.template fill<Act, 8 * NT>(a, b0, b1, smem);
+    blk.template fill<Act>(a, b0, b1, smem);
   }
 
   template <int NT>

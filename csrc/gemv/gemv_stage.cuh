@@ -26,29 +26,22 @@ struct Args {
 // (2t, 2t+1) and (2t+8, 2t+9) adjacent), so a step's B fragment is one 8-byte shared load
 // per lane. Rows are padded by kPad = 32 bytes: the 8 rows a warp reads fall in two bank sets,
 // the minimum for 256 bytes (the W8A16 row format's 16-byte reads want 16: gemv_formats_rows.cuh).
-// With GS > 0 it also holds, for each group of GS values of K in the range and each of the kMp
-// tokens, the fp32 sum of x over the group (0 past M), which the
-// int4 format needs to take its zero point out after the MMA.
 //
 // kNatural keeps each chunk in K order instead, so lane t's 8 bytes of a step are values
 // 4t .. 4t + 3: the 2:4 format maps a lane's B-fragment rows (2t, 2t + 1, 2t + 8, 2t + 9) to
 // those four values, the one group of four its A fragment holds (the product does not change
 // when A and B permute K alike).
-template <int GS, bool kNatural = false, int kPad = 32>
+template <bool kNatural = false, int kPad = 32>
 struct XStage {
   static_assert(kPad % 16 == 0, "rows stay 16-byte aligned");
   static constexpr int row_bytes(int k_range) { return 2 * k_range + kPad; }
-  static constexpr int sums_offset(int k_range, int m) { return (m + 1) * row_bytes(k_range); }
-  static constexpr int bytes(int k_range, int m, int mp) {
-    return sums_offset(k_range, m) + (GS ? k_range / GS * mp * 4 : 0);
-  }
+  static constexpr int bytes(int k_range, int m, int /*mp*/) { return (m + 1) * row_bytes(k_range); }
 
   const unsigned char* base;  // row 0 of the block's K range
-  const float* sums;          // (k_range / GS, kMp) per-group sums, GS > 0
   int row_bytes_;
 
   // Fills the stage (all threads of the block; ends with a barrier).
-  template <class Act, int kMp>
+  template <class Act>
   __device__ void fill(const Args& a, int b0, int b1, unsigned char* smem) {
     const int k_range = (b1 - b0) * kBatchK, rb = row_bytes(k_range);
     const int64_t k_begin = static_cast<int64_t>(b0) * kBatchK;
@@ -72,27 +65,6 @@ struct XStage {
     }
     base = smem;
     row_bytes_ = rb;
-    if constexpr (GS > 0) {
-      __syncthreads();
-      auto* s = reinterpret_cast<float*>(smem + sums_offset(k_range, a.M));
-      const int groups = k_range / GS;
-      for (int i = threadIdx.x; i < groups * kMp; i += blockDim.x) {
-        const int grp = i / kMp, m = i % kMp;
-        float sum = 0.f;
-        if (m < a.M) {
-          const auto* w = reinterpret_cast<const uint4*>(smem + m * rb + 2 * GS * grp);
-#pragma unroll 4
-          for (int c = 0; c < GS / 8; ++c) {
-            const uint4 r = w[c];
-            const typename Act::T* e = reinterpret_cast<const typename Act::T*>(&r);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) sum += Act::to_float(e[j]);
-          }
-        }
-        s[i] = sum;
-      }
-      sums = s;
-    }
     __syncthreads();
   }
 
